@@ -1,0 +1,101 @@
+"""The editor protocol and the registry every editor joins.
+
+An editor turns requests into an ``EditDelta`` and leaves the model as it found it. The CLI,
+the evaluation runners and the benchmarks only talk to this protocol, never to a method by name.
+Editors with learned state (hypernetworks) also implement ``from_checkpoint``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from ..delta import EditDelta
+from ..errors import HyperEditError
+from ..models.loading import LoadedModel
+from ..requests import EditRequest
+
+
+@runtime_checkable
+class Editor(Protocol):
+    name: str
+    config: Any
+
+    def edit(self, lm: LoadedModel, requests: Sequence[EditRequest]) -> EditDelta:
+        """Compute the delta writing ``requests``; the model is unchanged on return."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class EditorEntry:
+    name: str
+    factory: Callable[..., Editor]
+    config_class: type
+    needs_checkpoint: bool
+    summary: str
+
+
+_REGISTRY: dict[str, EditorEntry] = {}
+
+
+def register_editor(name: str, config_class: type, summary: str, needs_checkpoint: bool = False):
+    """Class decorator: add an editor to the registry under ``name`` (duplicates rejected)."""
+
+    def decorate(cls):
+        if name in _REGISTRY:
+            raise RuntimeError(f"editor {name!r} registered twice")
+        _REGISTRY[name] = EditorEntry(name, cls, config_class, needs_checkpoint, summary)
+        cls.name = name
+        return cls
+
+    return decorate
+
+
+def editor_names() -> list[str]:
+    _load_builtin_editors()
+    return sorted(_REGISTRY)
+
+
+def editor_entry(name: str) -> EditorEntry:
+    _load_builtin_editors()
+    if name not in _REGISTRY:
+        raise HyperEditError(f"unknown editor {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def make_config(config_class: type, overrides: dict | None) -> Any:
+    """Build a config dataclass from a dict, rejecting unknown keys and wrong types with one line."""
+    overrides = dict(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise HyperEditError(
+            f"unknown option(s) {', '.join(unknown)} for {config_class.__name__}; known: {', '.join(sorted(fields))}"
+        )
+    try:
+        return config_class(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise HyperEditError(f"invalid {config_class.__name__}: {exc}") from exc
+
+
+def get_editor(name: str, checkpoint: str | None = None, lm: LoadedModel | None = None, **overrides) -> Editor:
+    """Instantiate a registered editor with config overrides (and its checkpoint, for trained editors)."""
+    entry = editor_entry(name)
+    if entry.needs_checkpoint:
+        if checkpoint is None:
+            raise HyperEditError(f"editor {name!r} is trained: pass a checkpoint (train one with `hyperedit train --editor {name}`)")
+        return entry.factory.from_checkpoint(checkpoint, lm=lm, **overrides)
+    if checkpoint is not None:
+        raise HyperEditError(f"editor {name!r} takes no checkpoint")
+    return entry.factory(make_config(entry.config_class, overrides))
+
+
+def _load_builtin_editors() -> None:
+    """Import the editor modules so they register themselves (deferred: nothing runs at import)."""
+    import importlib
+    import pkgutil
+
+    from .. import editors as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_") and info.name != "base":
+            importlib.import_module(f"{package.__name__}.{info.name}")

@@ -1,0 +1,78 @@
+"""The one place where forward/backward hooks are registered.
+
+``capture`` records, for chosen modules, the module inputs (keys) and the gradients of the
+module outputs (value gradients) at selected token positions. It removes exactly the handles
+it added, also when the forward or backward pass raises.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Captured:
+    """Keys and value gradients per module, each a list of (n_tokens, dim) tensors (one per pass)."""
+
+    keys: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    grads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # (batch, seq) bool: positions to keep; None keeps all
+
+    def key(self, name: str) -> torch.Tensor:
+        return torch.cat(self.keys[name], dim=0)
+
+    def grad(self, name: str) -> torch.Tensor:
+        # Backward visits passes in the same order as forward only per graph; we store per pass.
+        return torch.cat(self.grads[name], dim=0)
+
+    def clear(self) -> None:
+        for store in (self.keys, self.grads):
+            for values in store.values():
+                values.clear()
+
+
+def _select(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return t.reshape(-1, t.shape[-1])
+    if t.shape[:2] != mask.shape:
+        raise ValueError(f"position mask of shape {tuple(mask.shape)} does not match activations {tuple(t.shape[:2])}")
+    return t[mask]
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, module_names: list[str], keys: bool = True, grads: bool = True,
+            detach: bool = True):
+    """Context manager yielding a ``Captured``; set ``captured.mask`` before each forward.
+
+    Keys are recorded in the forward pass; value gradients when ``backward`` reaches the module
+    output (the output must be part of a graph that requires grad).
+    """
+    captured = Captured(keys={n: [] for n in module_names}, grads={n: [] for n in module_names})
+    modules = dict(model.named_modules())
+    missing = [n for n in module_names if n not in modules]
+    if missing:
+        raise ValueError(f"model has no modules {missing}")
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            mask = captured.mask
+            if keys:
+                k = _select(inputs[0], mask)
+                captured.keys[name].append(k.detach() if detach else k)
+            if grads and isinstance(output, torch.Tensor) and output.requires_grad:
+                def on_grad(grad, mask=mask):
+                    captured.grads[name].append(_select(grad, mask).detach())
+                output.register_hook(on_grad)
+        return hook
+
+    try:
+        for name in module_names:
+            handles.append(modules[name].register_forward_hook(make_hook(name)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,142 @@
+"""Cheap language-model passes: logits only where a target token is predicted.
+
+Causal LMs whose logits are ``lm_head(last hidden state)`` skip the vocabulary projection on
+every prompt token; only the positions that predict a target token go through the head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .models.adapters import ModelAdapter
+
+
+@dataclass
+class TargetLogits:
+    """Logits at the positions predicting target tokens, flattened over the batch."""
+
+    logits: torch.Tensor  # (n_tokens, vocab)
+    targets: torch.Tensor  # (n_tokens,) target token ids
+    example: torch.Tensor  # (n_tokens,) index of the example each token belongs to
+    n_examples: int
+
+    def token_nll(self) -> torch.Tensor:
+        return F.cross_entropy(self.logits.float(), self.targets, reduction="none")
+
+    def per_example_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Average a per-token quantity within each example."""
+        total = torch.zeros(self.n_examples, dtype=values.dtype, device=values.device)
+        count = torch.zeros(self.n_examples, dtype=values.dtype, device=values.device)
+        total.index_add_(0, self.example, values)
+        count.index_add_(0, self.example, torch.ones_like(values))
+        return total / count.clamp_min(1)
+
+    def loss(self) -> torch.Tensor:
+        """Mean over examples of the mean target-token cross-entropy."""
+        return self.per_example_mean(self.token_nll()).mean()
+
+
+def prediction_mask(labels: torch.Tensor, seq2seq: bool) -> torch.Tensor:
+    """(batch, seq) bool: positions whose output predicts a target token.
+
+    For causal LMs position t predicts token t+1; for seq2seq the decoder position predicts its label.
+    """
+    if seq2seq:
+        return labels != -100
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    return mask
+
+
+def target_token_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) bool: positions holding a target token (where editors read keys, ``token="ans"``)."""
+    return labels != -100
+
+
+def target_logits(adapter: ModelAdapter, batch: dict[str, torch.Tensor]) -> TargetLogits:
+    """Run the model on an encoded batch and return logits at target-predicting positions."""
+    model = adapter.model
+    labels = batch["labels"]
+    mask = prediction_mask(labels, adapter.is_seq2seq)
+    if adapter.is_seq2seq:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    labels=labels.clamp_min(0), use_cache=False)
+        logits = out.logits[mask]
+        targets = labels[mask]
+    elif adapter.spec.fast_logits:
+        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  use_cache=False).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[mask])
+        targets = labels[:, 1:][mask[:, :-1]]
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        logits = out.logits[mask]
+        targets = labels[:, 1:][mask[:, :-1]]
+    example = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(mask)[mask]
+    return TargetLogits(logits, targets, example, labels.shape[0])
+
+
+class trainable_weights:
+    """Context manager: only the weights of the named modules require grad inside the block.
+
+    Backward then stops at the lowest of these modules, since nothing below needs a gradient.
+    Gradients accumulated in ``.grad`` are left for the caller and cleared on exit.
+    """
+
+    def __init__(self, adapter: ModelAdapter, module_names: list[str]):
+        self.weights = [adapter.weight(n) for n in module_names]
+
+    def __enter__(self):
+        self._before = [w.requires_grad for w in self.weights]
+        for w in self.weights:
+            w.requires_grad_(True)
+        return self.weights
+
+    def __exit__(self, *exc):
+        for w, flag in zip(self.weights, self._before):
+            w.grad = None
+            w.requires_grad_(flag)
+        return False
+
+
+def iter_chunks(items: list, size: int):
+    """Consecutive slices of ``items`` of at most ``size`` elements."""
+    if size < 1:
+        raise ValueError("chunk size must be at least 1")
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def cache_keys_and_value_grads(adapter: ModelAdapter, prompts: list[str], targets: list[str],
+                               module_names: list[str], chunk_size: int = 16, token: str = "ans",
+                               device=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Keys (module inputs) and value gradients (dLoss/d module output) of the edit loss.
+
+    ``token="ans"`` keeps the positions that predict a target token (where the loss is), ``"all"``
+    every non-padding token. Returns ``{module: (K (n_tokens, d_in), G (n_tokens, d_out))}``; the
+    loss is the per-example mean target cross-entropy summed over examples, so each example's
+    gradient does not depend on how examples are chunked.
+    """
+    from .hooks import capture
+
+    if token not in ("ans", "all"):
+        raise ValueError("token must be 'ans' or 'all'")
+    device = device or next(adapter.model.parameters()).device
+    pairs = list(zip(prompts, targets))
+    with trainable_weights(adapter, module_names), capture(adapter.model, module_names) as cap:
+        for chunk in iter_chunks(pairs, chunk_size):
+            batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
+            if token == "ans":
+                cap.mask = prediction_mask(batch["labels"], adapter.is_seq2seq)
+            else:
+                cap.mask = batch["attention_mask"].bool() if not adapter.is_seq2seq else batch["labels"] != -100
+            out = target_logits(adapter, batch)
+            loss = out.per_example_mean(out.token_nll()).sum()
+            loss.backward()
+    result = {}
+    for name in module_names:
+        # Tensor hooks fire in reverse layer order but once per chunk per module, in chunk order.
+        result[name] = (cap.key(name), cap.grad(name))
+    return result
