@@ -1,0 +1,107 @@
+"""``load_requests``: a benchmark split (``NAME:SPLIT``) or a file, as a list of EditRequests."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+from hyperedit.data._common import Records, read_records, resolve_data_dir
+from hyperedit.data.counterfact import map_counterfact, map_rome
+from hyperedit.data.fever import map_fever
+from hyperedit.data.user_jsonl import map_user
+from hyperedit.data.zsre import map_knowedit, map_mend_zsre
+from hyperedit.errors import HyperEditError, InputError
+from hyperedit.requests import EditRequest
+
+# NAME:SPLIT -> file under the data directory.
+DATASETS: dict[str, str] = {
+    "zsre:train": "zsre/train.json",
+    "zsre:knowedit-test": "zsre/knowedit-test.json",
+    "counterfact:train": "counterfact/train.json",
+    "counterfact:val": "counterfact/val.json",
+    "fever:v0.1-full": "fever/fever_symmetric_v0.1_full.jsonl",
+    "fever:v0.2-dev": "fever/fever_symmetric_v0.2_dev.jsonl",
+    "fever:v0.2-test": "fever/fever_symmetric_v0.2_test.jsonl",
+}
+
+MAPPERS: dict[str, Callable[[Records, str], list[EditRequest]]] = {
+    "zsre-mend": map_mend_zsre,
+    "zsre-knowedit": map_knowedit,
+    "counterfact-easyedit": map_counterfact,
+    "counterfact-rome": map_rome,
+    "fever": map_fever,
+    "user": map_user,
+}
+
+_SPEC = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):([^/\\]+)$")
+
+
+def detect_format(record: dict) -> str | None:
+    """The layout of a file, judged from its first record's fields (None if unknown)."""
+    keys = set(record)
+    if "requested_rewrite" in keys:
+        return "counterfact-rome"
+    if "src" in keys and "answers" in keys:
+        return "zsre-mend"
+    if "claim" in keys and "label" in keys:
+        return "fever"
+    if "target_new" in keys:
+        if isinstance(record.get("locality"), dict):
+            return "zsre-knowedit"
+        if "locality_prompt" in keys or "case_id" in keys or isinstance(record.get("ground_truth"), str):
+            return "counterfact-easyedit"
+        return "zsre-knowedit"
+    if "prompt" in keys or "target" in keys:
+        return "user"
+    return None
+
+
+def load_file(path: str | os.PathLike, source: str | None = None) -> list[EditRequest]:
+    """Read one file in any supported layout."""
+    path = Path(path)
+    source = source or str(path)
+    if not path.is_file():
+        raise HyperEditError(f"input file not found: {source}")
+    records = read_records(path, source)
+    first_number, first = records[0]
+    fmt = detect_format(first)
+    if fmt is None:
+        fields = ", ".join(sorted(map(str, first))) or "none"
+        raise InputError(
+            source, first_number, None,
+            f"unrecognised record layout (fields: {fields}); expected MEND/KnowEdit zsRE, CounterFact,"
+            " FEVER or the user format (prompt, target, ...)",
+        )
+    return MAPPERS[fmt](records, source)
+
+
+def load_requests(
+    spec: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[EditRequest]:
+    """Load edit requests from ``NAME:SPLIT`` (see ``DATASETS``) or from a file path.
+
+    The whole file is read and checked, then ``[offset : offset + limit]`` is returned.
+    """
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise HyperEditError(f"offset must be a non-negative integer, got {offset!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise HyperEditError(f"limit must be a non-negative integer or None, got {limit!r}")
+    text = os.fspath(spec)
+    if text in DATASETS:
+        base = resolve_data_dir(data_dir)
+        path = base / DATASETS[text]
+        if not path.is_file():
+            raise HyperEditError(f"{text}: file {DATASETS[text]} is missing from the data directory {base}")
+        requests = load_file(path, str(path))
+    elif Path(text).is_file():
+        requests = load_file(text)
+    elif _SPEC.match(text) and Path(text).suffix.lower() not in (".json", ".jsonl"):
+        raise HyperEditError(f"unknown dataset {text!r}; known: {', '.join(DATASETS)} (or give a file path)")
+    else:
+        raise HyperEditError(f"input file not found: {text}")
+    end = None if limit is None else offset + limit
+    return requests[offset:end]
