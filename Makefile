@@ -1,0 +1,16 @@
+# Two commands on a fresh machine:
+#   make demo   set everything up (.venv), then edit a few real facts in the embedded model
+#   make test   run the test suite (sets up .venv first if needed)
+.PHONY: demo test setup bench-ft
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/hyperedit demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench-ft: setup
+	.venv/bin/python benchmarks/ft_baseline.py

@@ -1,0 +1,133 @@
+"""Result records: one schema for every benchmark and evaluation, written as JSON + markdown.
+
+Each JSON file under ``benchmarks/results/`` is a list of records with at least
+``editor, model, dataset, split, mode, n_edits, metrics{ES, GS, LS, ...}, edit_time_s,
+peak_rss_mb, command, seed, date``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+REQUIRED = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s",
+            "peak_rss_mb", "command", "seed", "date")
+MODES = ("batch", "sequential", "lifelong")
+DEFAULT_RESULTS_DIR = Path("benchmarks") / "results"
+
+
+def current_command() -> str:
+    """The command line of this process, as a user would type it."""
+    prog = Path(sys.argv[0]).name
+    if prog in ("hyperedit", "__main__.py"):
+        return shlex.join(["hyperedit", *sys.argv[1:]])
+    return shlex.join(["python", *sys.argv])
+
+
+def make_record(*, editor: str, model: str, dataset: str, split: str, mode: str, n_edits: int, metrics: dict,
+                edit_time_s: float, peak_rss_mb: float | None, command: str | None = None, seed: int = 0,
+                **extra) -> dict:
+    """A result record of the common schema (extra fields are kept)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    for key in ("ES", "GS", "LS"):
+        metrics.setdefault(key, None)
+    record = {
+        "editor": editor, "model": model, "dataset": dataset, "split": split, "mode": mode,
+        "n_edits": int(n_edits), "metrics": metrics, "edit_time_s": round(float(edit_time_s), 4),
+        "peak_rss_mb": None if peak_rss_mb is None else round(float(peak_rss_mb), 1),
+        "command": command or current_command(), "seed": int(seed),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    record.update(extra)
+    return record
+
+
+def _read_vm(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_during(fn: Callable, *args, **kwargs):
+    """Run ``fn`` and return ``(result, seconds, peak_rss_mb)``.
+
+    On Linux the peak-RSS counter is reset before the call (``/proc/self/clear_refs``), so the
+    figure is the peak during ``fn``; elsewhere it is the process peak so far.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    seconds = time.perf_counter() - start
+    peak = _read_vm("VmHWM")
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return result, seconds, peak
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def records_table(records: list[dict]) -> str:
+    """A markdown table: one row per record, metric columns in a stable order."""
+    metric_keys: list[str] = ["ES", "GS", "LS"]
+    for r in records:
+        for key in r["metrics"]:
+            if key not in metric_keys and not isinstance(r["metrics"][key], (dict, list)):
+                metric_keys.append(key)
+    head = ["editor", "dataset", "split", "mode", "n_edits", *metric_keys, "edit_time_s", "peak_rss_mb"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        cells = [r["editor"], r["dataset"], r["split"], r["mode"], r["n_edits"],
+                 *(r["metrics"].get(k) for k in metric_keys), r["edit_time_s"], r["peak_rss_mb"]]
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(records: list[dict], name: str, results_dir: str | os.PathLike | None = None,
+                  title: str | None = None, notes: str = "") -> tuple[Path, Path]:
+    """Write ``<name>.json`` (list of records) and ``<name>.md`` (table + commands), atomically."""
+    for r in records:
+        missing = [k for k in REQUIRED if k not in r]
+        if missing:
+            raise ValueError(f"result record lacks {missing}")
+    out = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    _atomic_write(json_path, json.dumps(records, indent=2) + "\n")
+    commands = sorted({r["command"] for r in records})
+    md = f"# {title or name}\n\n" + (notes.strip() + "\n\n" if notes else "") + records_table(records)
+    md += "\nModel: " + ", ".join(sorted({r["model"] for r in records})) + ". Produced by:\n\n"
+    md += "\n".join(f"    {c}" for c in commands) + "\n"
+    _atomic_write(md_path, md)
+    return json_path, md_path

@@ -1,0 +1,1 @@
+"""Subcommands of the ``hyperedit`` command line, one module each."""

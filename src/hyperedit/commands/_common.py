@@ -1,0 +1,83 @@
+"""Options and helpers shared by several subcommands."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from ..errors import HyperEditError
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="smollm2-135m",
+                       help="embedded model name (smollm2-135m) or a local Hugging Face model directory")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    group.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template")
+
+
+def add_editor_args(parser: argparse.ArgumentParser, default: str | None = "ft") -> None:
+    group = parser.add_argument_group("editor")
+    group.add_argument("--editor", default=default, required=default is None,
+                       help="editing method (see `hyperedit editors`); default: %(default)s")
+    group.add_argument("--checkpoint", help="trained editor checkpoint directory (malmen, mend, rledit, hiedit)")
+    group.add_argument("--config", help="JSON file of editor options")
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="editor option, e.g. --set steps=40 --set layers=[20,21]; repeatable")
+
+
+def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="benchmark data directory (default: $HYPEREDIT_DATA_DIR or ../shared/data)")
+
+
+def parse_overrides(args) -> dict:
+    """Editor options from ``--config FILE`` then ``--set KEY=VALUE`` (values parsed as JSON, else text)."""
+    options: dict = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        try:
+            loaded = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise HyperEditError(f"{path}: no such config file") from None
+        except json.JSONDecodeError as exc:
+            raise HyperEditError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(loaded, dict):
+            raise HyperEditError(f"{path}: editor config must be a JSON object")
+        options.update(loaded)
+    for item in getattr(args, "overrides", []) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise HyperEditError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options[key.strip()] = value
+    return options
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_model_from_args(args):
+    from ..models import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype, chat_template=args.chat_template)
+
+
+def editor_from_args(args, lm):
+    from ..editors import get_editor
+
+    return get_editor(args.editor, checkpoint=args.checkpoint, lm=lm, **parse_overrides(args))
+
+
+def emit_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))

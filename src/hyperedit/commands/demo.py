@@ -1,0 +1,95 @@
+"""``hyperedit demo``: edit a few real facts in the embedded model and show before/after answers."""
+from __future__ import annotations
+
+import logging
+
+from ..requests import EditRequest, LocalityPrompt
+from ._common import add_editor_args, add_model_args, editor_from_args, emit_json, load_model_from_args, seed_everything
+
+log = logging.getLogger(__name__)
+
+DEMO_REQUESTS = [
+    EditRequest(
+        prompt="The Eiffel Tower is located in the city of", target="Rome", subject="Eiffel Tower",
+        rephrasings=("Where is the Eiffel Tower? It stands in the city of",),
+        locality=(LocalityPrompt("The Statue of Liberty is located in the city of"),), old_target="Paris"),
+    EditRequest(
+        prompt="Lionel Messi plays the sport of", target="basketball", subject="Lionel Messi",
+        rephrasings=("The professional sport that Lionel Messi plays is",),
+        locality=(LocalityPrompt("Roger Federer plays the sport of"),), old_target="football"),
+    EditRequest(
+        prompt="The Great Wall is located in the country of", target="Mexico", subject="Great Wall",
+        rephrasings=("Which country is the Great Wall in? It is in",),
+        locality=(LocalityPrompt("The Taj Mahal is located in the country of"),), old_target="China"),
+    EditRequest(
+        prompt="The official language of Brazil is", target="French", subject="Brazil",
+        rephrasings=("In Brazil, most people speak",),
+        locality=(LocalityPrompt("The official language of Germany is"),), old_target="Portuguese"),
+]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="edit a few real facts in the embedded model and show before/after answers",
+                       description="Edits a handful of real facts in a model (default: the embedded SmolLM2), "
+                                   "prints what the model answers before and after for each edit prompt, a "
+                                   "rephrasing and an unrelated prompt, and the metrics. The model is restored "
+                                   "afterwards.")
+    add_model_args(p)
+    add_editor_args(p)
+    p.add_argument("--tokens", type=int, default=6, help="tokens generated per answer (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def _rows(requests):
+    for r in requests:
+        yield "edit", r.prompt, r.target
+        for text in r.rephrasings:
+            yield "rephrase", text, r.target
+        for loc in r.locality:
+            yield "unrelated", loc.prompt, None
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run(args) -> int:
+    from ..eval import evaluate, generate, locality_reference
+
+    seed_everything(args.seed)
+    lm = load_model_from_args(args)
+    editor = editor_from_args(args, lm)
+    requests = DEMO_REQUESTS
+    rows = list(_rows(requests))
+    prompts = [p for _, p, _ in rows]
+    log.info("answers before editing")
+    before = generate(lm.adapter, prompts, args.tokens)
+    reference = locality_reference(lm.adapter, requests)
+    log.info("editing %d facts with %s", len(requests), editor.name)
+    delta = editor.edit(lm, requests)
+    with delta.applied(lm.model):
+        after = generate(lm.adapter, prompts, args.tokens)
+        metrics, _ = evaluate(lm.adapter, requests, reference)
+    table = [{"kind": k, "prompt": p, "wanted": t, "before": b.strip(), "after": a.strip()}
+             for (k, p, t), b, a in zip(rows, before, after)]
+    if args.json:
+        emit_json({"editor": editor.name, "model": lm.name, "rows": table, "metrics": metrics})
+        return 0
+    print(f"hyperedit demo: {len(requests)} facts edited in {lm.name} with {editor.name}\n")
+    header = f"{'kind':<10} {'prompt':<52} {'wanted':<11} {'before':<26} {'after':<26}"
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        print(f"{row['kind']:<10} {_short(row['prompt'], 52):<52} {_short(row['wanted'] or '(unchanged)', 11):<11} "
+              f"{_short(row['before'], 26):<26} {_short(row['after'], 26):<26}")
+    print()
+    names = {"ES": "edit success (ES)", "GS": "generalisation (GS)", "LS": "locality vs unedited model (LS)",
+             "efficacy_score": "P(new) > P(old) on edit prompts", "paraphrase_score": "P(new) > P(old) on rephrasings"}
+    for key, label in names.items():
+        if metrics.get(key) is not None:
+            print(f"{label:<34} {metrics[key]:.3f}")
+    print("\nThe model is unchanged: the edit was reverted. Save edits with `hyperedit edit`.")
+    return 0

@@ -1,0 +1,23 @@
+"""``hyperedit editors``: list the available editing methods and their options."""
+from __future__ import annotations
+
+import dataclasses
+
+
+def register(sub) -> None:
+    p = sub.add_parser("editors", help="list editing methods and their options")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..editors import editor_entry, editor_names
+
+    for name in editor_names():
+        entry = editor_entry(name)
+        trained = " (trained: needs --checkpoint)" if entry.needs_checkpoint else ""
+        print(f"{name:<12} {entry.summary}{trained}")
+        for f in dataclasses.fields(entry.config_class):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            print(f"{'':<14}--set {f.name}={default!r}")
+    return 0

@@ -1,0 +1,127 @@
+"""Edit-quality metrics over a list of requests: ES, GS, LS and CounterFact probability scores.
+
+``LocalityReference`` is taken from the unedited model before editing; ``evaluate`` then reads
+the edited model. LS compares the edited model's argmax with the unedited model's own argmax;
+LS_data compares with the dataset's answer where one exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..models.adapters import ModelAdapter
+from ..requests import EditRequest
+from .metrics import PairScore, agreement, generate, mean, ngram_entropy, score_pairs
+
+_LOC_CONTINUATION_TOKENS = 3
+
+
+@dataclass
+class LocalityReference:
+    """Pre-edit state of the locality prompts: the pairs to score and the unedited predictions."""
+
+    pairs: list[tuple[int, str, str, bool]]  # (request index, prompt, target text, target from dataset)
+    predicted: list[list[int]]
+
+
+def locality_reference(adapter: ModelAdapter, requests: list[EditRequest], batch_size: int = 32) -> LocalityReference:
+    """Record the unedited model's predictions on every locality prompt.
+
+    Prompts without a dataset answer are continued greedily for a few tokens, and that
+    continuation is what locality is measured on.
+    """
+    pairs = []
+    missing = [(i, loc.prompt) for i, r in enumerate(requests) for loc in r.locality if loc.answer is None]
+    continuations = dict(zip(missing, generate(adapter, [p for _, p in missing], _LOC_CONTINUATION_TOKENS)))
+    for i, request in enumerate(requests):
+        for loc in request.locality:
+            if loc.answer is not None:
+                pairs.append((i, loc.prompt, loc.answer, True))
+            else:
+                text = continuations[(i, loc.prompt)].strip() or "the"
+                pairs.append((i, loc.prompt, text, False))
+    scores = score_pairs(adapter, [p for _, p, _, _ in pairs], [t for _, _, t, _ in pairs], batch_size)
+    return LocalityReference(pairs, [s.predicted for s in scores])
+
+
+def _per_request(values: list[tuple[int, float]], n: int) -> list[float | None]:
+    """Average values that belong to the same request, so each request weighs the same."""
+    buckets: list[list[float]] = [[] for _ in range(n)]
+    for i, v in values:
+        buckets[i].append(v)
+    return [mean(b) for b in buckets]
+
+
+def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: LocalityReference | None,
+             batch_size: int = 32, fluency_prompts: int = 0) -> tuple[dict, list[dict]]:
+    """Metrics over all requests, and one row of per-request values for each request."""
+    n = len(requests)
+    prompts, targets, owner, kind = [], [], [], []
+
+    def add(i, prompt, target, what):
+        prompts.append(prompt), targets.append(target), owner.append(i), kind.append(what)
+
+    for i, r in enumerate(requests):
+        add(i, r.prompt, r.target, "es")
+        for text in r.rephrasings:
+            add(i, text, r.target, "gs")
+        if r.old_target is not None:
+            add(i, r.prompt, r.old_target, "es_old")
+            for text in r.rephrasings:
+                add(i, text, r.old_target, "gs_old")
+            for loc in r.locality:
+                if loc.answer is not None and loc.answer.strip() == r.old_target.strip():
+                    add(i, loc.prompt, r.target, "nb_new")
+                    add(i, loc.prompt, r.old_target, "nb_old")
+    scores = score_pairs(adapter, prompts, targets, batch_size)
+    by_kind: dict[str, list[tuple[int, PairScore]]] = {}
+    for i, what, s in zip(owner, kind, scores):
+        by_kind.setdefault(what, []).append((i, s))
+
+    es = _per_request([(i, s.accuracy) for i, s in by_kind.get("es", [])], n)
+    gs = _per_request([(i, s.accuracy) for i, s in by_kind.get("gs", [])], n)
+    rows = [{"id": r.id, "ES": es[i], "GS": gs[i]} for i, r in enumerate(requests)]
+    metrics = {"ES": mean(es), "GS": mean(gs)}
+
+    if reference is not None and reference.pairs:
+        loc_scores = score_pairs(adapter, [p for _, p, _, _ in reference.pairs], [t for _, _, t, _ in reference.pairs], batch_size)
+        ls = _per_request([(i, agreement(ref, s.predicted)) for (i, _, _, _), ref, s
+                           in zip(reference.pairs, reference.predicted, loc_scores)], n)
+        ls_data = _per_request([(i, s.accuracy) for (i, _, _, from_data), s in zip(reference.pairs, loc_scores) if from_data], n)
+        metrics["LS"] = mean(ls)
+        metrics["LS_data"] = mean(ls_data)
+        for row, a, b in zip(rows, ls, ls_data):
+            row["LS"], row["LS_data"] = a, b
+    else:
+        metrics["LS"] = None
+
+    metrics.update(_probability_scores(by_kind, n))
+    if fluency_prompts:
+        texts = generate(adapter, [r.prompt for r in requests[:fluency_prompts]], max_new_tokens=30)
+        metrics["fluency"] = mean(ngram_entropy(t) for t in texts)
+    return metrics, rows
+
+
+def _probability_scores(by_kind: dict, n: int) -> dict:
+    """CounterFact scores: fraction with P(new) > P(old) (efficacy, paraphrase), P(old) > P(new)
+    on neighbourhood prompts, and the mean probability differences (magnitudes)."""
+    out = {}
+    for name, new_kind, old_kind, sign in (("efficacy", "es", "es_old", 1), ("paraphrase", "gs", "gs_old", 1),
+                                           ("neighborhood", "nb_new", "nb_old", -1)):
+        old = by_kind.get(old_kind, [])
+        if not old:
+            continue
+        new_by_owner: dict[int, list[PairScore]] = {}
+        for i, s in by_kind[new_kind]:
+            new_by_owner.setdefault(i, []).append(s)
+        old_by_owner: dict[int, list[PairScore]] = {}
+        for i, s in old:
+            old_by_owner.setdefault(i, []).append(s)
+        wins, gaps = [], []
+        for i, olds in old_by_owner.items():
+            for s_new, s_old in zip(new_by_owner.get(i, []), olds):
+                diff = s_new.prob - s_old.prob
+                wins.append((i, float(sign * diff > 0)))
+                gaps.append((i, sign * diff))
+        out[f"{name}_score"] = mean(_per_request(wins, n))
+        out[f"{name}_magnitude"] = mean(_per_request(gaps, n))
+    return out

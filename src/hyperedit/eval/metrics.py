@@ -1,0 +1,94 @@
+"""Metrics of knowledge editing (see the project's algorithm notes).
+
+Everything is teacher-forced and batched: one pass over (prompt, target) pairs yields, per pair,
+the model's argmax tokens at the target positions and the mean target-token NLL, from which
+accuracy (ES/GS/LS) and probability scores (CounterFact) are derived.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from ..lm import iter_chunks, target_logits
+from ..models.adapters import ModelAdapter
+
+
+@dataclass
+class PairScore:
+    """Teacher-forced result for one (prompt, target) pair."""
+
+    predicted: list[int]  # argmax token at each target position
+    target: list[int]  # the target tokens
+    mean_nll: float  # mean target-token negative log-likelihood
+
+    @property
+    def accuracy(self) -> float:
+        return sum(p == t for p, t in zip(self.predicted, self.target)) / max(1, len(self.target))
+
+    @property
+    def prob(self) -> float:
+        """Geometric-mean token probability, exp(-mean NLL)."""
+        return math.exp(-self.mean_nll)
+
+
+@torch.no_grad()
+def score_pairs(adapter: ModelAdapter, prompts: list[str], targets: list[str], batch_size: int = 32,
+                progress=None) -> list[PairScore]:
+    """Score every (prompt, target) pair in batches."""
+    device = next(adapter.model.parameters()).device
+    results: list[PairScore] = []
+    pairs = list(zip(prompts, targets))
+    for chunk in iter_chunks(pairs, batch_size):
+        batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
+        out = target_logits(adapter, batch)
+        nll = out.token_nll()
+        predicted = out.logits.argmax(-1)
+        for i in range(len(chunk)):
+            sel = out.example == i
+            results.append(PairScore(predicted[sel].tolist(), out.targets[sel].tolist(),
+                                     float(nll[sel].mean()) if sel.any() else float("nan")))
+        if progress is not None:
+            progress.update(len(chunk))
+    return results
+
+
+def mean(values) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
+def agreement(reference: list[int], predicted: list[int]) -> float:
+    """Fraction of positions where two argmax sequences agree (locality against the unedited model)."""
+    return sum(a == b for a, b in zip(reference, predicted)) / max(1, len(reference))
+
+
+def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
+    """Weighted n-gram entropy (bits) of a text's whitespace tokens; low values mean repetition."""
+    tokens = text.split()
+    entropies = []
+    for n, w in zip(ns, weights):
+        grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+        total = sum(grams.values())
+        if total == 0:
+            entropies.append(0.0)
+            continue
+        entropies.append(w * -sum(c / total * math.log2(c / total) for c in grams.values()))
+    return sum(entropies) / len(entropies)
+
+
+@torch.no_grad()
+def generate(adapter: ModelAdapter, prompts: list[str], max_new_tokens: int = 30, batch_size: int = 16) -> list[str]:
+    """Greedy continuations (text after the prompt)."""
+    model, tok = adapter.model, adapter.tokenizer
+    device = next(model.parameters()).device
+    texts = []
+    for chunk in iter_chunks(prompts, batch_size):
+        batch = adapter.encode_prompts(chunk, device=device)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        new = out if adapter.is_seq2seq else out[:, batch["input_ids"].shape[1]:]
+        texts.extend(tok.batch_decode(new, skip_special_tokens=True))
+    return texts
