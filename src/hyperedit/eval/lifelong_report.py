@@ -1,0 +1,73 @@
+"""Lifelong results as files: the common result record, JSON + markdown, and PNG curves."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def lifelong_record(summary: dict, *, editor: str, model: str, dataset: str, split: str, command: str | None,
+                    seed: int, config: dict | None = None, peak_rss_mb: float | None = None) -> dict:
+    """The result record (mode ``lifelong``) of one finished stream summary."""
+    from ..bench import make_record
+
+    general = summary.get("general") or {}
+    metrics = dict(summary["metrics"])
+    retention = (general.get("retention") or {}).get("mean")
+    metrics["general_retention"] = retention
+    if general.get("before"):
+        metrics["general_acc_before"] = general["before"]["mean"]["acc"]
+        metrics["general_acc_after"] = (general.get("after") or {}).get("mean", {}).get("acc")
+    metrics["modules_fraction"] = summary.get("modules_fraction_mean")
+    metrics["time_per_edit_s"] = summary.get("time_per_edit_s")
+    extra = {k: v for k, v in summary.items() if k not in ("metrics", "edit_time_s")}
+    return make_record(editor=editor, model=model, dataset=dataset, split=split, mode="lifelong",
+                       n_edits=summary["num_seq"], metrics=metrics, edit_time_s=summary["edit_time_s"],
+                       peak_rss_mb=peak_rss_mb, command=command, seed=seed, editor_config=config or {}, **extra)
+
+
+def plot_curves(records: list[dict], path: str | Path) -> Path | None:
+    """One PNG: recent-edit ES, earliest-edit ES, locality and general accuracy along the stream."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot written")
+        return None
+    panels = [("recent edits ES", lambda p: p["recent"]["ES"]), ("earliest edits ES", lambda p: p["earliest"]["ES"]),
+              ("locality LS (recent)", lambda p: p["recent"]["LS"]),
+              ("general acc (mean)", lambda p: (p.get("general") or {}).get("mean", {}).get("acc"))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (title, get) in zip(axes, panels):
+        for r in records:
+            xs, ys = [], []
+            for point in r.get("curves") or []:
+                value = get(point)
+                if value is not None:
+                    xs.append(point["edits"]), ys.append(value)
+            if xs:
+                ax.plot(xs, ys, marker="o", ms=3, label=f"{r['editor']} ({r['dataset']})")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("edits")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_lifelong(records: list[dict], name: str, results_dir: str | Path | None = None, notes: str = "") -> list[Path]:
+    """``NAME.json`` + ``NAME.md`` (common records) and ``NAME.png`` (curves)."""
+    from ..bench import write_results
+    from ..bench.records import DEFAULT_RESULTS_DIR
+
+    out = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
+    paths = list(write_results(records, name, out, title=f"Lifelong editing: {name}", notes=notes))
+    png = plot_curves(records, out / f"{name}.png")
+    return paths + ([png] if png else [])

@@ -1,0 +1,148 @@
+"""The lifelong runner: accumulation, curves, general ability, exact restore, kill-and-resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hyperedit.editors import get_editor
+from hyperedit.eval.general import evaluate_general, macro_f1, predict_choices
+from hyperedit.eval.lifelong import LifelongConfig, LifelongRunner
+from hyperedit.requests import EditRequest, LocalityPrompt
+
+CITIES = ["paris", "rome", "berlin", "london", "madrid", "tokyo", "moscow", "vienna", "lisbon", "athens", "cairo",
+          "delhi"]
+COUNTRIES = ["france", "italy", "germany", "england", "spain", "japan", "russia", "austria", "portugal", "greece",
+             "egypt", "india"]
+
+
+def make_requests(n: int) -> list[EditRequest]:
+    out = []
+    for i in range(n):
+        c, t = COUNTRIES[i % len(COUNTRIES)], CITIES[(i * 5 + 3) % len(CITIES)]
+        out.append(EditRequest(prompt=f"the capital of {c} is", target=t, subject=c,
+                               rephrasings=(f"the city of {c} is",),
+                               locality=(LocalityPrompt(f"john plays {['piano', 'golf', 'chess'][i % 3]}", "with"),),
+                               id=str(i)))
+    return out
+
+
+def test_macro_f1_by_hand():
+    # class 0: tp 1, fp 1, fn 1 -> 2/4 ; class 1: tp 1, fp 2, fn 1 -> 2/5 ; class 2: tp 0 -> 0
+    assert macro_f1([0, 0, 1, 1, 2], [0, 1, 1, 0, 1], 3) == pytest.approx((0.5 + 0.4 + 0.0) / 3)
+    assert macro_f1([0, 1], [0, 1], 2) == 1.0
+
+
+def test_choice_scoring_prefers_the_likelier_continuation(tiny_llama):
+    adapter = tiny_llama.adapter
+    rows = [{"prompt": "the capital of france is", "choices": [" paris", " rome", " cat"], "label": 0}]
+    picked = predict_choices(adapter, rows)[0]
+    from hyperedit.eval.metrics import score_pairs
+
+    scores = score_pairs(adapter, [rows[0]["prompt"]] * 3, rows[0]["choices"])
+    assert picked == min(range(3), key=lambda i: scores[i].mean_nll * len(scores[i].target))
+    result = evaluate_general(adapter, {"toy": rows * 2})
+    assert result["toy"]["acc"] == float(picked == 0) and result["mean"]["acc"] == result["toy"]["acc"]
+
+
+def _config(**kw):
+    base = dict(num_seq=6, batch_size=2, num_pre=2, curve_every=2, curve_sample=2, general_per_task=0)
+    base.update(kw)
+    return LifelongConfig(**base)
+
+
+def test_stream_accumulates_curves_and_restores_exactly(tiny_llama, tmp_path):
+    editor = get_editor("ft", steps=3, lr=1e-2)
+    names = tiny_llama.adapter.module_names(tiny_llama.adapter.default_layers(1))
+    before = {n: tiny_llama.adapter.weight(n).detach().clone() for n in names}
+    runner = LifelongRunner(tiny_llama, editor, make_requests(6), _config(), tmp_path / "run")
+    summary = runner.run(restore=False, progress=False)
+    assert [p["edits"] for p in summary["curves"]] == [2, 4, 6]
+    assert summary["n_steps"] == 3 and summary["modules_fraction_mean"] == 1.0
+    for key in ("ES", "GS", "LS", "ES_pre", "GS_pre", "LS_pre"):
+        assert 0.0 <= summary["metrics"][key] <= 1.0
+    # the stream's weights are the sum of three deltas, never reverted
+    changed = runner.weights()
+    assert set(changed) == set(names) and any(not torch.equal(changed[n], before[n]) for n in names)
+    runner.restore()
+    for n in names:
+        assert torch.equal(tiny_llama.adapter.weight(n), before[n])
+
+
+def test_general_ability_points_along_the_stream(tiny_llama, tmp_path):
+    editor = get_editor("ft", steps=2, lr=1e-2)
+    runner = LifelongRunner(tiny_llama, editor, make_requests(4),
+                            _config(num_seq=4, general_per_task=2, general_tasks=["sst2", "rte"]), tmp_path / "run")
+    summary = runner.run(progress=False)
+    assert set(summary["general"]["before"]) == {"sst2", "rte", "mean"}
+    assert all("general" in p and "general_retention" in p for p in summary["curves"])
+
+
+def test_resume_in_process_matches_uninterrupted(tiny_dirs, tmp_path):
+    from hyperedit.models import load_model
+
+    def final_weights(run_dir, stops):
+        for stop in stops:
+            lm = load_model(str(tiny_dirs["llama"]))
+            runner = LifelongRunner(lm, get_editor("ft", steps=3, lr=1e-2), make_requests(6), _config(), run_dir)
+            out = runner.run(resume=True, restore=False, max_edits=stop, progress=False)
+        return runner.weights(), out
+
+    whole, summary = final_weights(tmp_path / "a", [None])
+    parts, resumed = final_weights(tmp_path / "b", [2, 4, None])
+    assert set(whole) == set(parts) and all(torch.equal(whole[n], parts[n]) for n in whole)
+    assert resumed["metrics"] == summary["metrics"]
+    assert [p["edits"] for p in resumed["curves"]] == [2, 4, 6]
+
+
+def _write_requests(path: Path, n: int) -> None:
+    with open(path, "w") as handle:
+        for r in make_requests(n):
+            handle.write(json.dumps({"prompt": r.prompt, "target": r.target, "rephrasings": list(r.rephrasings),
+                                     "locality": [{"prompt": loc.prompt, "answer": loc.answer} for loc in r.locality],
+                                     "id": r.id}) + "\n")
+
+
+def _cli(model_dir, data, run_dir, resume=False):
+    cmd = [sys.executable, "-m", "hyperedit", "lifelong", "-q", "--model", str(model_dir), "--editor", "ft",
+           "--set", "steps=20", "--set", "lr=0.01", "--data", str(data), "--num-seq", "30", "--batch", "1",
+           "--num-pre", "5", "--curve-every", "10", "--curve-sample", "3", "--ckpt-every", "1",
+           "--general-per-task", "0", "--run-dir", str(run_dir), "--threads", "1"]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _final(run_dir: Path) -> tuple[dict, dict]:
+    latest = run_dir / "checkpoints" / (run_dir / "LATEST").read_text().strip()
+    return load_file(str(latest / "weights.safetensors")), json.loads((latest / "stream.json").read_text())
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_final_state(tiny_dirs, tmp_path):
+    data = tmp_path / "edits.jsonl"
+    _write_requests(data, 30)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(tiny_dirs["llama"], data, tmp_path / "whole"), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(tiny_dirs["llama"], data, killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (killed / "LATEST").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = _final(killed)[1]["done"]
+    assert done_at_kill < 30, "the run finished before it could be killed"
+    subprocess.run(_cli(tiny_dirs["llama"], data, killed, resume=True), check=True, env=env, capture_output=True)
+    (w_whole, s_whole), (w_res, s_res) = _final(tmp_path / "whole"), _final(killed)
+    assert s_res["done"] == s_whole["done"] == 30
+    assert set(w_whole) == set(w_res) and all(torch.equal(w_whole[k], w_res[k]) for k in w_whole)
+    assert s_res["curves"] == s_whole["curves"]
+    m_res, m_whole = (json.loads((d / "result.json").read_text())["metrics"] for d in (killed, tmp_path / "whole"))
+    assert all(m_res[k] == m_whole[k] for k in ("ES", "GS", "LS", "ES_pre", "GS_pre", "LS_pre"))
