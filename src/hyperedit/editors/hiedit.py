@@ -1,0 +1,196 @@
+"""HiEdit: a high-level policy picks which candidate modules each edit changes; a MEND- or
+MALMEN-style hypernetwork (``low``) computes the shifts of the chosen ones (ALGORITHMS.md).
+
+Training (``training.trajectory``) is RLEdit's, with two additions: the hypernetwork sees
+``dL/dS_m = mask_m * dL/dW_m`` (only chosen modules are shifted), and the policy's gate gets the
+extrinsic loss through the straight-through mask, ``dL/dmask_m = <dL/dW_m, S_m>`` (W carries
+``mask_m * S_m``; shifts are applied as data, so nothing is lost through ``weight.data``), plus the
+intrinsic sparsity term ``sparsity_coef * sum_m mask_m ||S_m||^2 / k``. The extrinsic return is
+also measured relative to editing every candidate (logged as ``advantage_vs_all``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..delta import EditDelta
+from ..errors import HyperEditError
+from ..nets.policy import LayerPolicy
+from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests
+from .base import register_editor
+from .malmen import MalmenConfig, MalmenEditor
+from .mend import MendConfig, MendEditor
+from .rledit import Proposal, hypernet_parameter_groups
+
+LOW = {"malmen": (MalmenEditor, MalmenConfig), "mend": (MendEditor, MendConfig)}
+
+
+@dataclass
+class HiEditConfig(HyperEditorConfig):
+    """HiEdit settings: ``layers`` are the candidate modules' layers, ``top_k`` of them are edited
+    per edit; ``low`` is the low-level editor (malmen | mend); ``policy_hidden`` the encoder width;
+    ``sparsity_coef`` weighs the intrinsic reward."""
+
+    low: str = "malmen"
+    top_k: int = 3
+    policy_hidden: int = 256
+    sparsity_coef: float = 1e-3
+    solve_dtype: str = "float32"
+
+    RUNTIME = ("lm_batch_size", "net_batch_size", "solve_dtype")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.low not in LOW:
+            raise ValueError(f"low must be one of {sorted(LOW)}")
+        if self.top_k < 1 or self.policy_hidden < 1 or self.sparsity_coef < 0:
+            raise ValueError("top_k and policy_hidden must be >= 1, sparsity_coef >= 0")
+
+    def low_config(self) -> HyperEditorConfig:
+        cls = LOW[self.low][1]
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in asdict(self).items() if k in known})
+
+
+@register_editor("hiedit", HiEditConfig, "policy-selected modules + hypernetwork shifts (lifelong, trained)",
+                 needs_checkpoint=True)
+class HiEditEditor:
+    """Per edit: encode [k; g] of every candidate, keep the top-k modules, shift only those."""
+
+    config_class = HiEditConfig
+
+    def __init__(self, config: HiEditConfig, low, policy: LayerPolicy, meta: dict | None = None):
+        self.config, self.low, self.policy = config, low, policy
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def create(cls, config: HiEditConfig, lm, seed: int = 0) -> "HiEditEditor":
+        """A fresh editor: an untrained low-level hypernetwork and policy over the candidate modules."""
+        low = LOW[config.low][0].create(config.low_config(), lm, seed=seed)
+        config.layers = low.config.layers
+        shapes = {n: lm.adapter.in_out_shape(n) for n in low.module_names}
+        if config.top_k > len(shapes):
+            raise HyperEditError(f"top_k {config.top_k} exceeds the {len(shapes)} candidate modules")
+        return cls(config, low, LayerPolicy(shapes, config.top_k, config.policy_hidden, seed=seed).to(lm.device))
+
+    @property
+    def module_names(self) -> list[str]:
+        return self.low.module_names
+
+    # ----- editing -----------------------------------------------------------------------------
+    def select(self, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(straight-through mask, gate values) of the policy for one edit's cache."""
+        return self.policy({n: torch.cat(cache[n], dim=-1) for n in self.module_names})
+
+    def edit(self, lm, requests) -> EditDelta:
+        """Shifts of the policy's top-k modules only; the model is left unchanged."""
+        self.low.check_model(lm)
+        if not requests:
+            raise HyperEditError("no requests to edit")
+        self.policy.to(lm.device).eval()
+        self.low.nets.to(lm.device).eval()
+        cache = cache_requests(lm.adapter, list(requests), self.module_names, self.config.token)
+        with torch.no_grad():
+            mask, _ = self.select(cache)
+            chosen = [n for n, m in zip(self.module_names, mask.tolist()) if m > 0.5]
+            acc = self.low.new_accumulator()
+            for name in chosen:
+                self.low.accumulate(acc, name, *cache[name])
+            shifts = self.low.finish(acc)
+        return EditDelta.from_in_out(lm.adapter, shifts, editor=self.name, config=asdict(self.config),
+                                     n_requests=len(requests), n_candidates=len(self.module_names))
+
+    # ----- trajectory protocol (training.trajectory) -------------------------------------------
+    def parameters(self):
+        yield from self.low.nets.parameters()
+        yield from self.policy.parameters()
+
+    def parameter_groups(self, meta_lr: float, lr_meta_lr: float) -> list[dict]:
+        return hypernet_parameter_groups(self.low.nets, meta_lr, lr_meta_lr) + \
+            [{"params": list(self.policy.parameters()), "lr": meta_lr}]
+
+    def train_mode(self, flag: bool = True) -> None:
+        self.low.nets.train(flag)
+        self.policy.train(flag)
+
+    def cache(self, lm, requests) -> dict:
+        return cache_requests(lm.adapter, list(requests), self.module_names, self.config.token)
+
+    def update_normalizers(self, cache: dict) -> None:
+        for name in self.module_names:
+            self.low.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1))
+        self.policy.update_normalizers({n: torch.cat(cache[n], dim=-1) for n in self.module_names})
+
+    def trajectory_propose(self, cache: dict) -> Proposal:
+        mask, gate = self.select(cache)  # keeps the policy's graph
+        acc, full = self.low.predict(cache)
+        chosen = {n: full[n] for n, m in zip(self.module_names, mask.tolist()) if m > 0.5}
+        return Proposal(shifts=chosen, full=full, state={"cache": cache, "acc": acc, "mask": mask, "gate": gate})
+
+    def trajectory_backward(self, proposal: Proposal, grads: dict[str, torch.Tensor], reg_coef: float) -> None:
+        """Hypernetwork: ``mask_m (dL/dW_m + 2 reg S_m)``; policy: extrinsic ``<dL/dW_m, S_m>`` and
+        intrinsic sparsity through the straight-through mask."""
+        mask, full, names = proposal.state["mask"], proposal.full, self.module_names
+        hard = mask.detach()
+        grad_shifts = {n: hard[i] * (grads[n] + 2 * reg_coef * full[n]) for i, n in enumerate(names)}
+        self.low.backward(proposal.state["cache"], proposal.state["acc"], full, grad_shifts)
+        self.policy_loss(mask, grads, full).backward()
+
+    def policy_loss(self, mask: torch.Tensor, grads: dict[str, torch.Tensor], full: dict[str, torch.Tensor],
+                    extrinsic: bool = True, intrinsic: bool = True) -> torch.Tensor:
+        """Surrogate whose gradient w.r.t. the mask is the policy's: extrinsic ``<dL/dW_m, S_m>`` and
+        intrinsic ``sparsity_coef ||S_m||^2 / k`` per module."""
+        names = self.module_names
+        zero = mask.sum() * 0
+        ext = sum(mask[i] * (grads[n] * full[n]).sum() for i, n in enumerate(names)) if extrinsic else zero
+        norms = torch.stack([full[n].pow(2).sum() for n in names])
+        intr = self.config.sparsity_coef * (mask * norms).sum() / self.config.top_k if intrinsic else zero
+        return ext + intr
+
+    # ----- persistence -------------------------------------------------------------------------
+    def save(self, path: str | Path, extra_meta: dict | None = None) -> Path:
+        """``editor.json`` + ``editor.safetensors`` (``low.*`` hypernetwork, ``policy.*`` gate)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {f"low.{k}": v for k, v in self.low.nets.state_dict().items()}
+        state.update({f"policy.{k}": v for k, v in self.policy.state_dict().items()})
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / WEIGHTS_FILE))
+        meta = {"editor": self.name, "config": asdict(self.config), "model": self.low.model,
+                "modules": {n: list(s) for n, s in self.low.nets.module_shapes.items()}, **self.meta, **(extra_meta or {})}
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return path
+
+    def load_weights(self, folder: str | Path) -> None:
+        state = load_file(str(Path(folder) / WEIGHTS_FILE))
+        self.low.nets.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("low.")})
+        self.policy.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("policy.")})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, lm=None, **overrides) -> "HiEditEditor":
+        """Load a trained HiEdit editor (checkpoint or training run directory)."""
+        from ..nets import HyperNets
+        from ..training.checkpoint import resolve_checkpoint
+
+        folder = resolve_checkpoint(path, CONFIG_FILE)
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+        if meta.get("editor") != cls.name:
+            raise HyperEditError(f"{path} holds a {meta.get('editor')!r} checkpoint, not {cls.name!r}")
+        fixed = sorted(set(overrides) - set(HiEditConfig.RUNTIME))
+        if fixed:
+            raise HyperEditError(f"cannot override {', '.join(fixed)} of a trained hiedit editor")
+        known = {f.name for f in fields(HiEditConfig)}
+        config = HiEditConfig(**{k: v for k, v in {**meta["config"], **overrides}.items() if k in known})
+        shapes = {n: tuple(s) for n, s in meta["modules"].items()}
+        low_cls = LOW[config.low][0]
+        low = low_cls(config.low_config(), HyperNets(shapes, config.rank, config.n_blocks, config.lr_init), meta.get("model"))
+        editor = cls(config, low, LayerPolicy(shapes, config.top_k, config.policy_hidden),
+                     {k: v for k, v in meta.items() if k not in ("editor", "config", "model", "modules")})
+        editor.load_weights(folder)
+        if lm is not None:
+            low.check_model(lm)
+            low.nets.to(lm.device), editor.policy.to(lm.device)
+        return editor

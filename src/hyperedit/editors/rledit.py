@@ -1,0 +1,81 @@
+"""RLEdit: the MALMEN hypernetwork trained over editing trajectories (lifelong editing).
+
+Editing is MALMEN's (keys and value gradients on the current model, least-squares shifts); what
+differs is the training (``hyperedit.training.trajectory``): losses with memory backtracking on a
+model that carries every earlier shift of the trajectory, plus a shift-norm regulariser. This
+file also defines the small *trajectory protocol* the trainer talks to (``Proposal``,
+``trajectory_propose``, ``trajectory_backward``), which HiEdit implements as well.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ._hypernet import WEIGHTS_FILE, cache_requests
+from .base import register_editor
+from .malmen import MalmenConfig, MalmenEditor
+
+
+@dataclass
+class Proposal:
+    """Shifts one edit proposes during training: ``shifts`` (d_in, d_out) per changed module;
+    ``full`` the shifts of every candidate module when a policy chose a subset (else None);
+    ``state`` whatever the editor's backward needs."""
+
+    shifts: dict[str, torch.Tensor]
+    full: dict[str, torch.Tensor] | None = None
+    state: dict = field(default_factory=dict)
+
+
+@dataclass
+class RLEditConfig(MalmenConfig):
+    """RLEdit settings: MALMEN's hypernetwork (paper: rank 1024, 4 blocks; smaller default for CPU)."""
+
+
+def hypernet_parameter_groups(nets, meta_lr: float, lr_meta_lr: float) -> list[dict]:
+    """Adam groups: the per-module edit ``lr`` scalars get their own step size."""
+    lr_params = [p for n, p in nets.named_parameters() if n.endswith(".lr")]
+    others = [p for n, p in nets.named_parameters() if not n.endswith(".lr")]
+    return [{"params": others, "lr": meta_lr}, {"params": lr_params, "lr": lr_meta_lr}]
+
+
+@register_editor("rledit", RLEditConfig, "MALMEN hypernetwork trained over lifelong editing trajectories",
+                 needs_checkpoint=True)
+class RLEditEditor(MalmenEditor):
+    """MALMEN-style editing with a hypernetwork trained by ``training.trajectory``."""
+
+    config_class = RLEditConfig
+
+    # ----- trajectory protocol ----------------------------------------------------------------
+    def parameters(self):
+        return self.nets.parameters()
+
+    def parameter_groups(self, meta_lr: float, lr_meta_lr: float) -> list[dict]:
+        return hypernet_parameter_groups(self.nets, meta_lr, lr_meta_lr)
+
+    def train_mode(self, flag: bool = True) -> None:
+        self.nets.train(flag)
+
+    def cache(self, lm, requests) -> dict:
+        """Keys and value gradients of every edited module on the model as it is now."""
+        return cache_requests(lm.adapter, list(requests), self.module_names, self.config.token)
+
+    def update_normalizers(self, cache: dict) -> None:
+        for name in self.module_names:
+            self.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1))
+
+    def trajectory_propose(self, cache: dict) -> Proposal:
+        acc, shifts = self.predict(cache)
+        return Proposal(shifts=shifts, state={"cache": cache, "acc": acc})
+
+    def trajectory_backward(self, proposal: Proposal, grads: dict[str, torch.Tensor], reg_coef: float) -> None:
+        """Accumulate network gradients of ``L + reg_coef ||S||^2`` given ``grads[m] = dL/dS_m``."""
+        grad_shifts = {n: grads[n] + 2 * reg_coef * proposal.shifts[n] for n in self.module_names}
+        self.backward(proposal.state["cache"], proposal.state["acc"], proposal.shifts, grad_shifts)
+
+    def load_weights(self, folder: str | Path) -> None:
+        """Load network weights saved by ``save`` into this editor."""
+        self.nets.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)))

@@ -1,0 +1,241 @@
+"""Trajectory training of lifelong editors (RLEdit, HiEdit; ALGORITHMS.md "Lifelong editing").
+
+One optimiser step per trajectory of ``traj_len`` edits. At step t the model carries every shift
+of the trajectory so far; keys and value gradients of edit t are read from that model, the
+editor proposes S_t (no grad), and with S_0 + ... + S_t applied the step loss
+
+    reg_coef * ||S_t||^2 + sum_{j=0..min(t, back_depth)} gamma^j [CE(rephrase_{t-j}) + loc_coef KL(unrel_{t-j})]
+
+is backpropagated into the edited weights ("memory backtracking": later edits are trained not to
+destroy earlier ones). Since W = W_0 + sum S_i, ``W.grad`` is dL_t/dS_t; the editor pushes it
+(plus the regulariser) into its networks, the LM graph being freed first (memory separation).
+Network gradients accumulate over the trajectory; then clip and one Adam step. Checkpoints and
+resume reuse ``training.checkpoint`` (a killed run resumes to the same weights).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..delta import EditDelta
+from ..errors import HyperEditError
+from ..lm import iter_chunks, target_logits, trainable_weights
+from ..requests import EditRequest
+from .checkpoint import (CheckpointStore, load_optimizer_state, optimizer_state, restore_rng_state, rng_state,
+                         write_json)
+from .data import batch_for_step
+from .losses import locality_examples, rephrase_examples
+from .metrics import MetricsLog
+
+log = logging.getLogger(__name__)
+
+TRAINER_JSON = "trainer.json"
+TRAINER_TENSORS = "trainer.safetensors"
+
+
+@dataclass
+class TrajectoryConfig:
+    """Trajectory-training settings (defaults of the RLEdit paper where CPU allows)."""
+
+    steps: int = 50
+    traj_len: int = 10
+    n_edits: int = 1
+    back_depth: int = 10
+    gamma: float = 0.95
+    loc_coef: float = 0.6
+    reg_coef: float = 1e-4
+    meta_lr: float = 1e-4
+    lr_meta_lr: float | None = None
+    max_grad_norm: float = 1.0
+    baseline: bool = True
+    ckpt_every: int = 5
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.traj_len, self.n_edits, self.ckpt_every) < 1 or self.back_depth < 0:
+            raise ValueError("steps, traj_len, n_edits, ckpt_every must be >= 1 and back_depth >= 0")
+        if not 0 < self.gamma <= 1 or self.meta_lr <= 0 or self.loc_coef < 0 or self.reg_coef < 0:
+            raise ValueError("need 0 < gamma <= 1, meta_lr > 0, loc_coef >= 0, reg_coef >= 0")
+
+
+def _encode(adapter, pairs):
+    device = next(adapter.model.parameters()).device
+    return adapter.encode([p for p, _ in pairs], [t for _, t in pairs], device=device)
+
+
+@torch.no_grad()
+def reference_log_probs(adapter, requests: list[EditRequest], batch_size: int) -> list[torch.Tensor]:
+    """Log-probabilities of the current (unedited) model at the locality answer positions, per chunk."""
+    return [target_logits(adapter, _encode(adapter, chunk)).logits.float().log_softmax(-1)
+            for chunk in iter_chunks(locality_examples(requests), batch_size)]
+
+
+def backtracking_loss(adapter, history: list[list[EditRequest]], delta: EditDelta, *, back_depth: int, gamma: float,
+                      loc_coef: float, batch_size: int = 16, references: dict | None = None,
+                      backward: bool = True) -> dict:
+    """The discounted memory-backtracking loss of the last batch in ``history`` (oldest first).
+
+    ``sum_j gamma^j [CE(rephrase_{t-j}) + loc_coef KL(ref_{t-j} || edited)]`` for
+    ``j = 0..min(back_depth, t)``, with ``delta`` applied (CE and KL are per-example means averaged
+    over each batch's examples). ``references`` caches the unedited log-probabilities by history
+    index (computed here, before applying ``delta``, when missing). With ``backward`` the loss is
+    backpropagated into whatever requires grad. Returns ``{"loss", "gen": [...], "loc": [...]}``.
+    """
+    references = {} if references is None else references
+    t = len(history) - 1
+    depth = range(min(back_depth, t) + 1)
+    for j in depth:
+        if t - j not in references and loc_coef:
+            references[t - j] = reference_log_probs(adapter, history[t - j], batch_size)
+    gens, locs, total = [], [], 0.0
+    with delta.applied(adapter.model), torch.set_grad_enabled(backward):
+        for j in depth:
+            weight = gamma ** j
+            pairs = rephrase_examples(history[t - j])
+            gen = 0.0
+            for chunk in iter_chunks(pairs, batch_size):
+                out = target_logits(adapter, _encode(adapter, chunk))
+                loss = out.per_example_mean(out.token_nll()).sum() / len(pairs)
+                if backward:
+                    (weight * loss).backward()
+                gen += float(loss.detach())
+            loc = 0.0
+            pairs = locality_examples(history[t - j]) if loc_coef else []
+            for chunk, ref in zip(iter_chunks(pairs, batch_size), references.get(t - j, [])):
+                out = target_logits(adapter, _encode(adapter, chunk))
+                kl = F.kl_div(out.logits.float().log_softmax(-1), ref, log_target=True, reduction="none").sum(-1)
+                loss = out.per_example_mean(kl).sum() / len(pairs)
+                if backward:
+                    (weight * loc_coef * loss).backward()
+                loc += float(loss.detach())
+            gens.append(gen), locs.append(loc)
+            total += weight * (gen + loc_coef * loc)
+    return {"loss": total, "gen": gens, "loc": locs}
+
+
+def add_shifts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Module-wise sum of two (d_in, d_out) shift dicts."""
+    out = dict(a)
+    for name, s in b.items():
+        out[name] = out[name] + s if name in out else s
+    return out
+
+
+class TrajectoryTrainer:
+    """Trains ``editor`` (with the trajectory protocol of ``editors.rledit``) over editing trajectories."""
+
+    def __init__(self, editor, lm, train: list[EditRequest], config: TrajectoryConfig, run_dir: str | Path,
+                 info: dict | None = None):
+        self.editor, self.lm, self.train, self.config = editor, lm, train, config
+        self.run_dir = Path(run_dir)
+        self.info = dict(info or {})
+        self.store = CheckpointStore(self.run_dir, keep=config.keep_checkpoints)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.step = 0
+        self.optimizer = torch.optim.Adam(editor.parameter_groups(config.meta_lr, config.lr_meta_lr or config.meta_lr))
+
+    def run(self, resume: bool = False) -> list[dict]:
+        """Train up to ``config.steps`` trajectories; returns the log records."""
+        from tqdm.auto import tqdm
+
+        latest = self.store.latest()
+        if latest is not None and not resume:
+            raise HyperEditError(f"{self.run_dir} already holds a training run; pass --resume or choose another --out")
+        if latest is not None:
+            self._load(latest)
+        else:
+            self.metrics.rewind(-1)
+        bar = tqdm(total=self.config.steps, initial=self.step, desc=f"train {self.editor.name}", unit="traj")
+        while self.step < self.config.steps:
+            record = self.train_trajectory(self.step)
+            self.step += 1
+            self.metrics.append({"step": self.step, **record})
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if self.step % self.config.ckpt_every == 0 or self.step == self.config.steps:
+                self._save()
+        bar.close()
+        return self.metrics.read()
+
+    def train_trajectory(self, index: int) -> dict:
+        """One trajectory (``traj_len`` edits), gradients accumulated, one optimiser step."""
+        cfg, editor, adapter = self.config, self.editor, self.lm.adapter
+        start = time.perf_counter()
+        names = editor.module_names
+        history = [batch_for_step(self.train, index * cfg.traj_len + t, cfg.n_edits, cfg.seed)
+                   for t in range(cfg.traj_len)]
+        cumulative: dict[str, torch.Tensor] = {}
+        references: dict = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        editor.train_mode(True)
+        losses, advantages, touched = [], [], []
+        for t in range(cfg.traj_len):
+            prior = EditDelta.from_in_out(adapter, cumulative, editor=editor.name)
+            with prior.applied(self.lm.model):
+                cache = editor.cache(self.lm, history[t])
+            editor.update_normalizers(cache)
+            proposal = editor.trajectory_propose(cache)
+            total = add_shifts(cumulative, proposal.shifts)
+            kw = dict(back_depth=cfg.back_depth, gamma=cfg.gamma, loc_coef=cfg.loc_coef,
+                      batch_size=editor.config.lm_batch_size, references=references)
+            with trainable_weights(adapter, names) as weights:
+                out = backtracking_loss(adapter, history[:t + 1], EditDelta.from_in_out(adapter, total, editor=editor.name), **kw)
+                grads = {n: adapter.param_to_in_out(n, w.grad).float().clone() if w.grad is not None
+                         else torch.zeros(adapter.in_out_shape(n)) for n, w in zip(names, weights)}
+            if cfg.baseline and proposal.full is not None:  # extrinsic return relative to editing every candidate
+                full = EditDelta.from_in_out(adapter, add_shifts(cumulative, proposal.full), editor=editor.name)
+                advantages.append(backtracking_loss(adapter, history[:t + 1], full, backward=False, **kw)["loss"] - out["loss"])
+            reg = cfg.reg_coef * sum(float(s.pow(2).sum()) for s in proposal.shifts.values())
+            editor.trajectory_backward(proposal, grads, cfg.reg_coef)
+            losses.append(out["loss"] + reg)
+            touched.append(len(proposal.shifts))
+            cumulative = total
+        norm = torch.nn.utils.clip_grad_norm_(editor.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        record = {"loss": sum(losses) / len(losses), "last_loss": losses[-1], "grad_norm": float(norm),
+                  "modules_touched": sum(touched) / len(touched), "seconds": round(time.perf_counter() - start, 3),
+                  "shift_norm": float(sum(s.norm() for s in cumulative.values()))}
+        if advantages:
+            record["advantage_vs_all"] = sum(advantages) / len(advantages)
+        log.info("trajectory %d: loss %.4f |g| %.3g (%.1fs)", index + 1, record["loss"], norm, record["seconds"])
+        return record
+
+    # ----- checkpoints -------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        train = {k: v for k, v in asdict(self.config).items() if k != "steps"}  # a run may be extended
+        return {"train_config": train, "editor_config": asdict(self.editor.config),
+                "editor": self.editor.name, **self.info}
+
+    def _save(self) -> None:
+        def write(folder: Path) -> None:
+            self.editor.save(folder, extra_meta={"training": {"step": self.step, **self._identity()}})
+            opt_tensors, opt_meta = optimizer_state(self.optimizer)
+            rng_tensors, rng_meta = rng_state()
+            save_file({**opt_tensors, **rng_tensors}, str(folder / TRAINER_TENSORS))
+            write_json(folder / TRAINER_JSON, {"step": self.step, "optimizer": opt_meta, "rng": rng_meta,
+                                              "threads": torch.get_num_threads(), **self._identity()})
+
+        log.info("checkpoint %s", self.store.save(self.step, write))
+
+    def _load(self, folder: Path) -> None:
+        meta = json.loads((folder / TRAINER_JSON).read_text())
+        mine = json.loads(json.dumps(self._identity()))
+        if {k: meta.get(k) for k in mine} != mine:
+            differ = sorted(k for k in mine if meta.get(k) != mine[k])
+            raise HyperEditError(f"{self.run_dir} holds a run with other settings ({', '.join(differ)} differ)")
+        self.editor.load_weights(folder)
+        tensors = load_file(str(folder / TRAINER_TENSORS))
+        load_optimizer_state(self.optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")},
+                             meta["optimizer"])
+        restore_rng_state(tensors, meta["rng"])
+        self.step = int(meta["step"])
+        self.metrics.rewind(self.step)
+        log.info("resumed from %s (trajectory %d)", folder, self.step)

@@ -1,0 +1,100 @@
+"""HiEdit: top-k mask with straight-through gradients, the extrinsic loss reaching the gate,
+module selection, persistence, trajectory training."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_rledit import requests
+
+from hyperedit.delta import EditDelta
+from hyperedit.editors import get_editor
+from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
+from hyperedit.lm import trainable_weights
+from hyperedit.nets.policy import LayerPolicy, straight_through, top_k_mask
+from hyperedit.training.trajectory import TrajectoryConfig, TrajectoryTrainer, backtracking_loss
+
+
+def test_top_k_mask_and_straight_through_gradient():
+    logits = torch.tensor([0.3, -1.0, 2.0, 0.9, 0.0], requires_grad=True)
+    gate = torch.sigmoid(logits)
+    mask = straight_through(top_k_mask(gate, 2), gate)
+    assert mask.tolist() == [0.0, 0.0, 1.0, 1.0, 0.0]
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    (mask * weights).sum().backward()
+    # the forward value is the hard mask, the gradient the gate's: w * sigmoid'(x)
+    assert torch.allclose(logits.grad, weights * gate.detach() * (1 - gate.detach()))
+    assert top_k_mask(torch.tensor([1.0, 1.0, 0.0]), 5).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_policy_keeps_k_modules_and_sees_every_candidate():
+    shapes = {"a": (6, 4), "b": (6, 4), "c": (3, 5)}
+    policy = LayerPolicy(shapes, k=2, hidden=8, seed=0)
+    feats = {"a": torch.randn(7, 10), "b": torch.randn(7, 10), "c": torch.randn(7, 8)}
+    mask, gate = policy(feats)
+    assert mask.sum().item() == 2 and gate.shape == (3,)
+    gate.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (policy.encoders["3x5"].linear.weight,
+                                                                       policy.gate.weight))
+    with pytest.raises(ValueError):
+        LayerPolicy(shapes, k=4)
+
+
+def _editor(lm, low="malmen", **kw):
+    kw = {"lr_init": 0.05, **kw}
+    cfg = HiEditConfig(layers=[0, 1, 2, 3], rank=8, n_blocks=1, top_k=2, policy_hidden=16, low=low, **kw)
+    return HiEditEditor.create(cfg, lm, seed=0)
+
+
+@pytest.mark.parametrize("low", ["malmen", "mend"])
+def test_extrinsic_loss_alone_reaches_the_gate(tiny_llama, low):
+    """dL/dmask_m = <dL/dW_m, S_m> through the straight-through mask, and it matches a finite difference."""
+    adapter = tiny_llama.adapter
+    tiny_llama.model.double()  # float64 LM so that the finite difference is exact enough
+    editor = _editor(tiny_llama, low=low, sparsity_coef=0.0, lr_init={"malmen": 5.0, "mend": 0.2}[low])  # shifts to difference
+    batch = requests(2)
+    cache = editor.cache(tiny_llama, batch)
+    editor.update_normalizers(cache)
+    proposal = editor.trajectory_propose(cache)
+    assert len(proposal.shifts) == 2 and len(proposal.full) == 4
+    kw = dict(back_depth=0, gamma=1.0, loc_coef=0.5)
+    names = editor.module_names
+    with trainable_weights(adapter, names) as weights:
+        backtracking_loss(adapter, [batch], EditDelta.from_in_out(adapter, proposal.shifts, editor="t"), **kw)
+        grads = {n: adapter.param_to_in_out(n, w.grad).float().clone() for n, w in zip(names, weights)}
+    editor.policy.zero_grad()
+    editor.policy_loss(proposal.state["mask"], grads, proposal.full, intrinsic=False).backward()
+    assert editor.policy.gate.weight.grad.abs().sum() > 0
+    # finite-difference check of dL/dmask_m for one unchosen and one chosen module
+    for name in (n for n in names if n not in proposal.shifts or n == next(iter(proposal.shifts))):
+        eps = 1e-2
+
+        def loss_at(scale):
+            shifts = dict(proposal.shifts)
+            shifts[name] = shifts.get(name, 0 * proposal.full[name]) + scale * proposal.full[name]
+            return backtracking_loss(adapter, [batch], EditDelta.from_in_out(adapter, shifts, editor="t"),
+                                     backward=False, **kw)["loss"]
+
+        numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+        analytic = float((grads[name] * proposal.full[name]).sum())
+        assert abs(analytic) > 1e-4 and analytic == pytest.approx(numeric, rel=0.05)
+
+
+def test_edit_changes_top_k_modules_and_checkpoint_roundtrip(tiny_llama, tmp_path):
+    editor = _editor(tiny_llama)
+    delta = editor.edit(tiny_llama, requests(1))
+    assert len(delta.shifts) == 2 and delta.meta["n_candidates"] == 4
+    editor.save(tmp_path / "ck")
+    loaded = get_editor("hiedit", checkpoint=str(tmp_path / "ck"), lm=tiny_llama)
+    again = loaded.edit(tiny_llama, requests(1))
+    assert set(again.shifts) == set(delta.shifts)
+    assert all(torch.equal(again.shifts[n], delta.shifts[n]) for n in delta.shifts)
+
+
+def test_trajectory_training_updates_policy_and_hypernet(tiny_llama, tmp_path):
+    editor = _editor(tiny_llama, low="mend")
+    gate_before = editor.policy.gate.weight.detach().clone()
+    cfg = TrajectoryConfig(steps=2, traj_len=3, back_depth=2, meta_lr=1e-2, ckpt_every=1)
+    log = TrajectoryTrainer(editor, tiny_llama, requests(6), cfg, tmp_path / "run").run()
+    assert len(log) == 2 and all("advantage_vs_all" in r for r in log)
+    assert all(r["modules_touched"] == 2 for r in log)
+    assert not torch.equal(editor.policy.gate.weight, gate_before)

@@ -1,0 +1,110 @@
+"""RLEdit: the discounted backtracking loss against a hand computation, trajectory training, resume."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hyperedit.delta import EditDelta
+from hyperedit.editors import get_editor
+from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
+from hyperedit.lm import target_logits, trainable_weights
+from hyperedit.requests import EditRequest, LocalityPrompt
+from hyperedit.training.trajectory import TrajectoryConfig, TrajectoryTrainer, backtracking_loss
+
+WORDS = [("france", "paris", "rome"), ("italy", "rome", "oslo"), ("japan", "tokyo", "delhi"),
+         ("spain", "madrid", "cairo"), ("greece", "athens", "vienna"), ("egypt", "cairo", "lisbon")]
+
+
+def requests(n=6):
+    out = []
+    for i in range(n):
+        country, _, new = WORDS[i % len(WORDS)]
+        out.append(EditRequest(prompt=f"the capital of {country} is", target=new, subject=country,
+                               rephrasings=(f"the city of {country} is", f"{country} capital city is"),
+                               locality=(LocalityPrompt(f"john plays {['piano', 'golf', 'chess'][i % 3]}", "with"),)))
+    return out
+
+
+def _random_delta(adapter, names, scale=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return EditDelta.from_in_out(adapter, {n: scale * torch.randn(*adapter.in_out_shape(n), generator=g) for n in names},
+                                 editor="test")
+
+
+def _hand_ce(adapter, pairs):
+    losses = []
+    for prompt, target in pairs:  # one example at a time: mean target-token NLL
+        out = target_logits(adapter, adapter.encode([prompt], [target]))
+        losses.append(F.cross_entropy(out.logits.float(), out.targets))
+    return torch.stack(losses).mean()
+
+
+def _hand_kl(adapter, pairs, refs):
+    kls = []
+    for (prompt, answer), ref in zip(pairs, refs):
+        logp = target_logits(adapter, adapter.encode([prompt], [answer])).logits.float().log_softmax(-1)
+        kls.append((ref.exp() * (ref - logp)).sum(-1).mean())
+    return torch.stack(kls).mean()
+
+
+def test_backtracking_loss_matches_a_hand_computation(tiny_llama):
+    adapter = tiny_llama.adapter
+    names = adapter.module_names([1, 2])
+    reqs = requests(6)
+    history = [reqs[0:2], reqs[2:4], reqs[4:6]]
+    delta = _random_delta(adapter, names)
+    gamma, loc_coef = 0.5, 0.7
+    with trainable_weights(adapter, names) as weights:
+        out = backtracking_loss(adapter, history, delta, back_depth=1, gamma=gamma, loc_coef=loc_coef, batch_size=3)
+        got = [w.grad.clone() for w in weights]
+    with trainable_weights(adapter, names) as weights:
+        hand = 0.0
+        for j, batch in ((0, history[2]), (1, history[1])):  # back_depth 1: the last two batches only
+            rephrase = [(t, r.target) for r in batch for t in r.rephrasings]
+            loc = [(lp.prompt, lp.answer) for r in batch for lp in r.locality]
+            with torch.no_grad():  # the unedited model's answers
+                refs = [target_logits(adapter, adapter.encode([p], [a])).logits.float().log_softmax(-1) for p, a in loc]
+            with delta.applied(adapter.model):
+                ce, kl = _hand_ce(adapter, rephrase), _hand_kl(adapter, loc, refs)
+                term = gamma ** j * (ce + loc_coef * kl)
+                term.backward()
+            hand += float(term)
+            assert abs(out["gen"][j] - float(ce)) < 1e-5 and abs(out["loc"][j] - float(kl)) < 1e-5
+        want = [w.grad.clone() for w in weights]
+    assert abs(out["loss"] - float(hand)) < 1e-5 and len(out["gen"]) == 2
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4) and a.abs().sum() > 0
+    deep = backtracking_loss(adapter, history, delta, back_depth=5, gamma=gamma, loc_coef=loc_coef, backward=False)
+    assert len(deep["gen"]) == 3
+    assert abs(deep["loss"] - out["loss"] - gamma ** 2 * (deep["gen"][2] + loc_coef * deep["loc"][2])) < 1e-5
+
+
+def _trainer(lm, run_dir, steps):
+    editor = RLEditEditor.create(RLEditConfig(layers=[2, 3], rank=8, n_blocks=1, lr_init=1e-2), lm, seed=0)
+    cfg = TrajectoryConfig(steps=steps, traj_len=3, n_edits=1, back_depth=2, ckpt_every=1, meta_lr=1e-3)
+    return TrajectoryTrainer(editor, lm, requests(6), cfg, run_dir), editor
+
+
+def test_trajectory_training_moves_the_hypernet_and_resumes_exactly(tiny_dirs, tmp_path):
+    from hyperedit.models import load_model
+
+    lm = load_model(str(tiny_dirs["llama"]))
+    trainer, editor = _trainer(lm, tmp_path / "a", 3)
+    before = {k: v.clone() for k, v in editor.nets.state_dict().items()}
+    log = trainer.run()
+    assert len(log) == 3 and all(r["grad_norm"] > 0 for r in log)
+    after = editor.nets.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    lm2 = load_model(str(tiny_dirs["llama"]))
+    part, _ = _trainer(lm2, tmp_path / "b", 1)
+    part.run()
+    rest, resumed = _trainer(lm2, tmp_path / "b", 3)
+    rest.run(resume=True)
+    for k, v in resumed.nets.state_dict().items():
+        assert torch.equal(v, after[k]), k
+    # the trained checkpoint is an ordinary registered editor that edits every configured module
+    loaded = get_editor("rledit", checkpoint=str(tmp_path / "a"), lm=lm)
+    delta = loaded.edit(lm, requests(2))
+    assert set(delta.shifts) == set(editor.module_names)
+    assert all(n > 0 for n in delta.norms().values())
