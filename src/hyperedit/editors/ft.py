@@ -2,6 +2,9 @@
 
 The shift of each module is kept inside a Frobenius ball of radius ``max_rel_norm * ||W||``
 (projected after every step), the "constrained" part that limits collateral damage.
+Defaults were chosen on 32 requests of CounterFact *train* with SmolLM2-135M: a bound of 0.02
+barely edits (ES 0.20, LS 0.78), 0.05 edits nearly everything but damages locality (ES 0.97,
+LS 0.39); 0.03 sits between (ES 0.76, LS 0.57).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch
 
 from ..delta import EditDelta
 from ..lm import iter_chunks, target_logits, trainable_weights
+from ..progress import progress
 from ..requests import EditRequest
 from .base import register_editor
 
@@ -20,11 +24,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FTConfig:
-    layers: list[int] | None = None  # None: the adapter's default (one upper-middle layer)
+    layers: list[int] | None = None  # None: the adapter's default (three upper-middle layers)
     module: str = "down"
     steps: int = 25
-    lr: float = 5e-4
-    max_rel_norm: float = 0.1  # bound on ||shift||_F / ||W||_F per module
+    lr: float = 1e-3
+    max_rel_norm: float = 0.03  # bound on ||shift||_F / ||W||_F per module
     batch_size: int = 32  # requests per forward pass (gradients accumulate over all requests)
     stop_loss: float = 0.05  # stop early once the mean target NLL is below this
 
@@ -40,7 +44,7 @@ class FineTuneEditor:
 
     def edit(self, lm, requests: list[EditRequest]) -> EditDelta:
         cfg, adapter = self.config, lm.adapter
-        layers = cfg.layers if cfg.layers is not None else adapter.default_layers(1)
+        layers = cfg.layers if cfg.layers is not None else adapter.default_layers(3)
         names = adapter.module_names(layers, cfg.module)
         device = lm.device
         batches = [adapter.encode([r.prompt for r in chunk], [r.target for r in chunk], device=device)
@@ -50,7 +54,7 @@ class FineTuneEditor:
             radii = [cfg.max_rel_norm * float(w.norm()) for w in originals]
             try:
                 optimiser = torch.optim.Adam(weights, lr=cfg.lr)
-                for step in range(cfg.steps):
+                for step in progress(range(cfg.steps), desc="ft steps", unit="step"):
                     optimiser.zero_grad(set_to_none=True)
                     total = 0.0
                     for batch in batches:

@@ -14,6 +14,7 @@ import torch
 
 from ..lm import iter_chunks, target_logits
 from ..models.adapters import ModelAdapter
+from ..progress import progress
 
 
 @dataclass
@@ -36,11 +37,12 @@ class PairScore:
 
 @torch.no_grad()
 def score_pairs(adapter: ModelAdapter, prompts: list[str], targets: list[str], batch_size: int = 32,
-                progress=None) -> list[PairScore]:
+                desc: str = "scoring") -> list[PairScore]:
     """Score every (prompt, target) pair in batches."""
     device = next(adapter.model.parameters()).device
     results: list[PairScore] = []
     pairs = list(zip(prompts, targets))
+    bar = progress(total=len(pairs), desc=desc, unit="pair")
     for chunk in iter_chunks(pairs, batch_size):
         batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
         out = target_logits(adapter, batch)
@@ -50,8 +52,8 @@ def score_pairs(adapter: ModelAdapter, prompts: list[str], targets: list[str], b
             sel = out.example == i
             results.append(PairScore(predicted[sel].tolist(), out.targets[sel].tolist(),
                                      float(nll[sel].mean()) if sel.any() else float("nan")))
-        if progress is not None:
-            progress.update(len(chunk))
+        bar.update(len(chunk))
+    bar.close()
     return results
 
 
