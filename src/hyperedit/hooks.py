@@ -76,3 +76,53 @@ def capture(model: nn.Module, module_names: list[str], keys: bool = True, grads:
     finally:
         for handle in handles:
             handle.remove()
+
+
+class StopForward(Exception):
+    """Raised by ``stop_after`` to end a forward pass early; never escapes its context manager."""
+
+
+@contextlib.contextmanager
+def stop_after(model: nn.Module, module_name: str):
+    """Inside the block, a forward pass stops right after ``module_name`` has run.
+
+    Use for reading activations of early layers without paying for the layers above. The block
+    should hold one forward call: the pass is ended by an exception that the context swallows.
+    """
+    module = dict(model.named_modules()).get(module_name)
+    if module is None:
+        raise ValueError(f"model has no module {module_name!r}")
+
+    def hook(mod, inputs, output):
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def edit_output(model: nn.Module, module_name: str, fn):
+    """Inside the block, the output of ``module_name`` is replaced by ``fn(inputs, output)``.
+
+    ``output`` is the module's first output tensor (modules returning tuples keep the rest of
+    the tuple); ``fn`` must return a tensor of the same shape. Removes only its own handle.
+    """
+    module = dict(model.named_modules()).get(module_name)
+    if module is None:
+        raise ValueError(f"model has no module {module_name!r}")
+
+    def hook(mod, inputs, output):
+        if isinstance(output, tuple):
+            return (fn(inputs, output[0]),) + tuple(output[1:])
+        return fn(inputs, output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

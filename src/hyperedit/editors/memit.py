@@ -1,0 +1,127 @@
+"""MEMIT: mass-editing memory in a transformer (locate-then-edit, closed form).
+
+Per request a target residual-stream vector at the last edited layer (``_targets``), then layer by
+layer the remaining residual is spread and written by S = (lam C + K^T K)^{-1} K^T R, with C the
+key second moment over a generic corpus (``hyperedit.stats``). With one layer this is the
+single-layer (ROME-like, least-squares) special case. The model is unchanged on return.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..delta import EditDelta
+from ..models import LoadedModel
+from ..requests import EditRequest
+from ..stats import key_second_moments
+from . import _locate as L
+from ._targets import TargetCache, Targets, compute_targets
+from .base import register_editor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MEMITConfig(L.LocateConfig):
+    """MEMIT options: shared locate-then-edit options plus the covariance weight ``lam``."""
+
+    lam: float = 15000.0  # weight of C = E[k k^T] against the edit keys (MEMIT's mom2_update_weight)
+    diagnostics: bool = True  # measure how much of each planned residual the update realises
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lam < 0:
+            raise ValueError("lam must be non-negative")
+
+
+class LocateEditor:
+    """Shared flow of the closed-form editors: targets, statistics, multi-layer solve, delta.
+
+    Subclasses define ``solver_map(name, K) -> Q`` and may override ``after_solve``.
+    ``target_cache`` (optional, a ``TargetCache``) shares target vectors between editors.
+    """
+
+    name = "locate"
+
+    def __init__(self, config):
+        self.config = config
+        self.target_cache: TargetCache | None = None
+        self.last_info: dict = {}
+        self._stats: dict[str, torch.Tensor] = {}
+        self._prefixes: list[str] | None = None
+
+    # ----- pieces ---------------------------------------------------------------------------
+    def modules(self, lm: LoadedModel) -> list[str]:
+        return lm.adapter.module_names(self.config.layers, self.config.module)
+
+    def prefixes(self, lm: LoadedModel) -> list[str]:
+        if self._prefixes is None:
+            cfg = self.config
+            self._prefixes = L.generate_prefixes(lm, cfg.n_prefixes, cfg.prefix_tokens, cfg.seed)
+        return self._prefixes
+
+    def stats(self, lm: LoadedModel) -> dict[str, torch.Tensor]:
+        """C per edited module, computed (or read from the cache) once per editor."""
+        names = self.modules(lm)
+        missing = [m for m in names if m not in self._stats]
+        if missing:
+            cfg = self.config
+            self._stats.update(key_second_moments(lm, missing, corpus=cfg.stats_corpus, n_samples=cfg.stats_samples,
+                                                  max_length=cfg.stats_max_length))
+        return {m: self._stats[m] for m in names}
+
+    def targets(self, lm: LoadedModel, requests: Sequence[EditRequest]) -> Targets:
+        return compute_targets(lm, requests, self.config.layers[-1], self.prefixes(lm), self.config,
+                               cache=self.target_cache)
+
+    def solver_map(self, lm: LoadedModel, name: str, K: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_solve(self, record: L.SolveRecord) -> None:
+        """Hook for editors with sequential state (AlphaEdit accumulates the edit keys)."""
+
+    def solve(self, lm: LoadedModel, requests: Sequence[EditRequest], z: torch.Tensor):
+        """Multi-layer closed-form write of targets ``z``: ``(shifts, SolveRecord)``, model unchanged."""
+        cfg = self.config
+        return L.spread_and_solve(lm, requests, z, self.modules(lm), cfg.layers[-1], self.prefixes(lm),
+                                  lambda name, K: self.solver_map(lm, name, K), cfg.batch_size)
+
+    def make_delta(self, lm: LoadedModel, shifts: dict, **extra) -> EditDelta:
+        return EditDelta.from_in_out(lm.adapter, shifts, editor=self.name, config=dataclasses.asdict(self.config),
+                                     **extra)
+
+    # ----- protocol -----------------------------------------------------------------------
+    def edit(self, lm: LoadedModel, requests: Sequence[EditRequest]) -> EditDelta:
+        """Write all ``requests`` in one batch; returns the delta, the model is unchanged."""
+        L.check_model(lm)
+        requests = list(requests)
+        t0 = time.perf_counter()
+        self.stats(lm)
+        t1 = time.perf_counter()
+        targets = self.targets(lm, requests)
+        t2 = time.perf_counter()
+        shifts, record = self.solve(lm, requests, targets.z)
+        self.after_solve(record)
+        t3 = time.perf_counter()
+        info = {"n_requests": len(requests), "stats_time_s": t1 - t0, "target_time_s": targets.time_s,
+                "targets_cached": targets.n_cached, "solve_time_s": t3 - t2,
+                "target_steps_mean": float(targets.steps.float().mean()),
+                "target_nll_mean": float(targets.nll.nanmean())}
+        if getattr(self.config, "diagnostics", False):
+            realised = L.realised_residual(lm, requests, shifts, self.config.layers[-1], self.config.batch_size)
+            info["truncation"] = L.truncation_summary(targets.residual, realised)
+        self.last_info = info
+        return self.make_delta(lm, shifts, info={k: v for k, v in info.items() if k != "truncation"})
+
+
+@register_editor("memit", MEMITConfig, "MEMIT: target vectors + multi-layer least-squares closed form")
+class MEMIT(LocateEditor):
+    """MEMIT (Meng et al. 2023) over the adapter's MLP output projections."""
+
+    def solver_map(self, lm: LoadedModel, name: str, K: torch.Tensor) -> torch.Tensor:
+        return L.memit_map(K, self.stats(lm)[name].to(K.device), self.config.lam)

@@ -1,0 +1,90 @@
+"""AlphaEdit: projected normal equations, exact preservation of null-space keys, sequential state."""
+import torch
+
+from hyperedit.editors import get_editor
+from hyperedit.editors._locate import alphaedit_map, null_space_projector
+from hyperedit.editors.alphaedit import AlphaEdit
+from hyperedit.stats import key_second_moments
+
+from test_memit import FACTS, TINY, top_token
+
+
+def _random_problem(seed=0, n=6, d_in=16, d_out=5, n_pre=9):
+    g = torch.Generator().manual_seed(seed)
+    K0 = torch.randn(n_pre, d_in, generator=g, dtype=torch.float64)  # preserved keys, rank 9 < 16
+    K = torch.randn(n, d_in, generator=g, dtype=torch.float64)
+    R = torch.randn(n, d_out, generator=g, dtype=torch.float64)
+    Kp = torch.randn(3, d_in, generator=g, dtype=torch.float64)
+    return K0, K, R, Kp
+
+
+def test_alphaedit_solution_satisfies_projected_normal_equations():
+    K0, K, R, Kp = _random_problem()
+    P = null_space_projector(K0.T @ K0 / len(K0), 1e-8)
+    l2 = 0.7
+    S = alphaedit_map(K, P, Kp.T @ Kp, l2) @ R
+    lhs = (P @ (K.T @ K + Kp.T @ Kp) + l2 * torch.eye(16, dtype=torch.float64)) @ S
+    torch.testing.assert_close(lhs, P @ K.T @ R, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(P @ S, S, rtol=1e-9, atol=1e-9)  # the update lies in range(P)
+
+
+def test_preserved_keys_outputs_unchanged_to_numerical_precision():
+    K0, K, R, _ = _random_problem(seed=1)
+    P = null_space_projector(K0.T @ K0 / len(K0), 1e-8)
+    assert round(float(torch.trace(P))) == 16 - 9
+    S = alphaedit_map(K, P, None, 1e-3) @ R
+    assert float((K0 @ S).abs().max()) < 1e-10 * float(S.abs().max())
+    # and the edit keys still get (most of) their residual: they are not all in the preserved span
+    assert float((K @ S - R).norm() / R.norm()) < 1.0
+    # relative threshold picks the same null space here
+    torch.testing.assert_close(null_space_projector(K0.T @ K0, 1e-10, relative=True), P, rtol=0, atol=1e-8)
+
+
+def test_alphaedit_on_tiny_model_flips_facts_and_preserves_corpus_keys(tiny_llama, tmp_path, monkeypatch):
+    lm = tiny_llama
+    monkeypatch.setenv("HYPEREDIT_STATS_CACHE", str(tmp_path / "stats"))
+    # a corpus of few tokens gives keys of rank < d_in (64): an exact null space exists
+    corpus = ["the cat", "a dog", "rome is old", "blue and red"]
+    cfg = {**TINY, "stats_corpus": None}
+    editor = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-10, **cfg)
+    editor._stats = key_second_moments(lm, editor.modules(lm), corpus=corpus, progress=False)
+    delta = editor.edit(lm, FACTS)
+    with delta.applied(lm.model):
+        assert [top_token(lm, r.prompt) for r in FACTS] == [r.target for r in FACTS]
+    from hyperedit.hooks import capture
+    for name in editor.modules(lm):
+        with capture(lm.model, [name], grads=False) as cap, torch.no_grad():
+            for text in corpus:
+                lm.model(**lm.tokenizer(text, return_tensors="pt"))
+        keys = cap.key(name).double()
+        S = lm.adapter.param_to_in_out(name, delta.shifts[name]).double()
+        assert float((keys @ S).norm()) < 1e-4 * float(keys.norm() * S.norm())
+    assert editor.n_edits == 2
+
+
+def test_sequential_state_accumulates_and_round_trips(tiny_llama, tmp_path):
+    lm = tiny_llama
+    editor = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, **{**TINY, "v_steps": 2})
+    assert editor.state_dict()["n_edits"] == 0
+    editor.edit(lm, FACTS[:1])
+    one = {k: v.clone() for k, v in editor.state_dict().items()}
+    editor.edit(lm, FACTS[1:])
+    two = editor.state_dict()
+    assert int(two["n_edits"]) == 2
+    for key in one:
+        if key.startswith("kp/"):
+            assert float((two[key] - one[key]).norm()) > 0  # the second batch's keys were added
+    editor.save(tmp_path / "ed")
+    loaded = AlphaEdit.load(tmp_path / "ed")
+    assert loaded.config == editor.config
+    for key, value in two.items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    # the earlier keys constrain the next solve: same K, different map once K_p is known
+    K = torch.randn(1, 64, dtype=torch.float64)
+    name = editor.modules(lm)[0]
+    loaded._stats = editor._stats
+    fresh = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, **TINY)
+    fresh._stats = editor._stats
+    assert not torch.allclose(loaded.solver_map(lm, name, K), fresh.solver_map(lm, name, K))
+    loaded.reset()
+    torch.testing.assert_close(loaded.solver_map(lm, name, K), fresh.solver_map(lm, name, K))
