@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import DeltaMismatchError, HyperEditError
@@ -159,7 +160,12 @@ class EditDelta:
             meta = json.loads(meta_file.read_text())
         except json.JSONDecodeError as exc:
             raise HyperEditError(f"{meta_file}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
-        shifts = load_file(str(shifts_file), device=str(device))
+        if not isinstance(meta, dict):
+            raise HyperEditError(f"{meta_file}: expected a JSON object")
+        try:
+            shifts = load_file(str(shifts_file), device=str(device))
+        except SafetensorError as exc:
+            raise HyperEditError(f"{shifts_file}: unreadable safetensors file ({exc})") from exc
         delta = cls(shifts, meta)
         if meta.get("shapes") and {k: list(v.shape) for k, v in shifts.items()} != meta["shapes"]:
             raise HyperEditError(f"{path}: shapes in {META_FILE} do not match {SHIFTS_FILE}")

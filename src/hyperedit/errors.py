@@ -24,3 +24,7 @@ class ModelLoadError(HyperEditError):
 
 class DeltaMismatchError(HyperEditError):
     """An EditDelta does not fit the model it is being applied to."""
+
+
+class OptionError(HyperEditError, ValueError):
+    """An option value that does not fit the model (e.g. a layer out of range); also a ValueError."""

@@ -71,10 +71,28 @@ def make_config(config_class: type, overrides: dict | None) -> Any:
         raise HyperEditError(
             f"unknown option(s) {', '.join(unknown)} for {config_class.__name__}; known: {', '.join(sorted(fields))}"
         )
+    for key, value in overrides.items():
+        _check_option_type(config_class, fields[key], value)
     try:
         return config_class(**overrides)
     except (TypeError, ValueError) as exc:
         raise HyperEditError(f"invalid {config_class.__name__}: {exc}") from exc
+
+
+def _check_option_type(config_class: type, field: dataclasses.Field, value: Any) -> None:
+    """Reject a value whose type does not match a scalar default (bool, int, float, str) of the field."""
+    expected = type(field.default)
+    if field.default is None or expected not in (bool, int, float, str):
+        return
+    if expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise HyperEditError(f"option {field.name}={value!r} of {config_class.__name__}: expected {expected.__name__}, "
+                             f"got {type(value).__name__}")
 
 
 def get_editor(name: str, checkpoint: str | None = None, lm: LoadedModel | None = None, **overrides) -> Editor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, OptionError
 
 
 @dataclass(frozen=True)
@@ -110,13 +110,17 @@ class ModelAdapter:
         """Full parameter-path name of an MLP module, e.g. ``model.layers.3.mlp.down_proj``."""
         kind = kind or self.spec.default_module
         if kind not in self.spec.mlp_modules:
-            raise ValueError(f"{self.model_type} has no MLP module {kind!r}; known: {sorted(self.spec.mlp_modules)}")
+            raise OptionError(f"{self.model_type} has no MLP module {kind!r}; known: {sorted(self.spec.mlp_modules)}")
         if not 0 <= layer < self.num_layers:
-            raise ValueError(f"layer {layer} out of range 0..{self.num_layers - 1}")
+            raise OptionError(f"layer {layer} out of range 0..{self.num_layers - 1}")
         return f"{self.spec.layers}.{layer}.{self.spec.mlp_modules[kind]}"
 
     def module_names(self, layers, kind: str | None = None) -> list[str]:
-        return [self.module_name(int(layer), kind) for layer in layers]
+        try:
+            numbers = [int(layer) for layer in layers]
+        except (TypeError, ValueError):
+            raise OptionError(f"layers must be a list of layer numbers, got {layers!r}") from None
+        return [self.module_name(layer, kind) for layer in numbers]
 
     def layer_of(self, module_name: str) -> int:
         prefix = self.spec.layers + "."

@@ -1,0 +1,101 @@
+"""Result records: schema, atomic JSON + markdown output, peak-RSS measurement."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+
+import pytest
+
+from hyperedit.bench.records import (REQUIRED, current_command, make_record, peak_rss_during, records_table,
+                                     write_results)
+
+
+def _record(**over):
+    fields = dict(editor="ft", model="tiny", dataset="counterfact", split="val", mode="batch", n_edits=2,
+                  metrics={"ES": 1.0, "GS": 0.5}, edit_time_s=1.23456, peak_rss_mb=123.456, command="hyperedit eval",
+                  seed=3)
+    fields.update(over)
+    return make_record(**fields)
+
+
+def test_make_record_has_every_required_field():
+    r = _record(extra_field=7)
+    assert all(k in r for k in REQUIRED)
+    assert r["metrics"] == {"ES": 1.0, "GS": 0.5, "LS": None}  # missing metrics default to None
+    assert r["edit_time_s"] == 1.2346 and r["peak_rss_mb"] == 123.5
+    assert r["seed"] == 3 and r["n_edits"] == 2 and r["extra_field"] == 7
+    assert dt.datetime.fromisoformat(r["date"]).tzinfo is not None
+    json.dumps(r)  # serialisable
+
+
+def test_make_record_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="mode"):
+        _record(mode="parallel")
+
+
+def test_make_record_default_command(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/hyperedit", "eval", "--data", "my file.jsonl"])
+    assert current_command() == "hyperedit eval --data 'my file.jsonl'"
+    assert _record(command=None)["command"] == "hyperedit eval --data 'my file.jsonl'"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--n", "3"])
+    assert current_command() == "python bench.py --n 3"
+
+
+def test_write_results(tmp_path):
+    records = [_record(), _record(editor="memit", mode="sequential", metrics={"ES": 0.25, "LS": 0.875, "fluency": 5.5},
+                                  command="hyperedit eval --editor memit")]
+    json_path, md_path = write_results(records, "run1", tmp_path / "results", title="My run", notes="Some notes.")
+    assert json_path == tmp_path / "results" / "run1.json" and md_path == tmp_path / "results" / "run1.md"
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["run1.json", "run1.md"]  # no temp files
+    assert json.loads(json_path.read_text()) == records
+    md = md_path.read_text()
+    assert md.startswith("# My run\n\nSome notes.\n")
+    header = next(line for line in md.splitlines() if line.startswith("| editor"))
+    assert header.split(" | ")[5:9] == ["ES", "GS", "LS", "fluency"]
+    row = next(line for line in md.splitlines() if line.startswith("| memit"))
+    assert "0.250" in row and "0.875" in row and "5.500" in row and " - " in row  # None shown as "-"
+    assert "    hyperedit eval --editor memit" in md and "    hyperedit eval\n" in md
+
+
+def test_write_results_overwrites(tmp_path):
+    write_results([_record()], "x", tmp_path)
+    write_results([_record(editor="again")], "x", tmp_path)
+    assert json.loads((tmp_path / "x.json").read_text())[0]["editor"] == "again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.md"]
+
+
+@pytest.mark.parametrize("missing", ["metrics", "seed", "date", "command"])
+def test_write_results_refuses_incomplete_record(tmp_path, missing):
+    bad = _record()
+    del bad[missing]
+    with pytest.raises(ValueError, match=missing):
+        write_results([_record(), bad], "x", tmp_path)
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+def test_records_table_rows():
+    table = records_table([_record(), _record(split="test")])
+    lines = table.strip().splitlines()
+    assert len(lines) == 4 and lines[1].startswith("|---")
+    assert lines[2].startswith("| ft | counterfact | val | batch | 2 | 1.000 | 0.500 | - |")
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status")
+
+
+def test_peak_rss_during():
+    before = _rss_mb()
+
+    def allocate(n):
+        data = b"\x01" * n  # touched memory: really resident
+        return len(data)
+
+    result, seconds, peak = peak_rss_during(allocate, 150 * 2**20)
+    assert result == 150 * 2**20
+    assert seconds >= 0
+    assert peak >= before + 100  # the 150 MiB buffer was resident during the call
