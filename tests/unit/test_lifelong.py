@@ -146,3 +146,58 @@ def test_sigkill_then_resume_gives_the_uninterrupted_final_state(tiny_dirs, tmp_
     assert s_res["curves"] == s_whole["curves"]
     m_res, m_whole = (json.loads((d / "result.json").read_text())["metrics"] for d in (killed, tmp_path / "whole"))
     assert all(m_res[k] == m_whole[k] for k in ("ES", "GS", "LS", "ES_pre", "GS_pre", "LS_pre"))
+
+
+def test_single_token_fast_path_agrees_with_pair_scoring(tiny_llama):
+    from hyperedit.eval import general
+
+    rows = [{"prompt": "the capital of france is", "choices": [" paris", " rome", " cat"], "label": 0},
+            {"prompt": "john plays", "choices": [" piano", " golf"], "label": 1},
+            {"prompt": "mary is a", "choices": [" doctor", " big dog"], "label": 0}]  # two tokens: slow path
+    assert general._single_token_choices(tiny_llama.adapter, rows[0]) is not None
+    assert general._single_token_choices(tiny_llama.adapter, rows[2]) is None
+    from hyperedit.eval.metrics import score_pairs
+
+    want = []
+    for row in rows:
+        s = score_pairs(tiny_llama.adapter, [row["prompt"]] * len(row["choices"]), row["choices"])
+        want.append(min(range(len(s)), key=lambda i: s[i].mean_nll * len(s[i].target)))
+    assert predict_choices(tiny_llama.adapter, rows, batch_size=2) == want
+
+
+class _CountingEditor:
+    """A stateful editor: each shift is scaled by how many edits it has made (state resumes or not)."""
+
+    name = "counting"
+    config = None
+
+    def __init__(self):
+        self.count = torch.zeros(())
+
+    def edit(self, lm, requests):
+        from hyperedit.delta import EditDelta
+
+        self.count += len(requests)
+        name = lm.adapter.module_names([0])[0]
+        shape = lm.adapter.in_out_shape(name)
+        return EditDelta.from_in_out(lm.adapter, {name: torch.full(shape, 1e-3) * self.count}, editor=self.name)
+
+    def state_dict(self):
+        return {"count": self.count.clone()}
+
+    def load_state_dict(self, state):
+        self.count = state["count"].clone()
+
+
+def test_stateful_editor_state_is_checkpointed(tiny_dirs, tmp_path):
+    from hyperedit.models import load_model
+
+    def run(run_dir, stops):
+        for stop in stops:
+            lm = load_model(str(tiny_dirs["llama"]))
+            runner = LifelongRunner(lm, _CountingEditor(), make_requests(6), _config(), run_dir)
+            runner.run(resume=True, restore=False, max_edits=stop, progress=False)
+        return runner.weights()
+
+    whole, parts = run(tmp_path / "a", [None]), run(tmp_path / "b", [2, None])
+    assert all(torch.equal(whole[n], parts[n]) for n in whole)

@@ -2,13 +2,17 @@
 
 Rows come from ``hyperedit.data.load_general_tasks`` (``{prompt, choices, label}``). Each choice
 is scored as a continuation of the prompt by the sum of its tokens' log-probabilities (one
-teacher-forced pass per (prompt, choice) pair); the prediction is the best-scoring choice.
+teacher-forced pass per (prompt, choice) pair, or a single pass per prompt when every choice is
+one token after the same prompt tokens); the prediction is the best-scoring choice.
 Reported per task: accuracy and macro-F1 over the task's classes.
 """
 from __future__ import annotations
 
 import logging
 
+import torch
+
+from ..lm import iter_chunks, target_logits
 from .metrics import score_pairs
 
 log = logging.getLogger(__name__)
@@ -25,21 +29,50 @@ def macro_f1(labels: list[int], predictions: list[int], n_classes: int) -> float
     return sum(scores) / max(1, n_classes)
 
 
+def _single_token_choices(adapter, row: dict) -> list[int] | None:
+    """Target token id of each choice when all are one token after identical prompt tokens."""
+    ids, prefix = [], None
+    for choice in row["choices"]:
+        batch = adapter.encode([row["prompt"]], [choice])
+        labels = batch["labels"][0]
+        target = labels[labels != -100]
+        if adapter.is_seq2seq or target.numel() != 1:
+            return None
+        start = int((labels != -100).nonzero()[0])
+        head = batch["input_ids"][0, :start].tolist()
+        if prefix is not None and head != prefix:
+            return None
+        prefix = head
+        ids.append(int(target[0]))
+    return ids
+
+
+@torch.no_grad()
 def predict_choices(adapter, rows: list[dict], batch_size: int = 16) -> list[int]:
     """Index of the highest log-probability choice of every row."""
+    predictions: dict[int, int] = {}
+    fast = [(i, ids) for i, ids in ((i, _single_token_choices(adapter, r)) for i, r in enumerate(rows)) if ids]
+    device = next(adapter.model.parameters()).device
+    for chunk in iter_chunks(fast, batch_size):  # one pass per prompt: next-token log-probs
+        batch = adapter.encode([rows[i]["prompt"] for i, _ in chunk], [rows[i]["choices"][0] for i, _ in chunk],
+                               device=device)
+        logprobs = target_logits(adapter, batch).logits.float().log_softmax(-1)  # one position per row
+        for (i, ids), row_lp in zip(chunk, logprobs):
+            predictions[i] = int(row_lp[torch.tensor(ids, device=row_lp.device)].argmax())
+    slow = [i for i in range(len(rows)) if i not in predictions]
     prompts, targets, owner = [], [], []
-    for i, row in enumerate(rows):
-        for choice in row["choices"]:
-            prompts.append(row["prompt"]), targets.append(choice), owner.append(i)
-    scores = score_pairs(adapter, prompts, targets, batch_size)
-    best: list[tuple[float, int]] = [(-float("inf"), 0) for _ in rows]
-    counters = [0] * len(rows)
-    for i, s in zip(owner, scores):
+    for i in slow:
+        for choice in rows[i]["choices"]:
+            prompts.append(rows[i]["prompt"]), targets.append(choice), owner.append(i)
+    best: dict[int, tuple[float, int]] = {}
+    counters = {i: 0 for i in slow}
+    for i, s in zip(owner, score_pairs(adapter, prompts, targets, batch_size)):
         logprob = -s.mean_nll * max(1, len(s.target))
-        if logprob > best[i][0]:
+        if i not in best or logprob > best[i][0]:
             best[i] = (logprob, counters[i])
         counters[i] += 1
-    return [index for _, index in best]
+    predictions.update({i: index for i, (_, index) in best.items()})
+    return [predictions[i] for i in range(len(rows))]
 
 
 def evaluate_general(adapter, tasks: dict[str, list[dict]], batch_size: int = 16) -> dict[str, dict]:

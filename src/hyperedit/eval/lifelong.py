@@ -4,8 +4,9 @@ The stream is ``num_seq`` requests edited ``batch_size`` at a time, each delta a
 weights the earlier ones left. Every ``curve_every`` edits a curve point is measured: ES/GS/LS of
 the most recent edits, of the earliest ones, and zero-shot general ability (``eval.general``)
 against its value before the stream. After the stream: ES/GS/LS over all edits and over the first
-``num_pre``. Any editor of the registry works (stateful editors may expose
-``stream_state() -> (tensors, meta)`` and ``load_stream_state(tensors, meta)`` to be resumable).
+``num_pre``. Any editor of the registry works; stateful editors (AlphaEdit's K_p) are resumable
+through ``stream_state() -> (tensors, meta)`` / ``load_stream_state(tensors, meta)`` or, failing
+that, ``state_dict()`` / ``load_state_dict(tensors)``.
 
 The run directory holds checkpoints (``training.checkpoint.CheckpointStore``): the current weights
 of every module touched so far (safetensors) and ``stream.json`` (edits done, curves, timings), so
@@ -238,6 +239,10 @@ class LifelongRunner:
             meta = None
             if hasattr(self.editor, "stream_state"):
                 tensors, meta = self.editor.stream_state()
+            elif hasattr(self.editor, "state_dict") and hasattr(self.editor, "load_state_dict"):
+                tensors, meta = self.editor.state_dict(), {"kind": "state_dict"}
+            if meta is not None:
+                tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
                 save_file(tensors or {"_empty": torch.zeros(1)}, str(folder / EDITOR_FILE))
             state = {**asdict(self.state), "info": self.info, "editor_state": meta,
                      "threads": torch.get_num_threads()}
@@ -261,7 +266,11 @@ class LifelongRunner:
                 weight = modules[name].weight
                 self.originals[name] = weight.detach().clone()
                 weight.copy_(saved[name].to(device=weight.device, dtype=weight.dtype))
-        if hasattr(self.editor, "load_stream_state") and data.get("editor_state") is not None:
+        meta = data.get("editor_state")
+        if meta is not None:
             tensors = {k: v for k, v in load_file(str(folder / EDITOR_FILE)).items() if k != "_empty"}
-            self.editor.load_stream_state(tensors, data["editor_state"])
+            if meta == {"kind": "state_dict"}:
+                self.editor.load_state_dict(tensors)
+            else:
+                self.editor.load_stream_state(tensors, meta)
         log.info("resumed the stream after %d edits from %s", self.state.done, folder)
