@@ -1,0 +1,262 @@
+"""Shared editing code of the hypernetwork editors (MALMEN, MEND).
+
+An edit streams over the requests in chunks of ``lm_batch_size``: one forward + backward of the
+LM caches keys K and value gradients G of every edited module (``hyperedit.lm``), the
+hypernetwork turns them into per-token contributions in chunks of ``net_batch_size`` tokens, and
+an editor-specific accumulator (least squares for MALMEN, a plain sum for MEND) folds them in.
+Memory is therefore bounded by the chunk sizes and the accumulators (``d_in x d_in`` for
+MALMEN), never by the number of requests. Meta-training (``hyperedit.training``) reuses the same
+accumulators on an in-memory cache and calls ``backward`` to push dL/dS into the hypernetwork.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..delta import EditDelta
+from ..errors import HyperEditError
+from ..lm import cache_keys_and_value_grads, iter_chunks
+from ..nets import HyperNets
+from ..requests import EditRequest
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "editor.json"
+WEIGHTS_FILE = "editor.safetensors"
+DEFAULT_NUM_LAYERS = 6
+
+Cache = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (K (n, d_in), G (n, d_out))
+
+
+@dataclass
+class HyperEditorConfig:
+    """Hypernetwork editor settings.
+
+    ``layers``: edited layers (MLP ``module_kind`` projections); None means the last
+    ``DEFAULT_NUM_LAYERS`` layers. ``rank``/``n_blocks`` shape the hypernetwork; ``lr_init`` is the
+    initial per-module learning rate. ``lm_batch_size`` requests per LM pass and
+    ``net_batch_size`` tokens per hypernetwork pass only change speed and memory, not results.
+    """
+
+    layers: list[int] | None = None
+    module_kind: str = "down"
+    rank: int = 256
+    n_blocks: int = 2
+    lr_init: float = 1e-4
+    token: str = "ans"
+    lm_batch_size: int = 16
+    net_batch_size: int = 4096
+
+    RUNTIME = ("lm_batch_size", "net_batch_size")  # may differ from the checkpoint's values
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            self.layers = [int(v) for v in self.layers]
+            if not self.layers or len(set(self.layers)) != len(self.layers):
+                raise ValueError("layers must be a non-empty list of distinct layer indices")
+        if self.rank < 1 or self.n_blocks < 0:
+            raise ValueError("rank must be >= 1 and n_blocks >= 0")
+        if self.token not in ("ans", "all"):
+            raise ValueError("token must be 'ans' or 'all'")
+        if self.lm_batch_size < 1 or self.net_batch_size < 1:
+            raise ValueError("lm_batch_size and net_batch_size must be >= 1")
+
+
+def resolve_layers(adapter, layers: list[int] | None) -> list[int]:
+    """The configured layers, or the last ``DEFAULT_NUM_LAYERS`` layers of the model."""
+    if layers is None:
+        n = adapter.num_layers
+        return list(range(max(0, n - DEFAULT_NUM_LAYERS), n))
+    return list(layers)
+
+
+def cache_requests(adapter, requests: Sequence[EditRequest], names: list[str], token: str) -> Cache:
+    """Keys and value gradients (float32) of the edit loss on ``requests``, in one LM pass."""
+    raw = cache_keys_and_value_grads(adapter, [r.prompt for r in requests], [r.target for r in requests],
+                                     names, chunk_size=max(1, len(requests)), token=token)
+    return {name: (k.float(), g.float()) for name, (k, g) in raw.items()}
+
+
+def token_slices(n: int, size: int):
+    """Slices covering range(n) in consecutive pieces of at most ``size``."""
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+# ----- least squares: the normal equation and its closed-form gradient -------------------
+def ridge_solve(ktk: torch.Tensor, ktd: torch.Tensor, log_lambda: torch.Tensor) -> torch.Tensor:
+    """S = (K^T K + e^lambda I)^{-1} K^T D, from accumulated K^T K (d_in, d_in) and K^T D (d_in, d_out)."""
+    eye = torch.eye(ktk.shape[0], dtype=ktk.dtype, device=ktk.device)
+    return torch.linalg.solve(ktk + log_lambda.to(ktk.dtype).exp() * eye, ktd)
+
+
+def ridge_solve_backward(keys: torch.Tensor, ktk: torch.Tensor, shift: torch.Tensor, grad_shift: torch.Tensor,
+                         log_lambda: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of a loss L(S) through ``ridge_solve``: (dL/dD (n, d_out), dL/dlambda (scalar)).
+
+    With M = K^T K + e^lambda I and X = M^{-1} dL/dS: dL/dD = K X and dL/dlambda = -e^lambda <X, S>.
+    """
+    lam = log_lambda.to(ktk.dtype).exp()
+    eye = torch.eye(ktk.shape[0], dtype=ktk.dtype, device=ktk.device)
+    x = torch.linalg.solve(ktk + lam * eye, grad_shift.to(ktk.dtype))
+    return keys.to(ktk.dtype) @ x, -lam * (x * shift.to(ktk.dtype)).sum()
+
+
+# ----- the editor base class -----------------------------------------------------------------
+class HyperEditor:
+    """Base of the hypernetwork editors: owns the config, the ``HyperNets`` and the model identity.
+
+    Subclasses define ``new_accumulator``, ``accumulate`` (one cache chunk), ``finish``
+    (accumulator -> shifts) and ``backward`` (meta-training: dL/dS -> hypernetwork gradients).
+    """
+
+    name = "hypernet"
+    config_class = HyperEditorConfig
+
+    def __init__(self, config: HyperEditorConfig, nets: HyperNets | None = None, model: dict | None = None,
+                 meta: dict | None = None):
+        self.config = config
+        self.nets = nets
+        self.model = dict(model or {})  # identity of the model the nets were built for
+        self.meta = dict(meta or {})
+
+    # ----- construction -----------------------------------------------------------------
+    @classmethod
+    def create(cls, config: HyperEditorConfig, lm, seed: int = 0) -> "HyperEditor":
+        """A fresh (untrained) editor for ``lm``: hypernetworks built from its edited-module shapes."""
+        adapter = lm.adapter
+        layers = resolve_layers(adapter, config.layers)
+        names = adapter.module_names(layers, config.module_kind)
+        shapes = {name: adapter.in_out_shape(name) for name in names}
+        nets = HyperNets(shapes, config.rank, config.n_blocks, config.lr_init, seed=seed)
+        config.layers = layers
+        return cls(config, nets.to(lm.device), _identity(adapter))
+
+    @property
+    def module_names(self) -> list[str]:
+        return self.nets.module_names if self.nets is not None else []
+
+    def check_model(self, lm) -> None:
+        """Raise HyperEditError unless ``lm`` is the kind of model this editor was trained for."""
+        if self.nets is None:
+            raise HyperEditError(f"{self.name} editor has no hypernetwork: load a checkpoint or train one")
+        mine, theirs = self.model, _identity(lm.adapter)
+        diffs = [f"{k} {mine.get(k)} vs {theirs.get(k)}" for k in ("model_type", "num_layers", "hidden_size", "vocab_size")
+                 if k in mine and mine.get(k) != theirs.get(k)]
+        if diffs:
+            raise HyperEditError(f"{self.name} checkpoint was trained for model {mine.get('name')!r}, "
+                                 f"not {theirs.get('name')!r} ({'; '.join(diffs)})")
+        for name, shape in self.nets.module_shapes.items():
+            try:
+                actual = tuple(lm.adapter.in_out_shape(name))
+            except ValueError:
+                raise HyperEditError(f"{self.name} checkpoint edits {name}, which model {theirs.get('name')!r} lacks") from None
+            if actual != tuple(shape):
+                raise HyperEditError(f"{self.name} checkpoint expects {name} of shape {tuple(shape)}, the model has {actual}")
+        if mine.get("name") and mine.get("name") != theirs.get("name"):
+            log.warning("checkpoint trained on %s, applied to %s (same architecture)", mine.get("name"), theirs.get("name"))
+
+    # ----- editing -------------------------------------------------------------------------
+    def edit(self, lm, requests: Sequence[EditRequest]) -> EditDelta:
+        """Shifts for all ``requests`` at once, streamed in chunks; the model is left unchanged."""
+        from tqdm.auto import tqdm
+
+        self.check_model(lm)
+        if not requests:
+            raise HyperEditError("no requests to edit")
+        adapter, names = lm.adapter, self.module_names
+        self.nets.to(lm.device).eval()
+        acc = self.new_accumulator()
+        chunks = list(iter_chunks(list(requests), self.config.lm_batch_size))
+        for chunk in tqdm(chunks, desc=f"{self.name} edit", unit="chunk", disable=len(chunks) < 4 or None):
+            cache = cache_requests(adapter, chunk, names, self.config.token)
+            with torch.no_grad():
+                for name in names:
+                    self.accumulate(acc, name, *cache[name])
+            del cache
+        with torch.no_grad():
+            shifts = self.finish(acc)
+        return EditDelta.from_in_out(adapter, shifts, editor=self.name, config=asdict(self.config),
+                                     n_requests=len(requests))
+
+    # ----- subclass API -------------------------------------------------------------------
+    def new_accumulator(self) -> dict:
+        raise NotImplementedError
+
+    def accumulate(self, acc: dict, name: str, keys: torch.Tensor, grads: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def finish(self, acc: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
+                 grad_shifts: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def predict(self, cache: Cache) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(accumulator, shifts) for an in-memory cache, without gradients (meta-training step 2)."""
+        acc = self.new_accumulator()
+        with torch.no_grad():
+            for name in self.module_names:
+                self.accumulate(acc, name, *cache[name])
+            return acc, self.finish(acc)
+
+    # ----- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path, extra_meta: dict | None = None) -> Path:
+        """Write ``editor.json`` (config, model identity, module shapes) and ``editor.safetensors``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.nets.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_FILE))
+        meta = {"editor": self.name, "config": asdict(self.config), "model": self.model,
+                "modules": {n: list(s) for n, s in self.nets.module_shapes.items()},
+                **self.meta, **(extra_meta or {})}
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, lm=None, **overrides) -> "HyperEditor":
+        """Load a trained editor (a checkpoint directory or a training run directory).
+
+        Only runtime settings (``lm_batch_size``, ``net_batch_size``) may be overridden; with
+        ``lm`` given, a checkpoint made for another model is refused with a HyperEditError.
+        """
+        from ..training.checkpoint import resolve_checkpoint
+
+        folder = resolve_checkpoint(path, CONFIG_FILE)
+        try:
+            meta = json.loads((folder / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as exc:
+            raise HyperEditError(f"{folder / CONFIG_FILE}: invalid JSON ({exc.msg})") from exc
+        if meta.get("editor") != cls.name:
+            raise HyperEditError(f"{path} holds a {meta.get('editor')!r} checkpoint, not {cls.name!r}")
+        fixed = sorted(set(overrides) - set(cls.config_class.RUNTIME))
+        if fixed:
+            raise HyperEditError(f"cannot override {', '.join(fixed)} of a trained {cls.name} editor; "
+                                 f"only {', '.join(cls.config_class.RUNTIME)} may change")
+        known = {f.name for f in fields(cls.config_class)}
+        config = cls.config_class(**{k: v for k, v in {**meta["config"], **overrides}.items() if k in known})
+        shapes = {name: tuple(shape) for name, shape in meta["modules"].items()}
+        nets = HyperNets(shapes, config.rank, config.n_blocks, config.lr_init)
+        try:
+            nets.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        except (RuntimeError, OSError) as exc:
+            first = str(exc).strip().splitlines()
+            raise HyperEditError(f"{folder / WEIGHTS_FILE} does not match its {CONFIG_FILE}: "
+                                 f"{first[-1].strip() if first else exc}") from None
+        extra = {k: v for k, v in meta.items() if k not in ("editor", "config", "model", "modules")}
+        editor = cls(config, nets, meta.get("model"), extra)
+        if lm is not None:
+            editor.check_model(lm)
+            nets.to(lm.device)
+        return editor
+
+
+def _identity(adapter) -> dict:
+    return dict(adapter.identity())

@@ -1,0 +1,83 @@
+"""MALMEN: hypernetwork shifts aggregated by least squares (Tan et al., 2024; ALGORITHMS.md).
+
+Per token the hypernetwork proposes a value difference ``d_i = -lr[m] <k_i, k~_i> g~_i``; the
+shift of module m solves ``min_S ||K S - D||^2 + e^lambda[m] ||S||^2``, i.e. the normal equation
+``S = (K^T K + e^lambda I)^{-1} K^T D``. ``K^T K`` and ``K^T D`` are accumulated chunk by chunk,
+so thousands of facts cost one ``d_in x d_in`` system per module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._hypernet import Cache, HyperEditor, HyperEditorConfig, ridge_solve, ridge_solve_backward, token_slices
+from .base import register_editor
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class MalmenConfig(HyperEditorConfig):
+    """MALMEN settings; ``solve_dtype`` is the precision of the accumulated normal equations."""
+
+    solve_dtype: str = "float32"
+
+    RUNTIME = ("lm_batch_size", "net_batch_size", "solve_dtype")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.solve_dtype not in _DTYPES:
+            raise ValueError(f"solve_dtype must be one of {sorted(_DTYPES)}")
+
+
+@register_editor("malmen", MalmenConfig, "hypernetwork shifts aggregated by least squares (meta-trained)",
+                 needs_checkpoint=True)
+class MalmenEditor(HyperEditor):
+    """Massive editing: any number of facts in one least-squares aggregation per module."""
+
+    config_class = MalmenConfig
+
+    def new_accumulator(self) -> dict:
+        return {}
+
+    def accumulate(self, acc: dict, name: str, keys: torch.Tensor, grads: torch.Tensor) -> None:
+        """Add one chunk's ``K^T K`` and ``K^T D`` for module ``name``."""
+        net, index = self.nets.net_for(name)
+        dtype = _DTYPES[self.config.solve_dtype]
+        if name not in acc:
+            acc[name] = (torch.zeros(net.d_in, net.d_in, dtype=dtype, device=keys.device),
+                         torch.zeros(net.d_in, net.d_out, dtype=dtype, device=keys.device))
+        ktk, ktd = acc[name]
+        for part in token_slices(keys.shape[0], self.config.net_batch_size):
+            k = keys[part]
+            d = net.value_diffs(k, grads[part], index)
+            k = k.to(dtype)
+            ktk.addmm_(k.t(), k)
+            ktd.addmm_(k.t(), d.to(dtype))
+
+    def finish(self, acc: dict) -> dict[str, torch.Tensor]:
+        shifts = {}
+        for name, (ktk, ktd) in acc.items():
+            net, index = self.nets.net_for(name)
+            shifts[name] = ridge_solve(ktk, ktd, net.log_lambda[index].detach()).float()
+        return shifts
+
+    def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
+                 grad_shifts: dict[str, torch.Tensor]) -> None:
+        """Accumulate hypernetwork gradients of a loss whose gradient w.r.t. each shift is given.
+
+        The solve is differentiated in closed form; the hypernetwork is then re-run chunk by
+        chunk with grad and ``<dL/dD, D_chunk>`` is backpropagated (no LM graph in memory).
+        """
+        for name in self.module_names:
+            keys, grads = cache[name]
+            net, index = self.nets.net_for(name)
+            ktk, _ = acc[name]
+            grad_d, grad_lam = ridge_solve_backward(keys, ktk, shifts[name], grad_shifts[name],
+                                                    net.log_lambda[index].detach())
+            grad_d = grad_d.to(keys.dtype)
+            (grad_lam.to(net.log_lambda.dtype) * net.log_lambda[index]).backward()
+            for part in token_slices(keys.shape[0], self.config.net_batch_size):
+                d = net.value_diffs(keys[part], grads[part], index)
+                (grad_d[part] * d).sum().backward()

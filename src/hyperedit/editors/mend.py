@@ -1,0 +1,49 @@
+"""MEND-style editing with the MALMEN hypernetwork: shifts are sums of rank-1 terms.
+
+``S = -lr[m] K~^T G~`` over every token of every request (ALGORITHMS.md). It shares everything
+with MALMEN except the aggregation, which makes it the baseline that shows what least squares buys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._hypernet import Cache, HyperEditor, HyperEditorConfig, token_slices
+from .base import register_editor
+
+
+@dataclass
+class MendConfig(HyperEditorConfig):
+    """MEND settings (the same hypernetwork as MALMEN)."""
+
+
+@register_editor("mend", MendConfig, "hypernetwork rank-1 shifts summed over facts (meta-trained)",
+                 needs_checkpoint=True)
+class MendEditor(HyperEditor):
+    """Summed rank-1 shifts from the shared hypernetwork."""
+
+    config_class = MendConfig
+
+    def new_accumulator(self) -> dict:
+        return {}
+
+    def accumulate(self, acc: dict, name: str, keys: torch.Tensor, grads: torch.Tensor) -> None:
+        net, index = self.nets.net_for(name)
+        if name not in acc:
+            acc[name] = torch.zeros(net.d_in, net.d_out, dtype=keys.dtype, device=keys.device)
+        for part in token_slices(keys.shape[0], self.config.net_batch_size):
+            acc[name] += net.rank_one_shift(keys[part], grads[part], index)
+
+    def finish(self, acc: dict) -> dict[str, torch.Tensor]:
+        return {name: shift.detach().clone() for name, shift in acc.items()}
+
+    def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
+                 grad_shifts: dict[str, torch.Tensor]) -> None:
+        """dL/dS is also dL/d(each rank-1 term): re-run the hypernetwork chunk by chunk with grad."""
+        for name in self.module_names:
+            keys, grads = cache[name]
+            net, index = self.nets.net_for(name)
+            grad = grad_shifts[name].to(keys.dtype)
+            for part in token_slices(keys.shape[0], self.config.net_batch_size):
+                (grad * net.rank_one_shift(keys[part], grads[part], index)).sum().backward()

@@ -1,0 +1,159 @@
+"""MALMEN and MEND editors on tiny real models: editing, streaming, checkpoints, model checks."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hyperedit.editors import get_editor
+from hyperedit.editors._hypernet import CONFIG_FILE, cache_requests
+from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+from hyperedit.editors.mend import MendConfig, MendEditor
+from hyperedit.errors import HyperEditError
+from hyperedit.requests import EditRequest, LocalityPrompt
+
+EDITORS = [(MalmenEditor, MalmenConfig), (MendEditor, MendConfig)]
+NAMES = "john mary peter anna paul lisa mark sara tom emma".split()
+CITIES = "paris rome berlin london madrid tokyo moscow vienna lisbon athens".split()
+
+
+def facts(n: int, start: int = 0) -> list[EditRequest]:
+    out = []
+    for i in range(start, start + n):
+        a, b = NAMES[i % 10], NAMES[(i * 3 + 1) % 10]
+        out.append(EditRequest(prompt=f"{a} {b} was born in", target=CITIES[(i * 7) % 10],
+                               rephrasings=(f"the city where {a} {b} was born is",),
+                               locality=(LocalityPrompt(f"{b} {a} plays", "tennis"),)))
+    return out
+
+
+def ready_editor(editor_class, config_class, lm, requests, **options):
+    """A fresh editor whose normaliser has seen the requests and whose lr makes visible shifts."""
+    editor = editor_class.create(config_class(layers=[2, 3], rank=4, **options), lm, seed=0)
+    cache = cache_requests(lm.adapter, requests, editor.module_names, "ans")
+    for name, (k, g) in cache.items():
+        editor.nets.net_for(name)[0].normalizer.update(torch.cat([k, g], -1))
+    for net in editor.nets.nets.values():
+        net.lr.data.fill_(10.0)
+    return editor
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("editor_class, config_class", EDITORS)
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_gpt2"])
+def test_edit_returns_shifts_of_the_edited_modules_and_leaves_the_model_unchanged(editor_class, config_class,
+                                                                                model, request):
+    lm = request.getfixturevalue(model)
+    requests = facts(6)
+    editor = ready_editor(editor_class, config_class, lm, requests)
+    before = _state(lm.model)
+    delta = editor.edit(lm, requests)
+    after = _state(lm.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not p.requires_grad for p in lm.model.parameters())
+    assert sorted(delta.shifts) == sorted(lm.adapter.module_names([2, 3]))
+    for name, shift in delta.shifts.items():
+        assert shift.shape == lm.adapter.weight(name).shape
+        assert float(shift.norm()) > 0
+    assert delta.meta["editor"] == editor_class.name and delta.meta["n_requests"] == 6
+    batch = lm.adapter.encode([r.prompt for r in requests], [r.target for r in requests])
+    with torch.no_grad():
+        plain = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with delta.applied(lm.model):
+            edited = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(plain, edited)
+
+
+@pytest.mark.parametrize("editor_class, config_class", EDITORS)
+def test_streamed_edit_does_not_depend_on_chunk_sizes(editor_class, config_class, tiny_llama):
+    requests = facts(9)
+    editor = ready_editor(editor_class, config_class, tiny_llama, requests)
+    reference = editor.edit(tiny_llama, requests)
+    editor.config.lm_batch_size, editor.config.net_batch_size = 2, 3
+    streamed = editor.edit(tiny_llama, requests)
+    for name, shift in reference.shifts.items():  # equal up to float32 round-off
+        assert float((streamed.shifts[name] - shift).norm() / shift.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("editor_class, config_class", EDITORS)
+def test_checkpoint_round_trip_and_refusal_of_another_model(editor_class, config_class, tiny_llama, tiny_gpt2,
+                                                           tmp_path):
+    requests = facts(4)
+    editor = ready_editor(editor_class, config_class, tiny_llama, requests)
+    editor.save(tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    assert meta["editor"] == editor_class.name and meta["model"]["model_type"] == "llama"
+    loaded = get_editor(editor_class.name, checkpoint=str(tmp_path / "ckpt"), lm=tiny_llama, lm_batch_size=3)
+    assert loaded.config.lm_batch_size == 3 and loaded.config.layers == [2, 3]
+    a, b = editor.edit(tiny_llama, requests), loaded.edit(tiny_llama, requests)
+    for name in a.shifts:  # equal up to float32 round-off (other chunking)
+        assert float((a.shifts[name] - b.shifts[name]).norm() / a.shifts[name].norm()) < 1e-4
+    with pytest.raises(HyperEditError, match="trained for model") as info:
+        get_editor(editor_class.name, checkpoint=str(tmp_path / "ckpt"), lm=tiny_gpt2)
+    assert "\n" not in str(info.value)
+    with pytest.raises(HyperEditError, match="cannot override rank"):
+        get_editor(editor_class.name, checkpoint=str(tmp_path / "ckpt"), rank=8)
+    with pytest.raises(HyperEditError, match="pass a checkpoint"):
+        get_editor(editor_class.name)
+    with pytest.raises(HyperEditError, match="no checkpoint here"):
+        get_editor(editor_class.name, checkpoint=str(tmp_path))
+    other = "mend" if editor_class.name == "malmen" else "malmen"
+    with pytest.raises(HyperEditError, match="checkpoint, not"):
+        get_editor(other, checkpoint=str(tmp_path / "ckpt"))
+
+
+def test_checkpoint_for_other_module_shapes_is_refused(tiny_llama, tmp_path):
+    """Same architecture, depth, width and vocabulary, but a wider MLP: the module shapes differ."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hyperedit.models import load_model
+    from tiny import word_tokenizer
+
+    editor = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, facts(2))
+    editor.save(tmp_path / "ckpt")
+    config = tiny_llama.model.config.to_dict()
+    config.update(intermediate_size=96)
+    path = tmp_path / "wide"
+    word_tokenizer(path)
+    LlamaForCausalLM(LlamaConfig(**config)).save_pretrained(path)
+    wide = load_model(str(path))
+    with pytest.raises(HyperEditError, match="expects model.layers.2.mlp.down_proj of shape"):
+        MalmenEditor.from_checkpoint(tmp_path / "ckpt", lm=wide)
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tiny_llama, tmp_path):
+    editor = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, facts(2))
+    editor.save(tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    meta["config"]["rank"] = 5  # weights were saved with rank 4
+    (tmp_path / "ckpt" / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(HyperEditError, match="does not match") as info:
+        MalmenEditor.from_checkpoint(tmp_path / "ckpt", lm=tiny_llama)
+    assert "\n" not in str(info.value)
+
+
+def test_least_squares_keeps_each_facts_value_change_where_the_sum_interferes(tiny_llama):
+    """With the same hypernetwork, MALMEN's shift reproduces the proposed value differences on the
+    edited keys (K S = D as lambda -> 0); MEND's summed rank-1 terms add cross-talk between facts."""
+    requests = facts(10)
+    malmen = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests, solve_dtype="float64")
+    malmen.nets.double()
+    for net in malmen.nets.nets.values():
+        net.log_lambda.data.fill_(-25.0)
+    mend = MendEditor(MendConfig(layers=[2, 3], rank=4), malmen.nets)
+    cache = {n: (k.double(), g.double())
+             for n, (k, g) in cache_requests(tiny_llama.adapter, requests, malmen.module_names, "ans").items()}
+    name = malmen.module_names[-1]
+    keys, grads = cache[name]
+    net, index = malmen.nets.net_for(name)
+    with torch.no_grad():
+        diffs = net.value_diffs(keys, grads, index)
+        ls_shift = malmen.finish({name: (keys.t() @ keys, keys.t() @ diffs)})[name].double()
+        _, mend_shifts = mend.predict(cache)
+    ls_residual = float((keys @ ls_shift - diffs).norm() / diffs.norm())
+    sum_residual = float((keys @ mend_shifts[name] - diffs).norm() / diffs.norm())
+    assert ls_residual < 1e-3 < 0.1 < sum_residual
