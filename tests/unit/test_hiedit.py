@@ -98,3 +98,26 @@ def test_trajectory_training_updates_policy_and_hypernet(tiny_llama, tmp_path):
     assert len(log) == 2 and all("advantage_vs_all" in r for r in log)
     assert all(r["modules_touched"] == 2 for r in log)
     assert not torch.equal(editor.policy.gate.weight, gate_before)
+
+
+def test_cli_train_hiedit_then_lifelong(tiny_dirs, tmp_path):
+    import json
+
+    from test_lifelong import _write_requests
+
+    from hyperedit.cli import main
+
+    data = tmp_path / "edits.jsonl"
+    _write_requests(data, 8)
+    out = tmp_path / "hi"
+    assert main(["train", "-q", "--editor", "hiedit", "--model", str(tiny_dirs["llama"]), "--train", str(data),
+                 "--out", str(out), "--layers", "0-3", "--rank", "4", "--n-blocks", "1", "--set", "top_k=2",
+                 "--set", "low=mend", "--steps", "1", "--n-edits", "1", "--traj-len", "2", "--back-depth", "1",
+                 "--ckpt-every", "1"]) == 0
+    assert (out / "LATEST").is_file()
+    assert main(["lifelong", "-q", "--editor", "hiedit", "--checkpoint", str(out), "--model", str(tiny_dirs["llama"]),
+                 "--data", str(data), "--num-seq", "4", "--batch", "2", "--num-pre", "2", "--curve-every", "2",
+                 "--general-per-task", "0", "--run-dir", str(tmp_path / "ll"), "--out", str(tmp_path / "res")]) == 0
+    record = json.loads((tmp_path / "res.json").read_text())[0]
+    assert record["mode"] == "lifelong" and record["metrics"]["modules_fraction"] == 0.5
+    assert (tmp_path / "res.png").is_file() and (tmp_path / "res.md").is_file()

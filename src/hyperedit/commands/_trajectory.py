@@ -1,0 +1,68 @@
+"""``hyperedit train --editor rledit|hiedit``: trajectory training (``training.trajectory``).
+
+HiEdit's own options go through ``--set`` (``low=mend``, ``top_k=4``, ``sparsity_coef=1e-3``,
+``policy_hidden=256``); the trajectory options are added to ``hyperedit train`` by
+``add_trajectory_args``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import HyperEditError
+from ._common import load_model_from_args, parse_overrides, seed_everything
+
+log = logging.getLogger(__name__)
+
+TRAJECTORY_EDITORS = ("rledit", "hiedit")
+
+
+def add_trajectory_args(parser) -> None:
+    """The options of trajectory training (used only with --editor rledit|hiedit)."""
+    g = parser.add_argument_group("trajectory training (rledit, hiedit)")
+    g.add_argument("--traj-len", type=int, default=10, help="edits per trajectory (one optimiser step)")
+    g.add_argument("--back-depth", type=int, default=10, help="earlier edits in the backtracking loss")
+    g.add_argument("--gamma", type=float, default=0.95, help="discount of earlier edits' losses")
+    g.add_argument("--reg-coef", type=float, default=1e-4, help="weight of ||S||^2")
+    g.add_argument("--no-baseline", action="store_true",
+                   help="hiedit: skip measuring the return of editing every candidate module")
+
+
+def run_trajectory(args) -> int:
+    """Build the editor, train it over trajectories in ``--out`` (resumable), print where it is."""
+    import torch
+
+    from ..editors import editor_entry
+    from ..editors.base import make_config
+    from ..training import load_pool
+    from ..training.data import fingerprint
+    from ..training.trajectory import TrajectoryConfig, TrajectoryTrainer
+    from .train import parse_layers
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    entry = editor_entry(args.editor)
+    options = {"layers": parse_layers(args.layers), "rank": args.rank, "n_blocks": args.n_blocks,
+               "lr_init": args.lr_init, "lm_batch_size": args.lm_batch_size, **parse_overrides(args)}
+    editor_config = make_config(entry.config_class, options)
+    try:
+        config = TrajectoryConfig(steps=args.steps, traj_len=args.traj_len, n_edits=args.n_edits,
+                                  back_depth=args.back_depth, gamma=args.gamma, loc_coef=args.loc_coef,
+                                  reg_coef=args.reg_coef, meta_lr=args.meta_lr, lr_meta_lr=args.lr_meta_lr,
+                                  max_grad_norm=args.max_grad_norm, baseline=not args.no_baseline,
+                                  ckpt_every=args.ckpt_every, seed=args.seed)
+    except ValueError as exc:
+        raise HyperEditError(f"invalid training option: {exc}") from None
+    pool, sources = load_pool(args.train, data_dir=args.data_dir, limit=args.limit_train)
+    lm = load_model_from_args(args)
+    editor = entry.factory.create(editor_config, lm, seed=args.seed)
+    info = {"sources": sources, "data": fingerprint(pool), "model_name": lm.name}
+    log.info("trajectory training of %s on %s, candidate modules %s", args.editor, "+".join(sources),
+             ", ".join(editor.module_names))
+    trainer = TrajectoryTrainer(editor, lm, pool, config, Path(args.out), info)
+    records = trainer.run(resume=args.resume)
+    last = records[-1] if records else {}
+    print(f"trained {args.editor} for {trainer.step} trajectories -> {args.out} (last loss {last.get('loss', float('nan')):.3f})")
+    print(f"use it: hyperedit lifelong --editor {args.editor} --checkpoint {args.out} --run-dir RUN --model {args.model}")
+    return 0
