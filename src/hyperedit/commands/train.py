@@ -9,7 +9,7 @@ from ._common import add_data_dir_arg, add_model_args, emit_json, load_model_fro
 
 log = logging.getLogger(__name__)
 
-TRAINABLE = ("malmen", "mend")
+TRAINABLE = ("malmen", "mend", "rledit", "hiedit")
 
 
 def register(sub) -> None:
@@ -49,6 +49,9 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="torch CPU threads (keep the same value when resuming)")
     p.add_argument("--json", action="store_true", help="print the final validation record as JSON")
+    from ._trajectory import add_trajectory_args  # rledit, hiedit: training over editing trajectories
+
+    add_trajectory_args(p)
     p.set_defaults(func=run)
 
 
@@ -72,6 +75,10 @@ def parse_layers(text: str | None) -> list[int] | None:
 def run(args) -> int:
     import torch
 
+    from ._trajectory import TRAJECTORY_EDITORS, run_trajectory
+
+    if args.editor in TRAJECTORY_EDITORS:
+        return run_trajectory(args)
     from ..editors import editor_entry
     from ..editors.base import make_config
     from ..training import CheckpointStore, MetaTrainConfig, MetaTrainer, load_pool, split_validation
