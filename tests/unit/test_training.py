@@ -208,3 +208,25 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_dirs, tmp_path
     assert strip(MetricsLog(killed / "metrics.jsonl").read()) == strip(MetricsLog(tmp_path / "whole" / "metrics.jsonl").read())
     refused = subprocess.run(_train_cmd(model, data, killed), env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume" in refused.stderr
+
+
+def test_a_finished_run_extended_with_more_steps_equals_a_longer_run(tiny_llama, tmp_path):
+    facts = synthetic_facts(seed=5)[:40]
+
+    def trainer(run, steps, meta_lr=1e-3):
+        editor = MalmenEditor.create(MalmenConfig(layers=[2, 3], rank=4, lr_init=1e-2), tiny_llama, seed=1)
+        config = MetaTrainConfig(steps=steps, n_edits=4, val_size=0, val_every=0, ckpt_every=3, meta_lr=meta_lr,
+                                 calibrate_lr=False)
+        return MetaTrainer(editor, tiny_llama, facts, [], config, tmp_path / run), editor
+
+    whole, whole_editor = trainer("whole", 8)
+    whole.run()
+    short, _ = trainer("extended", 4)
+    short.run()
+    longer, longer_editor = trainer("extended", 8)
+    longer.run(resume=True)
+    for (name, a), b in zip(whole_editor.nets.state_dict().items(), longer_editor.nets.state_dict().values()):
+        assert torch.equal(a, b), name
+    other, _ = trainer("extended", 10, meta_lr=5e-3)
+    with pytest.raises(HyperEditError, match="train_config differ"):
+        other.run(resume=True)

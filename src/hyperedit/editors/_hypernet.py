@@ -165,7 +165,7 @@ class HyperEditor:
     # ----- editing -------------------------------------------------------------------------
     def edit(self, lm, requests: Sequence[EditRequest]) -> EditDelta:
         """Shifts for all ``requests`` at once, streamed in chunks; the model is left unchanged."""
-        from tqdm.auto import tqdm
+        from ..progress import progress
 
         self.check_model(lm)
         if not requests:
@@ -174,7 +174,7 @@ class HyperEditor:
         self.nets.to(lm.device).eval()
         acc = self.new_accumulator()
         chunks = list(iter_chunks(list(requests), self.config.lm_batch_size))
-        for chunk in tqdm(chunks, desc=f"{self.name} edit", unit="chunk", disable=len(chunks) < 4 or None):
+        for chunk in progress(chunks, desc=f"{self.name} edit", unit="chunk"):
             cache = cache_requests(adapter, chunk, names, self.config.token)
             with torch.no_grad():
                 for name in names:

@@ -33,6 +33,9 @@ from .metrics import MetricsLog
 log = logging.getLogger(__name__)
 
 TRAINER_JSON = "trainer.json"
+# Settings that do not change the trained weights: a run may be resumed with other values
+# (e.g. more ``steps`` to extend it, since batches depend only on the seed and the step).
+RESUMABLE = ("steps", "val_every", "ckpt_every", "keep_checkpoints")
 TRAINER_TENSORS = "trainer.safetensors"
 
 
@@ -224,8 +227,10 @@ class MetaTrainer:
 
     # ----- checkpoints ---------------------------------------------------------------------------
     def _identity(self) -> dict:
-        return {"train_config": asdict(self.config), "editor_config": asdict(self.editor.config),
-                "editor": self.editor.name, **self.info}
+        """What a resumed run must share with the checkpoint (``RESUMABLE`` settings may change)."""
+        train = {k: v for k, v in asdict(self.config).items() if k not in RESUMABLE}
+        return {"train_config": train, "editor_config": asdict(self.editor.config), "editor": self.editor.name,
+                **self.info}
 
     def _save(self) -> None:
         def write(folder: Path) -> None:
@@ -234,7 +239,8 @@ class MetaTrainer:
             rng_tensors, rng_meta = rng_state()
             save_file({**opt_tensors, **rng_tensors}, str(folder / TRAINER_TENSORS))
             write_json(folder / TRAINER_JSON, {"step": self.step, "optimizer": opt_meta, "rng": rng_meta,
-                                              "threads": torch.get_num_threads(), **self._identity()})
+                                              "threads": torch.get_num_threads(), **self._identity(),
+                                              "run_config": asdict(self.config)})
 
         path = self.store.save(self.step, write)
         log.info("checkpoint %s", path)
@@ -247,6 +253,7 @@ class MetaTrainer:
         meta = json.loads((folder / TRAINER_JSON).read_text())
         mine = json.loads(json.dumps(self._identity()))
         theirs = {k: meta.get(k) for k in mine}
+        theirs["train_config"] = {k: v for k, v in (theirs["train_config"] or {}).items() if k not in RESUMABLE}
         if theirs != mine:
             differ = sorted(k for k in mine if theirs.get(k) != mine[k])
             raise HyperEditError(f"{self.run_dir} holds a run with other settings ({', '.join(differ)} differ); "

@@ -1,0 +1,169 @@
+"""ES/GS/LS, edit time and memory of MALMEN, MEND and ft against the number of facts edited at once.
+
+For each dataset the first N requests (N = 16, 64, 256, 1024) are edited in one batch; metrics are
+measured on the first ``--eval-subset`` of the edited requests (all of them when N is smaller),
+so every N is scored on the same facts while more edits are applied around them. The locality
+reference (the unedited model's predictions) is taken once per dataset. Requests are evaluated
+without their ``old_target`` (CounterFact probability scores are skipped: it halves the cost).
+
+    python benchmarks/malmen_scaling.py --malmen runs/malmen-smollm2 --mend runs/mend-smollm2
+
+Writes benchmarks/results/<out>.json/.md (one record per editor x dataset x N) and <out>.png.
+Finished records are kept: a rerun skips them (delete the JSON to start over).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger("malmen_scaling")
+RESULTS = Path("benchmarks") / "results"
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _slice_reference(reference, n: int):
+    from hyperedit.eval import LocalityReference
+
+    keep = [i for i, pair in enumerate(reference.pairs) if pair[0] < n]
+    return LocalityReference([reference.pairs[i] for i in keep], [reference.predicted[i] for i in keep])
+
+
+def _editor(name: str, args, lm, n: int):
+    from hyperedit.editors import get_editor
+
+    if name in ("malmen", "mend"):
+        return get_editor(name, checkpoint=getattr(args, name), lm=lm), {}
+    steps = args.ft_steps if n <= args.ft_full_max else args.ft_steps_large
+    return get_editor("ft", steps=steps), {"ft_steps": steps}
+
+
+def run(args) -> list[dict]:
+    import torch
+
+    from hyperedit.bench import current_command, make_record, peak_rss_during, write_results
+    from hyperedit.data import load_requests
+    from hyperedit.eval import evaluate, locality_reference
+    from hyperedit.models import load_model
+
+    torch.set_num_threads(args.threads)
+    out_json = RESULTS / f"{args.out}.json"
+    records = json.loads(out_json.read_text()) if out_json.is_file() else []
+    done = {(r["editor"], r["dataset"], r["split"], r["n_edits"]) for r in records}
+    lm = load_model(args.model)
+    command = current_command()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    for spec in args.datasets.split(","):
+        dataset, split = spec.split(":")
+        requests = load_requests(spec, limit=max(sizes))
+        eval_all = [dataclasses.replace(r, old_target=None) for r in requests[: args.eval_subset]]
+        reference = None
+        for n in sizes:
+            for name in args.editors.split(","):
+                if (name, dataset, split, n) in done or (name == "ft" and n > args.ft_max):
+                    continue
+                if reference is None:
+                    reference = locality_reference(lm.adapter, eval_all, args.eval_batch_size)
+                editor, extra = _editor(name, args, lm, n)
+                batch = requests[:n]
+                rss_before = _rss_mb()
+                cpu = time.process_time()
+                delta, seconds, peak = peak_rss_during(editor.edit, lm, batch)
+                cpu = time.process_time() - cpu
+                evaluated = eval_all[:n]
+                with delta.applied(lm.model):
+                    metrics, _ = evaluate(lm.adapter, evaluated, _slice_reference(reference, n), args.eval_batch_size)
+                config = dataclasses.asdict(editor.config)
+                record = make_record(editor=name, model=lm.name, dataset=dataset, split=split, mode="batch",
+                                     n_edits=n, metrics=metrics, edit_time_s=seconds, peak_rss_mb=peak,
+                                     command=command, seed=0, edit_cpu_s=round(cpu, 3), n_evaluated=len(evaluated),
+                                     rss_before_mb=round(rss_before, 1),
+                                     peak_rss_increase_mb=round(peak - rss_before, 1), threads=args.threads,
+                                     config=config, delta_norm=sum(delta.norms().values()), **extra)
+                if name in ("malmen", "mend"):
+                    record["checkpoint"] = getattr(args, name)
+                records.append(record)
+                log.info("%s %s n=%d: ES %.3f GS %.3f LS %.3f, edit %.1fs", name, dataset, n, metrics["ES"] or 0,
+                         metrics["GS"] or 0, metrics["LS"] or 0, seconds)
+                write_results(records, args.out, title="MALMEN, MEND and ft against the number of facts",
+                              notes=NOTES)
+                del delta
+    plot(records, RESULTS / f"{args.out}.png")
+    return records
+
+
+NOTES = """Edit N facts at once (SmolLM2-135M, batch mode). ES/GS/LS: teacher-forced token accuracy on the
+edit prompts / rephrasings with the new target / locality prompts against the unedited model's own
+predictions, measured on the first min(N, eval subset) edited requests (column `n_evaluated` in
+the JSON). edit_time_s is wall time on a shared 2-core machine (edit_cpu_s, the CPU time of the
+editing process, is steadier); peak_rss_mb is the process peak during the edit (model included),
+peak_rss_increase_mb the part above the RSS just before it. ft: `ft_steps` in the JSON."""
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """ES/GS/LS against N, one column per metric, one row per dataset, one line per editor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({(r["dataset"], r["split"]) for r in records})
+    editors = sorted({r["editor"] for r in records})
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(12, 3.4 * len(datasets)), squeeze=False)
+    for row, (dataset, split) in enumerate(datasets):
+        for col, metric in enumerate(("ES", "GS", "LS")):
+            ax = axes[row][col]
+            for editor in editors:
+                points = sorted((r["n_edits"], r["metrics"].get(metric)) for r in records
+                                if r["editor"] == editor and (r["dataset"], r["split"]) == (dataset, split)
+                                and r["metrics"].get(metric) is not None)
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=editor)
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{metric} - {dataset}:{split}")
+            ax.set_xlabel("facts edited at once")
+            ax.grid(alpha=0.3)
+            if row == 0 and col == 0:
+                ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--malmen", required=True, help="MALMEN checkpoint or training run directory")
+    parser.add_argument("--mend", required=True, help="MEND checkpoint or training run directory")
+    parser.add_argument("--datasets", default="counterfact:val,zsre:knowedit-test")
+    parser.add_argument("--sizes", default="16,64,256,1024")
+    parser.add_argument("--editors", default="malmen,mend,ft")
+    parser.add_argument("--eval-subset", type=int, default=256, help="score at most this many edited requests")
+    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--ft-steps", type=int, default=25, help="ft steps up to --ft-full-max facts")
+    parser.add_argument("--ft-full-max", type=int, default=64)
+    parser.add_argument("--ft-steps-large", type=int, default=5, help="ft steps above --ft-full-max facts")
+    parser.add_argument("--ft-max", type=int, default=256, help="skip ft above this many facts")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="malmen_scaling")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.plot_only:
+        plot(json.loads((RESULTS / f"{args.out}.json").read_text()), RESULTS / f"{args.out}.png")
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
