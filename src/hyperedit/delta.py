@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_directory
 from .errors import DeltaMismatchError, HyperEditError
 from .models.adapters import ModelAdapter
 
@@ -132,21 +131,9 @@ class EditDelta:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the delta into directory ``path`` atomically (replacing an existing delta there)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-        try:
+        with atomic_directory(path) as tmp:
             save_file({k: v.contiguous().cpu() for k, v in self.shifts.items()}, str(tmp / SHIFTS_FILE))
             (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True, default=str))
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

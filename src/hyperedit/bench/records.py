@@ -12,10 +12,11 @@ import os
 import resource
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
+
+from ..atomic import atomic_write_text
 
 REQUIRED = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s",
             "peak_rss_mb", "command", "seed", "date")
@@ -79,18 +80,6 @@ def peak_rss_during(fn: Callable, *args, **kwargs):
     return result, seconds, peak
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -124,10 +113,10 @@ def write_results(records: list[dict], name: str, results_dir: str | os.PathLike
             raise ValueError(f"result record lacks {missing}")
     out = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
-    _atomic_write(json_path, json.dumps(records, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(records, indent=2) + "\n")
     commands = sorted({r["command"] for r in records})
     md = f"# {title or name}\n\n" + (notes.strip() + "\n\n" if notes else "") + records_table(records)
     md += "\nModel: " + ", ".join(sorted({r["model"] for r in records})) + ". Produced by:\n\n"
     md += "\n".join(f"    {c}" for c in commands) + "\n"
-    _atomic_write(md_path, md)
+    atomic_write_text(md_path, md)
     return json_path, md_path

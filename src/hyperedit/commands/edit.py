@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_directory
 from ..errors import HyperEditError
 from ._common import (add_data_dir_arg, add_editor_args, add_model_args, editor_from_args, emit_json,
                       load_model_from_args, seed_everything)
@@ -36,19 +34,9 @@ def register(sub) -> None:
 
 def _save_model(lm, delta, path: Path) -> None:
     """Write the edited model + tokenizer atomically (temp directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        with delta.applied(lm.model):
-            lm.model.save_pretrained(tmp, safe_serialization=True)
+    with atomic_directory(path) as tmp, delta.applied(lm.model):
+        lm.model.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
 
 def run(args) -> int:
     import time
