@@ -13,13 +13,18 @@ and shared between editors that edit the same model state with the same target o
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..hooks import edit_output
@@ -43,6 +48,7 @@ class Targets:
     nll: torch.Tensor  # (n,) last measured mean target NLL
     time_s: float  # compute time of these targets (cached ones count their original time)
     n_cached: int = 0
+    cached_time_s: float = 0.0  # the part of time_s spent earlier, when the cached ones were computed
 
     @property
     def residual(self) -> torch.Tensor:
@@ -60,19 +66,52 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 class TargetCache:
-    """In-memory per-request cache of target vectors, keyed by model state, options and request."""
+    """In-memory per-request cache of target vectors, keyed by model state, options and request.
 
-    def __init__(self):
-        self._store: dict[tuple, tuple] = {}
+    ``pinned_state`` (a ``weights_fingerprint``, e.g. of the unedited model) replaces the current
+    model state in the key: targets computed on that model are then reused after earlier edits were
+    applied (a cheaper approximation of sequential editing, where targets would be re-optimised on
+    the edited model; residuals are still taken against the current model when they are written).
+    """
+
+    def __init__(self, pinned_state: str | None = None):
+        self.pinned_state = pinned_state
+        self._store: dict[str, tuple] = {}
+
+    @staticmethod
+    def _hash(key: tuple) -> str:
+        return hashlib.sha256(repr(key).encode()).hexdigest()[:24]
 
     def __len__(self) -> int:
         return len(self._store)
 
     def get(self, key: tuple):
-        return self._store.get(key)
+        return self._store.get(self._hash(key))
 
     def put(self, key: tuple, value: tuple) -> None:
-        self._store[key] = value
+        self._store[self._hash(key)] = value
+
+    def save(self, path) -> None:
+        """Write the cache to ``path`` (safetensors; the entries' scalars in its metadata)."""
+        tensors, meta = {}, {}
+        for k, (z, h, steps, nll, t) in self._store.items():
+            tensors[f"z/{k}"], tensors[f"h/{k}"] = z.contiguous(), h.contiguous()
+            meta[k] = [steps, nll, t]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata={"entries": json.dumps(meta)})
+        os.replace(tmp, path)
+
+    def load(self, path) -> "TargetCache":
+        """Add the entries saved in ``path`` (a missing file adds nothing)."""
+        if not Path(path).is_file():
+            return self
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["entries"])
+            for k, (steps, nll, t) in meta.items():
+                self._store[k] = (f.get_tensor(f"z/{k}"), f.get_tensor(f"h/{k}"), steps, nll, t)
+        return self
 
 
 def _options_key(cfg: LocateConfig, z_layer: int, prefixes: Sequence[str]) -> tuple:
@@ -100,7 +139,8 @@ def compute_targets(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: i
     steps, nll = torch.zeros(n, dtype=torch.long), torch.zeros(n)
     cached_time, keys, todo = 0.0, [None] * n, list(range(n))
     if cache is not None:
-        base = (weights_fingerprint(lm.model), _options_key(cfg, z_layer, prefixes))
+        state = cache.pinned_state or weights_fingerprint(lm.model)
+        base = (state, _options_key(cfg, z_layer, prefixes))
         keys = [base + ((r.prompt, r.target, r.subject),) for r in requests]
         todo = []
         for i, key in enumerate(keys):
@@ -119,7 +159,8 @@ def compute_targets(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: i
                 cache.put(keys[i], (z[i].clone(), h[i].clone(), int(steps[i]), float(nll[i]), per))
     own = time.perf_counter() - start
     dev = lm.device
-    return Targets(z.to(dev), h.to(dev), steps, nll, own + cached_time, n_cached=n - len(todo))
+    return Targets(z.to(dev), h.to(dev), steps, nll, own + cached_time, n_cached=n - len(todo),
+                   cached_time_s=cached_time)
 
 
 def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, prefixes: Sequence[str],

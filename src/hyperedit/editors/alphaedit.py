@@ -30,7 +30,7 @@ class AlphaEditConfig(L.LocateConfig):
 
     nullspace_threshold: float = 2e-2  # eigenvalues of C below this span the preserved null space
     threshold_relative: bool = False  # threshold as a fraction of C's largest eigenvalue
-    l2: float = 10.0  # ridge added to the projected normal matrix
+    l2: float = 1.0  # ridge added to the projected normal matrix
     accumulate: bool = True  # remember the keys of earlier edits (K_p) across edit calls
     diagnostics: bool = True
 

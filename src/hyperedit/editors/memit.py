@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class MEMITConfig(L.LocateConfig):
     """MEMIT options: shared locate-then-edit options plus the covariance weight ``lam``."""
 
-    lam: float = 15000.0  # weight of C = E[k k^T] against the edit keys (MEMIT's mom2_update_weight)
+    lam: float = 1500.0  # weight of C = E[k k^T] against the edit keys (MEMIT's mom2_update_weight)
     diagnostics: bool = True  # measure how much of each planned residual the update realises
 
     def __post_init__(self) -> None:
@@ -56,8 +56,12 @@ class LocateEditor:
         self._prefixes: list[str] | None = None
 
     # ----- pieces ---------------------------------------------------------------------------
+    def layers(self, lm: LoadedModel) -> tuple[int, ...]:
+        """The edited layers (the config's, or ``default_layers`` for this model's depth)."""
+        return self.config.layers or L.default_layers(lm.adapter.num_layers)
+
     def modules(self, lm: LoadedModel) -> list[str]:
-        return lm.adapter.module_names(self.config.layers, self.config.module)
+        return lm.adapter.module_names(self.layers(lm), self.config.module)
 
     def prefixes(self, lm: LoadedModel) -> list[str]:
         if self._prefixes is None:
@@ -76,7 +80,7 @@ class LocateEditor:
         return {m: self._stats[m] for m in names}
 
     def targets(self, lm: LoadedModel, requests: Sequence[EditRequest]) -> Targets:
-        return compute_targets(lm, requests, self.config.layers[-1], self.prefixes(lm), self.config,
+        return compute_targets(lm, requests, self.layers(lm)[-1], self.prefixes(lm), self.config,
                                cache=self.target_cache)
 
     def solver_map(self, lm: LoadedModel, name: str, K: torch.Tensor) -> torch.Tensor:
@@ -88,7 +92,7 @@ class LocateEditor:
     def solve(self, lm: LoadedModel, requests: Sequence[EditRequest], z: torch.Tensor):
         """Multi-layer closed-form write of targets ``z``: ``(shifts, SolveRecord)``, model unchanged."""
         cfg = self.config
-        return L.spread_and_solve(lm, requests, z, self.modules(lm), cfg.layers[-1], self.prefixes(lm),
+        return L.spread_and_solve(lm, requests, z, self.modules(lm), self.layers(lm)[-1], self.prefixes(lm),
                                   lambda name, K: self.solver_map(lm, name, K), cfg.batch_size)
 
     def make_delta(self, lm: LoadedModel, shifts: dict, **extra) -> EditDelta:
@@ -109,11 +113,12 @@ class LocateEditor:
         self.after_solve(record)
         t3 = time.perf_counter()
         info = {"n_requests": len(requests), "stats_time_s": t1 - t0, "target_time_s": targets.time_s,
-                "targets_cached": targets.n_cached, "solve_time_s": t3 - t2,
+                "targets_cached": targets.n_cached, "target_cached_time_s": targets.cached_time_s,
+                "solve_time_s": t3 - t2,
                 "target_steps_mean": float(targets.steps.float().mean()),
                 "target_nll_mean": float(targets.nll.nanmean())}
         if getattr(self.config, "diagnostics", False):
-            realised = L.realised_residual(lm, requests, shifts, self.config.layers[-1], self.config.batch_size)
+            realised = L.realised_residual(lm, requests, shifts, self.layers(lm)[-1], self.config.batch_size)
             info["truncation"] = L.truncation_summary(targets.residual, realised)
         self.last_info = info
         return self.make_delta(lm, shifts, info={k: v for k, v in info.items() if k != "truncation"})
