@@ -1,6 +1,7 @@
 """Merge the per-run lifelong results into one table + plot.
 
     python benchmarks/lifelong_summary.py            # reads benchmarks/results/lifelong_*.json
+    python benchmarks/lifelong_summary.py --partial runs/ll_x   # + unfinished streams (curves only)
 
 Writes ``benchmarks/results/lifelong_summary.{json,md,png}``: one row per (editor, dataset) with
 final ES/GS/LS over all edits and over the first ``num_pre``, general-ability accuracy before /
@@ -20,15 +21,45 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def main() -> int:
+def partial_rows(run_dirs: list[str]) -> list[str]:
+    """Markdown lines for streams that have not finished: their last checkpoint's curve points."""
+    from hyperedit.training.checkpoint import CheckpointStore
+
+    lines = []
+    for run in run_dirs:
+        latest = CheckpointStore(run).latest()
+        if latest is None:
+            lines.append(f"- `{run}`: no checkpoint yet")
+            continue
+        state = json.loads((latest / "stream.json").read_text())
+        steps = state["steps"]
+        per_edit = sum(x["seconds"] for x in steps) / max(1, sum(x["n"] for x in steps))
+        frac = sum(x["touched"] / x["candidates"] for x in steps) / max(1, len(steps))
+        lines.append(f"- `{run}` ({state['info']['editor']}, {state['info']['data']}): stopped after "
+                     f"{state['done']} of {state['info']['config']['num_seq']} edits; time/edit {per_edit:.2f}s; "
+                     f"modules fraction {frac:.2f}; general acc before {state['general_before']['mean']['acc']:.3f}")
+        for c in state["curves"]:
+            general = (c.get("general") or {}).get("mean", {}).get("acc")
+            lines.append(f"  - {c['edits']} edits: recent ES/GS/LS {_fmt(c['recent']['ES'])}/{_fmt(c['recent']['GS'])}/"
+                         f"{_fmt(c['recent']['LS'])}, earliest {_fmt(c['earliest']['ES'])}/{_fmt(c['earliest']['GS'])}/"
+                         f"{_fmt(c['earliest']['LS'])}, general acc {_fmt(general)}")
+    return lines
+
+
+def main(argv=None) -> int:
+    import argparse
+
     from hyperedit.eval.lifelong_report import plot_curves
 
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--partial", nargs="*", default=[], help="run directories of unfinished streams")
+    args = parser.parse_args(argv)
     records = []
     for path in sorted(RESULTS.glob("lifelong_*.json")):
         if path.stem == "lifelong_summary":
             continue
         records.extend(json.loads(path.read_text()))
-    if not records:
+    if not records and not args.partial:
         raise SystemExit("no lifelong results yet")
     head = ["editor", "label", "dataset", "stream", *COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -44,9 +75,21 @@ def main() -> int:
           "general_*: mean zero-shot accuracy on the sampled general tasks before the stream / after it; "
           "retention = after / before (mean over tasks). modules_fraction: perturbed / candidate modules "
           "per edit.\n\nCommands:\n\n" + commands + "\n")
+    if args.partial:
+        md += "\n## Unfinished streams (no final metrics; resume with the same command + --resume)\n\n"
+        md += "\n".join(partial_rows(args.partial)) + "\n"
     (RESULTS / "lifelong_summary.md").write_text(md)
     (RESULTS / "lifelong_summary.json").write_text(json.dumps(records, indent=2) + "\n")
-    plot_curves(records, RESULTS / "lifelong_summary.png")
+    from hyperedit.training.checkpoint import CheckpointStore
+
+    plotted = list(records)
+    for run in args.partial:  # unfinished streams: their curve points so far
+        latest = CheckpointStore(run).latest()
+        if latest is not None:
+            state = json.loads((latest / "stream.json").read_text())
+            plotted.append({"editor": state["info"]["editor"] + " (partial)",
+                            "dataset": state["info"]["data"].split(":")[0], "curves": state["curves"]})
+    plot_curves(plotted, RESULTS / "lifelong_summary.png")
     print(md)
     return 0
 
