@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     records = []
     for path in sorted(RESULTS.glob("lifelong_*.json")):
-        if path.stem == "lifelong_summary":
+        if path.stem in ("lifelong_summary", "lifelong_drift"):
             continue
         records.extend(json.loads(path.read_text()))
     if not records and not args.partial:
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         label = r["editor"] + (f"({r['editor_config'].get('low')})" if r["editor_config"].get("low") else "")
-        stream = f"{r['num_seq']}x{r['batch_size']}"
+        stream = f"{r['num_seq'] // r['batch_size']}x{r['batch_size']}"
         lines.append("| " + " | ".join([r["editor"], label, r["dataset"], stream,
                                         *(_fmt(r["metrics"].get(c)) for c in COLUMNS)]) + " |")
     commands = "\n".join(f"    {r['command']}" for r in records)
