@@ -82,3 +82,17 @@ def test_target_cache_reuses_vectors(tiny_llama):
     second = b.targets(tiny_llama, FACTS[::-1])
     assert second.n_cached == 2
     torch.testing.assert_close(second.z, first.z.flip(0))
+
+
+def test_target_cache_round_trips_through_a_file(tiny_llama, tmp_path):
+    cache = TargetCache()
+    editor = get_editor("memit", **{**TINY, "v_steps": 2})
+    editor.target_cache = cache
+    first = editor.targets(tiny_llama, FACTS)
+    cache.save(tmp_path / "targets.safetensors")
+    loaded = TargetCache().load(tmp_path / "targets.safetensors")
+    assert len(loaded) == len(cache) == 2
+    editor.target_cache = loaded
+    again = editor.targets(tiny_llama, FACTS)
+    assert again.n_cached == 2 and torch.equal(again.z, first.z) and torch.equal(again.h, first.h)
+    assert len(TargetCache().load(tmp_path / "missing.safetensors")) == 0
