@@ -28,7 +28,9 @@ class HyperBlock(nn.Module):
 
     def forward(self, y: torch.Tensor, module_index: int) -> torch.Tensor:
         """y: (n, size) -> (n, size)."""
-        hidden = torch.relu(y @ self.A @ self.B + self.bias)
+        # clamp, not relu: B and the bias start at zero, where relu's gradient is 0 and the block
+        # would never leave the identity; clamp passes the gradient at the boundary.
+        hidden = (y @ self.A @ self.B + self.bias).clamp(min=0)
         return y + self.scale[module_index] * hidden + self.shift[module_index]
 
 
