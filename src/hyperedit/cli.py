@@ -66,7 +66,6 @@ class _Subcommands:
         self._action, self._parents = action, parents
 
     def add_parser(self, name, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         return self._action.add_parser(name, parents=self._parents, **kwargs)
 
 
