@@ -36,6 +36,13 @@ def _moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
+def _calibrated_lr(records: list[dict], loc_coef: float) -> float | None:
+    points = [r for r in records if r.get("split") == "calibration"]
+    if not points:
+        return None
+    return min(points, key=lambda r: r["gen_loss"] + loc_coef * r["loc_loss"])["lr"]
+
+
 def summarise(run: Path) -> dict:
     """Editor, settings, CPU time and validation history of one run (from its latest checkpoint)."""
     latest = (run / "LATEST").read_text().strip()
@@ -47,7 +54,10 @@ def summarise(run: Path) -> dict:
             "sources": trainer.get("sources"), "n_train": trainer.get("n_train"), "n_val": trainer.get("n_val"),
             "cpu_seconds_train_steps": round(sum(r.get("cpu_seconds", 0) for r in train), 1),
             "wall_seconds_train_steps": round(sum(r.get("seconds", 0) for r in train), 1),
-            "calibrated_lr": next((r["lr"] for r in train[:1]), None),
+            "run_config": trainer.get("run_config"),
+            "calibration": [{k: r[k] for k in ("lr", "gen_loss", "loc_loss")} for r in records
+                            if r.get("split") == "calibration"],
+            "calibrated_lr": _calibrated_lr(records, trainer["train_config"].get("loc_coef", 1.0)),
             "validation": [{k: r.get(k) for k in ("step", "ES", "GS", "LS", "LS_data")}
                            for r in records if r.get("split") == "val"]}
 
@@ -57,16 +67,19 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--out", default="malmen_training_curve")
+    parser.add_argument("--command", action="append", default=[], help="training command to list (repeatable)")
     args = parser.parse_args()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    summaries = []
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     colors = {"ES": "tab:blue", "GS": "tab:orange", "LS": "tab:green"}
     for column, run in enumerate(args.runs[:2]):
         summary = summarise(run)
+        summaries.append(summary)
         editor = summary["editor"]
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run / "metrics.jsonl", RESULTS / f"malmen_train_{editor}.jsonl")
@@ -93,6 +106,33 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(RESULTS / f"{args.out}.png", dpi=110)
     plt.close(fig)
+    (RESULTS / f"{args.out}.md").write_text(report(summaries, args.command, args.out))
+
+
+def report(summaries: list[dict], commands: list[str], name: str) -> str:
+    """Markdown: per run the settings, CPU time, calibrated lr and validation history."""
+    lines = ["# Meta-training of the hypernetwork editors (SmolLM2-135M)", "",
+             f"Curves: `{name}.png`; full logs: `malmen_train_<editor>.jsonl`; settings: `malmen_train_<editor>.json`.",
+             ""]
+    for s in summaries:
+        cfg, ecfg = s["train_config"], s["editor_config"]
+        lines += [f"## {s['editor']}", "",
+                  f"- data: {' + '.join(s['sources'] or [])}, {s['n_train']} training requests, {s['n_val']} held out "
+                  "for validation (edited at once)",
+                  f"- layers {ecfg['layers'][0]}-{ecfg['layers'][-1]} ({ecfg['module_kind']}), rank {ecfg['rank']}, "
+                  f"{ecfg['n_blocks']} blocks; {s['steps']} steps of {cfg['n_edits']} facts, meta_lr {cfg['meta_lr']}, "
+                  f"lr_meta_lr {cfg['lr_meta_lr']}, loc_coef {cfg['loc_coef']}, max_grad_norm {cfg['max_grad_norm']}",
+                  f"- calibrated initial edit lr: {s['calibrated_lr']:.3g}",
+                  f"- training steps: {s['cpu_seconds_train_steps'] / 60:.1f} CPU min "
+                  f"({s['wall_seconds_train_steps'] / 60:.1f} wall min on the shared machine); validations and "
+                  "calibration come on top", "",
+                  "| step | ES | GS | LS | LS_data |", "|---|---|---|---|---|"]
+        for v in s["validation"]:
+            lines.append(f"| {v['step']} | {v['ES']:.3f} | {v['GS']:.3f} | {v['LS']:.3f} | {v['LS_data']:.3f} |")
+        lines.append("")
+    if commands:
+        lines += ["Produced by:", ""] + [f"    {c}" for c in commands] + [""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
