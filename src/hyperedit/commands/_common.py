@@ -81,3 +81,11 @@ def editor_from_args(args, lm):
 
 def emit_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
+
+
+def dataset_label(spec: str) -> tuple[str, str]:
+    """(dataset, split) for result records: ``counterfact:val`` -> (counterfact, val); a file -> (stem, file)."""
+    if ":" in spec and not Path(spec).exists():
+        name, split = spec.split(":", 1)
+        return name, split
+    return Path(spec).stem, "file"

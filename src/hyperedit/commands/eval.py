@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import HyperEditError
-from ._common import (add_data_dir_arg, add_editor_args, add_model_args, editor_from_args, load_model_from_args,
+from ._common import (dataset_label, add_data_dir_arg, add_editor_args, add_model_args, editor_from_args, load_model_from_args,
                       seed_everything)
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _dataset_name(spec: str) -> tuple[str, str]:
-    if ":" in spec and not Path(spec).exists():
-        name, split = spec.split(":", 1)
-        return name, split
-    return Path(spec).stem, "file"
-
-
 def run(args) -> int:
     from ..bench import current_command, write_results
     from ..bench.records import records_table
@@ -57,7 +50,7 @@ def run(args) -> int:
         log.warning("%s has only %d requests after offset %d", args.data, len(requests), args.offset)
     lm = load_model_from_args(args)
     editor = editor_from_args(args, lm)
-    dataset, split = _dataset_name(args.data)
+    dataset, split = dataset_label(args.data)
     common = dict(dataset=dataset, split=split, command=current_command(), seed=args.seed,
                   eval_batch_size=args.eval_batch_size, fluency=args.fluency)
     if args.mode == "batch":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import HyperEditError
-from ._common import (add_data_dir_arg, add_editor_args, add_model_args, editor_from_args, load_model_from_args,
+from ._common import (dataset_label, add_data_dir_arg, add_editor_args, add_model_args, editor_from_args, load_model_from_args,
                       seed_everything)
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _dataset_name(spec: str) -> tuple[str, str]:
-    if ":" in spec and not Path(spec).exists():
-        name, split = spec.split(":", 1)
-        return name, split
-    return Path(spec).stem, "file"
-
-
 def run(args) -> int:
     import torch
 
@@ -76,7 +69,7 @@ def run(args) -> int:
     info = {"data": args.data, "offset": args.offset, "checkpoint": args.checkpoint, "overrides": args.overrides}
     runner = LifelongRunner(lm, editor, requests, config, args.run_dir, info=info, data_dir=args.data_dir)
     summary = runner.run(resume=args.resume)
-    dataset, split = _dataset_name(args.data)
+    dataset, split = dataset_label(args.data)
     editor_config = getattr(editor, "config", None)
     from dataclasses import asdict, is_dataclass
 
