@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..delta import EditDelta
 from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, trainable_weights
-from .checkpoint import (CheckpointStore, load_optimizer_state, optimizer_state, restore_rng_state, rng_state,
-                         write_json)
+from .checkpoint import (TRAINER_JSON, TRAINER_TENSORS, CheckpointStore, load_optimizer_state, restore_rng_state,
+                         write_trainer_state)
 from .data import batch_for_step
 from .losses import (generalization_loss, locality_examples, locality_loss, reference_log_probs,
                      rephrase_examples)
@@ -32,11 +32,9 @@ from .metrics import MetricsLog
 
 log = logging.getLogger(__name__)
 
-TRAINER_JSON = "trainer.json"
 # Settings that do not change the trained weights: a run may be resumed with other values
 # (e.g. more ``steps`` to extend it, since batches depend only on the seed and the step).
 RESUMABLE = ("steps", "val_every", "ckpt_every", "keep_checkpoints")
-TRAINER_TENSORS = "trainer.safetensors"
 
 
 @dataclass
@@ -235,12 +233,8 @@ class MetaTrainer:
     def _save(self) -> None:
         def write(folder: Path) -> None:
             self.editor.save(folder, extra_meta={"training": {"step": self.step, **self._identity()}})
-            opt_tensors, opt_meta = optimizer_state(self.optimizer)
-            rng_tensors, rng_meta = rng_state()
-            save_file({**opt_tensors, **rng_tensors}, str(folder / TRAINER_TENSORS))
-            write_json(folder / TRAINER_JSON, {"step": self.step, "optimizer": opt_meta, "rng": rng_meta,
-                                              "threads": torch.get_num_threads(), **self._identity(),
-                                              "run_config": asdict(self.config)})
+            write_trainer_state(folder, self.step, self.optimizer,
+                                {**self._identity(), "run_config": asdict(self.config)})
 
         path = self.store.save(self.step, write)
         log.info("checkpoint %s", path)

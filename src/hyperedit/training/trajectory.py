@@ -22,22 +22,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..delta import EditDelta
 from ..errors import HyperEditError
 from ..lm import iter_chunks, target_logits, trainable_weights
 from ..requests import EditRequest
-from .checkpoint import (CheckpointStore, load_optimizer_state, optimizer_state, restore_rng_state, rng_state,
-                         write_json)
+from .checkpoint import (TRAINER_JSON, TRAINER_TENSORS, CheckpointStore, load_optimizer_state, restore_rng_state,
+                         write_trainer_state)
 from .data import batch_for_step
 from .losses import locality_examples, rephrase_examples
 from .metrics import MetricsLog
 
 log = logging.getLogger(__name__)
 
-TRAINER_JSON = "trainer.json"
-TRAINER_TENSORS = "trainer.safetensors"
 
 
 @dataclass
@@ -217,11 +215,7 @@ class TrajectoryTrainer:
     def _save(self) -> None:
         def write(folder: Path) -> None:
             self.editor.save(folder, extra_meta={"training": {"step": self.step, **self._identity()}})
-            opt_tensors, opt_meta = optimizer_state(self.optimizer)
-            rng_tensors, rng_meta = rng_state()
-            save_file({**opt_tensors, **rng_tensors}, str(folder / TRAINER_TENSORS))
-            write_json(folder / TRAINER_JSON, {"step": self.step, "optimizer": opt_meta, "rng": rng_meta,
-                                              "threads": torch.get_num_threads(), **self._identity()})
+            write_trainer_state(folder, self.step, self.optimizer, self._identity())
 
         log.info("checkpoint %s", self.store.save(self.step, write))
 
