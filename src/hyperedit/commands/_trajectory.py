@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from ..errors import HyperEditError
-from ._common import load_model_from_args, parse_overrides, seed_everything
+from ._common import load_model_from_args, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,16 @@ def run_trajectory(args) -> int:
     import torch
 
     from ..editors import editor_entry
-    from ..editors.base import make_config
     from ..training import load_pool
     from ..training.data import fingerprint
     from ..training.trajectory import TrajectoryConfig, TrajectoryTrainer
-    from .train import parse_layers
+    from .train import editor_config_from_args
 
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     entry = editor_entry(args.editor)
-    options = {"layers": parse_layers(args.layers), "rank": args.rank, "n_blocks": args.n_blocks,
-               "lr_init": args.lr_init, "lm_batch_size": args.lm_batch_size, **parse_overrides(args)}
-    editor_config = make_config(entry.config_class, options)
+    editor_config = editor_config_from_args(args, entry)
     try:
         config = TrajectoryConfig(steps=args.steps, traj_len=args.traj_len, n_edits=args.n_edits,
                                   back_depth=args.back_depth, gamma=args.gamma, loc_coef=args.loc_coef,

@@ -80,7 +80,6 @@ def run(args) -> int:
     if args.editor in TRAJECTORY_EDITORS:
         return run_trajectory(args)
     from ..editors import editor_entry
-    from ..editors.base import make_config
     from ..training import CheckpointStore, MetaTrainConfig, MetaTrainer, load_pool, split_validation
     from ..training.data import fingerprint
 
@@ -88,9 +87,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     entry = editor_entry(args.editor)
-    options = {"layers": parse_layers(args.layers), "rank": args.rank, "n_blocks": args.n_blocks,
-               "lr_init": args.lr_init, "lm_batch_size": args.lm_batch_size, **parse_overrides(args)}
-    editor_config = make_config(entry.config_class, options)
+    editor_config = editor_config_from_args(args, entry)
     try:
         train_config = MetaTrainConfig(steps=args.steps, n_edits=args.n_edits, meta_lr=args.meta_lr,
                                        lr_meta_lr=args.lr_meta_lr, loc_coef=args.loc_coef,
@@ -120,3 +117,12 @@ def run(args) -> int:
         print(f"use it: hyperedit eval --editor {args.editor} --checkpoint {args.out} --model {args.model}")
     return 0
 
+
+
+def editor_config_from_args(args, entry):
+    """The hypernetwork editor's config from the shared train options plus ``--set`` overrides."""
+    from ..editors.base import make_config
+
+    options = {"layers": parse_layers(args.layers), "rank": args.rank, "n_blocks": args.n_blocks,
+               "lr_init": args.lr_init, "lm_batch_size": args.lm_batch_size, **parse_overrides(args)}
+    return make_config(entry.config_class, options)
