@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import HyperEditError
-from ._common import load_model_from_args, seed_everything
+from ._common import load_model_from_args
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +29,17 @@ def add_trajectory_args(parser) -> None:
 
 def run_trajectory(args) -> int:
     """Build the editor, train it over trajectories in ``--out`` (resumable), print where it is."""
-    import torch
-
-    from ..editors import editor_entry
     from ..training import load_pool
     from ..training.data import fingerprint
     from ..training.trajectory import TrajectoryConfig, TrajectoryTrainer
-    from .train import editor_config_from_args
+    from .train import prepare_training, training_config
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    entry = editor_entry(args.editor)
-    editor_config = editor_config_from_args(args, entry)
-    try:
-        config = TrajectoryConfig(steps=args.steps, traj_len=args.traj_len, n_edits=args.n_edits,
-                                  back_depth=args.back_depth, gamma=args.gamma, loc_coef=args.loc_coef,
-                                  reg_coef=args.reg_coef, meta_lr=args.meta_lr, lr_meta_lr=args.lr_meta_lr,
-                                  max_grad_norm=args.max_grad_norm, baseline=not args.no_baseline,
-                                  ckpt_every=args.ckpt_every, seed=args.seed)
-    except ValueError as exc:
-        raise HyperEditError(f"invalid training option: {exc}") from None
+    entry, editor_config = prepare_training(args)
+    config = training_config(TrajectoryConfig, steps=args.steps, traj_len=args.traj_len, n_edits=args.n_edits,
+                             back_depth=args.back_depth, gamma=args.gamma, loc_coef=args.loc_coef,
+                             reg_coef=args.reg_coef, meta_lr=args.meta_lr, lr_meta_lr=args.lr_meta_lr,
+                             max_grad_norm=args.max_grad_norm, baseline=not args.no_baseline,
+                             ckpt_every=args.ckpt_every, seed=args.seed)
     pool, sources = load_pool(args.train, data_dir=args.data_dir, limit=args.limit_train)
     lm = load_model_from_args(args)
     editor = entry.factory.create(editor_config, lm, seed=args.seed)

@@ -73,28 +73,18 @@ def parse_layers(text: str | None) -> list[int] | None:
 
 
 def run(args) -> int:
-    import torch
-
     from ._trajectory import TRAJECTORY_EDITORS, run_trajectory
 
     if args.editor in TRAJECTORY_EDITORS:
         return run_trajectory(args)
-    from ..editors import editor_entry
     from ..training import CheckpointStore, MetaTrainConfig, MetaTrainer, load_pool, split_validation
     from ..training.data import fingerprint
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    entry = editor_entry(args.editor)
-    editor_config = editor_config_from_args(args, entry)
-    try:
-        train_config = MetaTrainConfig(steps=args.steps, n_edits=args.n_edits, meta_lr=args.meta_lr,
-                                       lr_meta_lr=args.lr_meta_lr, loc_coef=args.loc_coef,
-                                       max_grad_norm=args.max_grad_norm, val_size=args.val_size,
-                                       val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed)
-    except ValueError as exc:
-        raise HyperEditError(f"invalid training option: {exc}") from None
+    entry, editor_config = prepare_training(args)
+    train_config = training_config(MetaTrainConfig, steps=args.steps, n_edits=args.n_edits, meta_lr=args.meta_lr,
+                                   lr_meta_lr=args.lr_meta_lr, loc_coef=args.loc_coef,
+                                   max_grad_norm=args.max_grad_norm, val_size=args.val_size,
+                                   val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed)
     if CheckpointStore(args.out).latest() is not None and not args.resume:
         raise HyperEditError(f"{args.out} already holds a training run; pass --resume to continue it "
                              "or choose another --out")
@@ -117,6 +107,26 @@ def run(args) -> int:
         print(f"use it: hyperedit eval --editor {args.editor} --checkpoint {args.out} --model {args.model}")
     return 0
 
+
+def prepare_training(args):
+    """Threads and seeds as asked; returns the editor's registry entry and its config."""
+    import torch
+
+    from ..editors import editor_entry
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    entry = editor_entry(args.editor)
+    return entry, editor_config_from_args(args, entry)
+
+
+def training_config(config_class, **fields):
+    """``config_class(**fields)``, its validation errors as one-line ``HyperEditError``."""
+    try:
+        return config_class(**fields)
+    except ValueError as exc:
+        raise HyperEditError(f"invalid training option: {exc}") from None
 
 
 def editor_config_from_args(args, entry):

@@ -238,3 +238,12 @@ class SubjectDrops:
                 "%s: subject does not occur in the prompt in %d of %d records; subject dropped there",
                 self.source, self.count, self.total,
             )
+
+
+def easyedit_core(rec: Record, drops: SubjectDrops, prompt_field: str = "prompt") -> tuple[str, str, str | None]:
+    """The fields every EasyEdit-style record shares: ``(prompt, target_new, subject)``; the subject
+    is dropped (and counted) when it does not occur in the prompt."""
+    prompt = rec.string(prompt_field)
+    target = rec.string("target_new")
+    subject = drops.check(rec.string("subject", required=False), prompt)
+    return prompt, target, subject

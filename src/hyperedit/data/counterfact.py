@@ -1,7 +1,7 @@
 """CounterFact in its two layouts: EasyEdit (flat fields) and ROME (``requested_rewrite``)."""
 from __future__ import annotations
 
-from hyperedit.data._common import Record, Records, SubjectDrops, build_request, json_type
+from hyperedit.data._common import Record, Records, SubjectDrops, build_request, easyedit_core, json_type
 from hyperedit.requests import EditRequest, LocalityPrompt
 
 
@@ -12,9 +12,7 @@ def map_counterfact(records: Records, source: str) -> list[EditRequest]:
     out = []
     for index, (number, data) in enumerate(records):
         rec = Record(source, number, data)
-        prompt = rec.string("prompt")
-        target = rec.string("target_new")
-        subject = drops.check(rec.string("subject", required=False), prompt)
+        prompt, target, subject = easyedit_core(rec, drops)
         old_target = rec.string("ground_truth", required=False)
         rephrase = rec.string("rephrase_prompt", required=False)
         locality = ()

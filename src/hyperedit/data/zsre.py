@@ -1,7 +1,7 @@
 """zsRE in its two common layouts: MEND (``src``/``answers``) and KnowEdit (``target_new``)."""
 from __future__ import annotations
 
-from hyperedit.data._common import Record, Records, SubjectDrops, build_request
+from hyperedit.data._common import Record, Records, SubjectDrops, build_request, easyedit_core
 from hyperedit.requests import EditRequest, LocalityPrompt
 
 
@@ -57,9 +57,7 @@ def map_knowedit(records: Records, source: str) -> list[EditRequest]:
     out = []
     for index, (number, data) in enumerate(records):
         rec = Record(source, number, data)
-        prompt = rec.string("prompt")
-        target = rec.string("target_new")
-        subject = drops.check(rec.string("subject", required=False), prompt)
+        prompt, target, subject = easyedit_core(rec, drops)
         old_target = None
         ground_truth = data.get("ground_truth")
         if ground_truth is not None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .normalizer import RunningMeanStd
+from .shapes import group_by_shape, shape_of
 
 
 class HyperBlock(nn.Module):
@@ -83,17 +84,9 @@ class HyperNets(nn.Module):
                  seed: int | None = None):
         super().__init__()
         generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-        self.module_shapes = {name: (int(a), int(b)) for name, (a, b) in shapes.items()}
-        self.route: dict[str, tuple[str, int]] = {}
-        counts: dict[str, int] = {}
-        for name, (d_in, d_out) in self.module_shapes.items():
-            key = f"{d_in}x{d_out}"
-            self.route[name] = (key, counts.get(key, 0))
-            counts[key] = counts.get(key, 0) + 1
-        nets = {}
-        for key, count in counts.items():
-            d_in, d_out = (int(v) for v in key.split("x"))
-            nets[key] = HyperNet(d_in, d_out, rank, n_blocks, count, lr_init, generator)
+        self.module_shapes, self.route, counts = group_by_shape(shapes)
+        nets = {key: HyperNet(*shape_of(key), rank, n_blocks, count, lr_init, generator)
+                for key, count in counts.items()}
         self.nets = nn.ModuleDict(nets)
 
     @property

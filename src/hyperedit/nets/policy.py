@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .normalizer import RunningMeanStd
+from .shapes import group_by_shape, shape_of
 
 
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,14 +58,8 @@ class LayerPolicy(nn.Module):
             raise ValueError(f"k must be between 1 and the number of candidate modules ({len(shapes)})")
         generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         self.k, self.hidden = int(k), int(hidden)
-        self.module_shapes = {name: (int(a), int(b)) for name, (a, b) in shapes.items()}
-        self.route: dict[str, tuple[str, int]] = {}
-        counts: dict[str, int] = {}
-        for name, (d_in, d_out) in self.module_shapes.items():
-            key = f"{d_in}x{d_out}"
-            self.route[name] = (key, counts.get(key, 0))
-            counts[key] = counts.get(key, 0) + 1
-        self.encoders = nn.ModuleDict({key: ShapeEncoder(*(int(v) for v in key.split("x")), hidden, count, generator)
+        self.module_shapes, self.route, counts = group_by_shape(shapes)
+        self.encoders = nn.ModuleDict({key: ShapeEncoder(*shape_of(key), hidden, count, generator)
                                        for key, count in counts.items()})
         self.gate = nn.Linear(hidden * len(shapes), len(shapes))
         if generator is not None:
