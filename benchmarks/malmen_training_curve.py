@@ -2,8 +2,8 @@
 
     python benchmarks/malmen_training_curve.py runs/malmen-smollm2 runs/mend-smollm2
 
-Copies each run's metrics log to benchmarks/results/malmen_train_<editor>.jsonl and its settings to
-malmen_train_<editor>.json, and draws malmen_training_curve.png: the training losses (moving average
+Copies each run's metrics log to benchmarks/results/malmen_train_<editor><tag>.jsonl and its settings to
+malmen_train_<editor><tag>.json, and draws malmen_training_curve.png: the training losses (moving average
 over ``--window`` steps) and the validation ES/GS/LS of every run against the step.
 """
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--out", default="malmen_training_curve")
     parser.add_argument("--command", action="append", default=[], help="training command to list (repeatable)")
+    parser.add_argument("--tag", default="", help="suffix of the copied logs: malmen_train_<editor><tag>.jsonl")
     args = parser.parse_args()
     import matplotlib
 
@@ -82,8 +83,8 @@ def main() -> None:
         summaries.append(summary)
         editor = summary["editor"]
         RESULTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run / "metrics.jsonl", RESULTS / f"malmen_train_{editor}.jsonl")
-        (RESULTS / f"malmen_train_{editor}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.copyfile(run / "metrics.jsonl", RESULTS / f"malmen_train_{editor}{args.tag}.jsonl")
+        (RESULTS / f"malmen_train_{editor}{args.tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
         records = _read(run / "metrics.jsonl")
         train = [r for r in records if r.get("split") == "train"]
         steps = [r["step"] for r in train]
@@ -106,13 +107,14 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(RESULTS / f"{args.out}.png", dpi=110)
     plt.close(fig)
-    (RESULTS / f"{args.out}.md").write_text(report(summaries, args.command, args.out))
+    (RESULTS / f"{args.out}.md").write_text(report(summaries, args.command, args.out, args.tag))
 
 
-def report(summaries: list[dict], commands: list[str], name: str) -> str:
+def report(summaries: list[dict], commands: list[str], name: str, tag: str = "") -> str:
     """Markdown: per run the settings, CPU time, calibrated lr and validation history."""
     lines = ["# Meta-training of the hypernetwork editors (SmolLM2-135M)", "",
-             f"Curves: `{name}.png`; full logs: `malmen_train_<editor>.jsonl`; settings: `malmen_train_<editor>.json`.",
+             f"Curves: `{name}.png`; full logs: `malmen_train_<editor>{tag}.jsonl`; settings: "
+             f"`malmen_train_<editor>{tag}.json`.",
              ""]
     for s in summaries:
         cfg, ecfg = s["train_config"], s["editor_config"]
