@@ -15,6 +15,7 @@ import torch
 
 from hyperedit import get_editor, load_model
 from hyperedit.bench import current_command, write_results
+from hyperedit.commands._common import dataset_label
 from hyperedit.data import load_requests
 from hyperedit.eval import run_batch
 
@@ -37,7 +38,7 @@ def main() -> None:
     editor = get_editor("ft", **overrides)
     records = []
     for spec in args.data:
-        dataset, split = spec.split(":")
+        dataset, split = dataset_label(spec)
         requests = load_requests(spec, limit=args.n)
         record = run_batch(lm, editor, requests, dataset=dataset, split=split, command=current_command(),
                            fluency=True)

@@ -15,7 +15,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> int:
-    import torch
     from safetensors.torch import load_file
 
     from hyperedit.models import load_model

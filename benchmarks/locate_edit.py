@@ -132,12 +132,13 @@ def main() -> None:
     from hyperedit.data import load_requests
     from hyperedit.editors._targets import TargetCache, weights_fingerprint
     from hyperedit.eval.runner import run_batch, run_sequential
+    from hyperedit.commands._common import dataset_label
     from hyperedit.models import load_model
 
     command = "PYTHONPATH=src " + current_command()
     lm = load_model(args.model)
     requests = load_requests(args.data, limit=args.n, offset=args.offset)
-    dataset, split = args.data.split(":", 1) if ":" in args.data else (args.data, "file")
+    dataset, split = dataset_label(args.data)
     common, per = parse_sets(args.set)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
     cache = TargetCache(pinned_state=weights_fingerprint(lm.model) if args.pin_targets else None)

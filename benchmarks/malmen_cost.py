@@ -121,6 +121,7 @@ def main() -> None:
     if args.n is not None:
         print(json.dumps(measure(args)))
         return
+    from hyperedit.commands._common import dataset_label
     from hyperedit.bench import current_command, make_record, write_results
 
     command = current_command()
@@ -134,7 +135,7 @@ def main() -> None:
             raise SystemExit(f"measurement of N={n} failed:\n{done.stderr[-3000:]}")
         m = json.loads(done.stdout.strip().splitlines()[-1])
         edit, fb = m["edit"], m["forward_backward"]
-        dataset, split = args.dataset.split(":")
+        dataset, split = dataset_label(args.dataset)
         records.append(make_record(
             editor="malmen", model=args.model, dataset=dataset, split=split, mode="batch", n_edits=n, metrics={},
             edit_time_s=edit["wall_s"], peak_rss_mb=edit["peak_rss_mb"], command=command, seed=0,

@@ -53,6 +53,7 @@ def run(args) -> list[dict]:
     from hyperedit.bench import current_command, make_record, peak_rss_during, write_results
     from hyperedit.data import load_requests
     from hyperedit.eval import evaluate, locality_reference
+    from hyperedit.commands._common import dataset_label
     from hyperedit.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -63,7 +64,7 @@ def run(args) -> list[dict]:
     command = current_command()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     for spec in args.datasets.split(","):
-        dataset, split = spec.split(":")
+        dataset, split = dataset_label(spec)
         requests = load_requests(spec, limit=max(sizes))
         eval_all = [dataclasses.replace(r, old_target=None) for r in requests[: args.eval_subset]]
         reference = None
