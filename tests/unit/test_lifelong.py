@@ -203,3 +203,35 @@ def test_stateful_editor_state_is_checkpointed(tiny_dirs, tmp_path):
 
     whole, parts = run(tmp_path / "a", [None]), run(tmp_path / "b", [2, None])
     assert all(torch.equal(whole[n], parts[n]) for n in whole)
+
+
+def test_cli_pinned_target_cache_is_written_and_read(tiny_dirs, tmp_path, capsys):
+    """Locate-then-edit editors in a stream: --pin-targets --target-cache writes every request's target,
+    and a later run really reads them (a doctored cache changes the written weights)."""
+    from test_memit import CORPUS
+
+    from hyperedit.cli import main
+    from hyperedit.editors._targets import TargetCache
+
+    data, cache_file = tmp_path / "edits.jsonl", tmp_path / "targets.safetensors"
+    _write_requests(data, 4)
+
+    def run(name, *extra):
+        return main(["lifelong", "-q", "--model", str(tiny_dirs["llama"]), "--editor", "memit", "--set", "layers=[1,2]",
+                     "--set", f"stats_corpus={CORPUS}", "--set", "n_prefixes=0", "--set", "v_steps=5",
+                     "--data", str(data), "--num-seq", "4", "--batch", "2", "--num-pre", "2", "--curve-every", "2",
+                     "--general-per-task", "0", "--run-dir", str(tmp_path / name), *extra])
+
+    assert run("a", "--pin-targets", "--target-cache", str(cache_file)) == 0
+    cache = TargetCache().load(cache_file)
+    assert len(cache) == 4
+    for key, (z, h, *rest) in list(cache._store.items()):
+        cache._store[key] = (z + 1.0, h, *rest)
+    cache.save(cache_file)
+    assert run("b", "--pin-targets", "--target-cache", str(cache_file)) == 0
+    first, second = (load_file(str(sorted((tmp_path / n).rglob("weights.safetensors"))[-1])) for n in ("a", "b"))
+    assert set(first) == set(second) and any(not torch.equal(first[k], second[k]) for k in first)
+    capsys.readouterr()
+    assert main(["lifelong", "-q", "--model", str(tiny_dirs["llama"]), "--editor", "ft", "--data", str(data),
+                 "--num-seq", "2", "--run-dir", str(tmp_path / "c"), "--pin-targets"]) == 2
+    assert "computes no target vectors" in capsys.readouterr().err

@@ -108,3 +108,48 @@ def test_trajectory_training_moves_the_hypernet_and_resumes_exactly(tiny_dirs, t
     delta = loaded.edit(lm, requests(2))
     assert set(delta.shifts) == set(editor.module_names)
     assert all(n > 0 for n in delta.norms().values())
+
+
+def _trained_like_malmen(lm, folder, layers):
+    """A MALMEN checkpoint whose hypernetwork is not at its initialisation (random weights)."""
+    from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+
+    source = MalmenEditor.create(MalmenConfig(layers=layers, rank=4, n_blocks=1, lr_init=0.05), lm, seed=3)
+    with torch.no_grad():
+        for p in source.nets.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    source.save(folder)
+    return source
+
+
+def test_warm_start_gives_the_source_hypernetwork(tiny_llama, tmp_path):
+    source = _trained_like_malmen(tiny_llama, tmp_path / "malmen", [1, 2])
+    editor = RLEditEditor.create(RLEditConfig(layers=[1, 2], rank=4, n_blocks=1), tiny_llama, seed=0)
+    before = editor.edit(tiny_llama, requests(2))
+    editor.warm_start(source)
+    after, expected = editor.edit(tiny_llama, requests(2)), source.edit(tiny_llama, requests(2))
+    assert all(torch.equal(after.shifts[n], expected.shifts[n]) for n in expected.shifts)
+    assert not all(torch.equal(before.shifts[n], expected.shifts[n]) for n in expected.shifts)
+
+
+def test_cli_init_from_takes_the_checkpoint_modules_and_refuses_another_kind(tiny_dirs, tiny_llama, tmp_path, capsys):
+    import json
+
+    from test_lifelong import _write_requests
+
+    from hyperedit.cli import main
+
+    _trained_like_malmen(tiny_llama, tmp_path / "malmen", [2, 3])
+    data = tmp_path / "edits.jsonl"
+    _write_requests(data, 6)
+    common = ["--model", str(tiny_dirs["llama"]), "--train", str(data), "--layers", "0-3", "--steps", "1",
+              "--n-edits", "1", "--traj-len", "2", "--back-depth", "1", "--ckpt-every", "1",
+              "--init-from", str(tmp_path / "malmen")]
+    assert main(["train", "-q", "--editor", "rledit", "--out", str(tmp_path / "rl"), *common]) == 0
+    meta = json.loads(next((tmp_path / "rl" / "checkpoints").glob("step-*/editor.json")).read_text())
+    assert meta["config"]["layers"] == [2, 3] and meta["config"]["rank"] == 4
+    capsys.readouterr()
+    assert main(["train", "-q", "--editor", "hiedit", "--set", "low=mend", "--set", "top_k=1",
+                 "--out", str(tmp_path / "hi"), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "malmen" in err[0] and "mend" in err[0]

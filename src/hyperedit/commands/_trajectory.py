@@ -25,6 +25,9 @@ def add_trajectory_args(parser) -> None:
     g.add_argument("--reg-coef", type=float, default=1e-4, help="weight of ||S||^2")
     g.add_argument("--no-baseline", action="store_true",
                    help="hiedit: skip measuring the return of editing every candidate module")
+    g.add_argument("--init-from", metavar="DIR",
+                   help="warm start: the hypernetwork starts as this trained MALMEN (rledit, hiedit low=malmen) "
+                        "or MEND (hiedit low=mend) checkpoint; its layers, rank and blocks are used")
 
 
 def run_trajectory(args) -> int:
@@ -35,6 +38,7 @@ def run_trajectory(args) -> int:
     from .train import prepare_training, training_config
 
     entry, editor_config = prepare_training(args)
+    source = _warm_start_source(args, editor_config)
     config = training_config(TrajectoryConfig, steps=args.steps, traj_len=args.traj_len, n_edits=args.n_edits,
                              back_depth=args.back_depth, gamma=args.gamma, loc_coef=args.loc_coef,
                              reg_coef=args.reg_coef, meta_lr=args.meta_lr, lr_meta_lr=args.lr_meta_lr,
@@ -44,6 +48,11 @@ def run_trajectory(args) -> int:
     lm = load_model_from_args(args)
     editor = entry.factory.create(editor_config, lm, seed=args.seed)
     info = {"sources": sources, "data": fingerprint(pool), "model_name": lm.name}
+    if source is not None:
+        source.check_model(lm)
+        editor.warm_start(source)
+        info["init_from"] = args.init_from
+        log.info("hypernetwork initialised from the %s checkpoint %s", source.name, args.init_from)
     log.info("trajectory training of %s on %s, candidate modules %s", args.editor, "+".join(sources),
              ", ".join(editor.module_names))
     trainer = TrajectoryTrainer(editor, lm, pool, config, Path(args.out), info)
@@ -52,3 +61,23 @@ def run_trajectory(args) -> int:
     print(f"trained {args.editor} for {trainer.step} trajectories -> {args.out} (last loss {last.get('loss', float('nan')):.3f})")
     print(f"use it: hyperedit lifelong --editor {args.editor} --checkpoint {args.out} --run-dir RUN --model {args.model}")
     return 0
+
+
+WARM_START_SOURCES = {"rledit": "malmen", "hiedit": None}  # None: the source is HiEdit's low level
+
+
+def _warm_start_source(args, editor_config):
+    """The trained editor named by ``--init-from`` (or None); the hypernetwork shape options of
+    ``editor_config`` (layers, module kind, rank, blocks, token) are set to the checkpoint's."""
+    if not args.init_from:
+        return None
+    from ..editors import get_editor
+
+    wanted = WARM_START_SOURCES[args.editor] or editor_config.low
+    source = get_editor(wanted, checkpoint=args.init_from)
+    for key in ("layers", "module_kind", "rank", "n_blocks", "token"):
+        if getattr(editor_config, key) != getattr(source.config, key):
+            log.info("--init-from: %s = %s (the checkpoint's)", key, getattr(source.config, key))
+            setattr(editor_config, key, getattr(source.config, key))
+    return source
+

@@ -37,6 +37,11 @@ def register(sub) -> None:
     p.add_argument("--run-dir", required=True, help="checkpoint directory of the stream")
     p.add_argument("--resume", action="store_true", help="continue the stream in --run-dir")
     p.add_argument("--out", help="write OUT.json, OUT.md, OUT.png (e.g. benchmarks/results/lifelong_ft_zsre)")
+    p.add_argument("--target-cache", metavar="FILE",
+                   help="memit, alphaedit, metake: target vectors cached in FILE (read, then updated at the end)")
+    p.add_argument("--pin-targets", action="store_true",
+                   help="memit, alphaedit, metake: compute each target on the unedited model (cached, cheaper) "
+                        "instead of on the model edited so far")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (keep the same value when resuming)")
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
@@ -66,9 +71,13 @@ def run(args) -> int:
     requests = load_requests(args.data, data_dir=args.data_dir, limit=args.num_seq, offset=args.offset)
     lm = load_model_from_args(args)
     editor = editor_from_args(args, lm)
-    info = {"data": args.data, "offset": args.offset, "checkpoint": args.checkpoint, "overrides": args.overrides}
+    cache = _target_cache(args, editor, lm)
+    info = {"data": args.data, "offset": args.offset, "checkpoint": args.checkpoint, "overrides": args.overrides,
+            "pinned_targets": args.pin_targets}
     runner = LifelongRunner(lm, editor, requests, config, args.run_dir, info=info, data_dir=args.data_dir)
     summary = runner.run(resume=args.resume)
+    if cache is not None and args.target_cache:
+        cache.save(args.target_cache)
     dataset, split = dataset_label(args.data)
     editor_config = getattr(editor, "config", None)
     from dataclasses import asdict, is_dataclass
@@ -86,3 +95,21 @@ def run(args) -> int:
     else:
         print(records_table([record]), end="")
     return 0
+
+
+def _target_cache(args, editor, lm):
+    """The locate-then-edit editor's target cache as asked (None when neither option is given).
+
+    Must run on the unedited model: a pinned cache is keyed by the weights it starts from."""
+    if not (args.target_cache or args.pin_targets):
+        return None
+    if not hasattr(editor, "target_cache"):
+        raise HyperEditError(f"--target-cache / --pin-targets: editor {editor.name!r} computes no target vectors")
+    from ..editors._targets import TargetCache, weights_fingerprint
+
+    cache = TargetCache(pinned_state=weights_fingerprint(lm.model) if args.pin_targets else None)
+    if args.target_cache:
+        cache.load(args.target_cache)
+    editor.target_cache = cache
+    return cache
+

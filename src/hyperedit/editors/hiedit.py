@@ -151,6 +151,12 @@ class HiEditEditor:
         intr = self.config.sparsity_coef * (mask * norms).sum() / self.config.top_k if intrinsic else zero
         return ext + intr
 
+    def warm_start(self, source) -> None:
+        """Start the low level from a trained editor of its kind (MALMEN or MEND) over the same modules."""
+        if not isinstance(source, type(self.low)):
+            raise HyperEditError(f"hiedit low={self.config.low} cannot start from a {source.name} editor")
+        self.low.nets.load_state_dict(source.nets.state_dict())
+
     # ----- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path, extra_meta: dict | None = None) -> Path:
         """``editor.json`` + ``editor.safetensors`` (``low.*`` hypernetwork, ``policy.*`` gate)."""
