@@ -3,7 +3,7 @@
     python benchmarks/lifelong_summary.py            # reads benchmarks/results/lifelong_*.json
     python benchmarks/lifelong_summary.py --partial runs/ll_x   # + unfinished streams (curves only)
 
-Writes ``benchmarks/results/lifelong_summary.{json,md,png}``: one row per (editor, dataset) with
+Writes ``benchmarks/results/lifelong_summary.{json,md,png}``: one row per result file (``run``: its name without ``lifelong_``) with
 final ES/GS/LS over all edits and over the first ``num_pre``, general-ability accuracy before /
 after and its retention, time per edit and the fraction of candidate modules perturbed per edit.
 """
@@ -58,15 +58,15 @@ def main(argv=None) -> int:
     for path in sorted(RESULTS.glob("lifelong_*.json")):
         if path.stem in ("lifelong_summary", "lifelong_drift"):
             continue
-        records.extend(json.loads(path.read_text()))
+        records.extend({**r, "run": path.stem.removeprefix("lifelong_")} for r in json.loads(path.read_text()))
     if not records and not args.partial:
         raise SystemExit("no lifelong results yet")
-    head = ["editor", "label", "dataset", "stream", *COLUMNS]
+    head = ["run", "editor", "dataset", "stream", *COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         label = r["editor"] + (f"({r['editor_config'].get('low')})" if r["editor_config"].get("low") else "")
         stream = f"{r['num_seq'] // r['batch_size']}x{r['batch_size']}"
-        lines.append("| " + " | ".join([r["editor"], label, r["dataset"], stream,
+        lines.append("| " + " | ".join([r["run"], label, r["dataset"], stream,
                                         *(_fmt(r["metrics"].get(c)) for c in COLUMNS)]) + " |")
     commands = "\n".join(f"    {r['command']}" for r in records)
     md = ("# Lifelong editing on SmolLM2-135M (summary)\n\n" + "\n".join(lines) +

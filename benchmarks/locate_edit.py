@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--fluency", action="store_true")
     ap.add_argument("--keep-lists", action="store_true", help="keep per-request truncation diagnostics")
     ap.add_argument("--keep-rows", action="store_true", help="batch mode: keep per-request metric rows")
+    ap.add_argument("--no-pre-metrics", action="store_true",
+                    help="batch mode: skip the unedited model's metrics (already in another file of the same split)")
     ap.add_argument("--eval-batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", required=True, help="results file name under benchmarks/results/")
@@ -160,7 +162,8 @@ def main() -> None:
         start = time.perf_counter()
         if args.mode == "batch":
             record = run_batch(lm, rec, requests, dataset=dataset, split=split, command=command,
-                               eval_batch_size=args.eval_batch_size, fluency=args.fluency, pre_metrics=(i == 0),
+                               eval_batch_size=args.eval_batch_size, fluency=args.fluency,
+                               pre_metrics=(i == 0 and not args.no_pre_metrics),
                                keep_rows=args.keep_rows)
         else:
             size = len(requests) // args.batches

@@ -49,7 +49,7 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
                 if value is not None:
                     xs.append(point["edits"]), ys.append(value)
             if xs:
-                ax.plot(xs, ys, marker="o", ms=3, label=f"{r['editor']} ({r['dataset']})")
+                ax.plot(xs, ys, marker="o", ms=3, label=r.get("run") or f"{r['editor']} ({r['dataset']})")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("edits")
         ax.set_ylim(-0.02, 1.02)
