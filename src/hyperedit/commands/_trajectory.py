@@ -80,4 +80,3 @@ def _warm_start_source(args, editor_config):
             log.info("--init-from: %s = %s (the checkpoint's)", key, getattr(source.config, key))
             setattr(editor_config, key, getattr(source.config, key))
     return source
-

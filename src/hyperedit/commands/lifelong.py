@@ -112,4 +112,3 @@ def _target_cache(args, editor, lm):
         cache.load(args.target_cache)
     editor.target_cache = cache
     return cache
-
