@@ -132,7 +132,7 @@ def main() -> None:
 
     from hyperedit.bench import current_command, write_results
     from hyperedit.data import load_requests
-    from hyperedit.editors._targets import TargetCache, weights_fingerprint
+    from hyperedit.editors._targets import TargetCache
     from hyperedit.eval.runner import run_batch, run_sequential
     from hyperedit.commands._common import dataset_label
     from hyperedit.models import load_model
@@ -143,9 +143,7 @@ def main() -> None:
     dataset, split = dataset_label(args.data)
     common, per = parse_sets(args.set)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
-    cache = TargetCache(pinned_state=weights_fingerprint(lm.model) if args.pin_targets else None)
-    if args.target_cache:
-        cache.load(args.target_cache)
+    cache = TargetCache.for_model(lm.model, pin=args.pin_targets, path=args.target_cache)
     records = []
     if args.pin_targets:  # all targets on the unedited model, before any edit is applied
         warm, _ = build_editor("memit", common, {}, None, lm)

@@ -50,9 +50,10 @@ def run_trajectory(args) -> int:
     info = {"sources": sources, "data": fingerprint(pool), "model_name": lm.name}
     if source is not None:
         source.check_model(lm)
-        editor.warm_start(source)
         info["init_from"] = args.init_from
-        log.info("hypernetwork initialised from the %s checkpoint %s", source.name, args.init_from)
+        if not args.resume:  # a resumed run restores its own weights
+            editor.warm_start(source)
+            log.info("hypernetwork initialised from the %s checkpoint %s", source.name, args.init_from)
     log.info("trajectory training of %s on %s, candidate modules %s", args.editor, "+".join(sources),
              ", ".join(editor.module_names))
     trainer = TrajectoryTrainer(editor, lm, pool, config, Path(args.out), info)

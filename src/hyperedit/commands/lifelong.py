@@ -105,10 +105,8 @@ def _target_cache(args, editor, lm):
         return None
     if not hasattr(editor, "target_cache"):
         raise HyperEditError(f"--target-cache / --pin-targets: editor {editor.name!r} computes no target vectors")
-    from ..editors._targets import TargetCache, weights_fingerprint
+    from ..editors._targets import TargetCache
 
-    cache = TargetCache(pinned_state=weights_fingerprint(lm.model) if args.pin_targets else None)
-    if args.target_cache:
-        cache.load(args.target_cache)
+    cache = TargetCache.for_model(lm.model, pin=args.pin_targets, path=args.target_cache)
     editor.target_cache = cache
     return cache

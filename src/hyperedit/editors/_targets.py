@@ -78,6 +78,13 @@ class TargetCache:
         self.pinned_state = pinned_state
         self._store: dict[str, tuple] = {}
 
+    @classmethod
+    def for_model(cls, model, pin: bool = False, path=None) -> "TargetCache":
+        """A cache for runs starting from ``model``: pinned to its current weights when ``pin``,
+        with the entries of ``path`` (if given and present) loaded."""
+        cache = cls(pinned_state=weights_fingerprint(model) if pin else None)
+        return cache.load(path) if path else cache
+
     @staticmethod
     def _hash(key: tuple) -> str:
         return hashlib.sha256(repr(key).encode()).hexdigest()[:24]
