@@ -9,6 +9,7 @@ from test_rledit import requests
 from hyperedit.delta import EditDelta
 from hyperedit.editors import get_editor
 from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
+from hyperedit.errors import HyperEditError
 from hyperedit.lm import trainable_weights
 from hyperedit.nets.policy import LayerPolicy, straight_through, top_k_mask
 from hyperedit.training.trajectory import TrajectoryConfig, TrajectoryTrainer, backtracking_loss
@@ -121,3 +122,14 @@ def test_cli_train_hiedit_then_lifelong(tiny_dirs, tmp_path):
     record = json.loads((tmp_path / "res.json").read_text())[0]
     assert record["mode"] == "lifelong" and record["metrics"]["modules_fraction"] == 0.5
     assert (tmp_path / "res.png").is_file() and (tmp_path / "res.md").is_file()
+
+
+def test_shift_scale_scales_only_the_chosen_shifts(tiny_llama, tmp_path):
+    _editor(tiny_llama).save(tmp_path / "ck")
+    full = get_editor("hiedit", checkpoint=str(tmp_path / "ck"), lm=tiny_llama).edit(tiny_llama, requests(1))
+    half = get_editor("hiedit", checkpoint=str(tmp_path / "ck"), lm=tiny_llama, shift_scale=0.5).edit(tiny_llama,
+                                                                                                    requests(1))
+    assert set(half.shifts) == set(full.shifts) and len(full.shifts) == 2
+    assert all(torch.allclose(half.shifts[n], 0.5 * full.shifts[n], rtol=1e-5, atol=1e-8) for n in full.shifts)
+    with pytest.raises(HyperEditError, match="cannot override top_k"):
+        get_editor("hiedit", checkpoint=str(tmp_path / "ck"), top_k=3)

@@ -106,6 +106,23 @@ def test_checkpoint_round_trip_and_refusal_of_another_model(editor_class, config
         get_editor(other, checkpoint=str(tmp_path / "ckpt"))
 
 
+@pytest.mark.parametrize("editor_class, config_class", EDITORS)
+def test_shift_scale_of_a_loaded_checkpoint_scales_the_written_shifts(editor_class, config_class, tiny_llama,
+                                                                      tmp_path):
+    requests = facts(4)
+    ready_editor(editor_class, config_class, tiny_llama, requests).save(tmp_path / "ckpt")
+    ckpt = str(tmp_path / "ckpt")
+    full = get_editor(editor_class.name, checkpoint=ckpt, lm=tiny_llama).edit(tiny_llama, requests)
+    small = get_editor(editor_class.name, checkpoint=ckpt, lm=tiny_llama, shift_scale=0.25).edit(tiny_llama, requests)
+    assert small.meta["config"]["shift_scale"] == 0.25
+    for name, shift in full.shifts.items():
+        assert torch.allclose(small.shifts[name], 0.25 * shift, rtol=1e-5, atol=1e-8)
+    for bad, message in ((0.0, "shift_scale must be > 0"), ("big", "expected float")):
+        with pytest.raises(HyperEditError, match=message) as info:
+            get_editor(editor_class.name, checkpoint=ckpt, shift_scale=bad)
+        assert "\n" not in str(info.value)
+
+
 def test_checkpoint_for_other_module_shapes_is_refused(tiny_llama, tmp_path):
     """Same architecture, depth, width and vocabulary, but a wider MLP: the module shapes differ."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +24,7 @@ from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, iter_chunks
 from ..nets import HyperNets
 from ..requests import EditRequest
+from .base import make_config
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class HyperEditorConfig:
     ``DEFAULT_NUM_LAYERS`` layers. ``rank``/``n_blocks`` shape the hypernetwork; ``lr_init`` is the
     initial per-module learning rate. ``lm_batch_size`` requests per LM pass and
     ``net_batch_size`` tokens per hypernetwork pass only change speed and memory, not results.
+    ``shift_scale`` multiplies the shifts an edit writes (1.0: as trained). Training never uses
+    it; it lets a stream apply a trained hypernetwork with smaller steps than it was trained for.
     """
 
     layers: list[int] | None = None
@@ -52,8 +55,9 @@ class HyperEditorConfig:
     token: str = "ans"
     lm_batch_size: int = 16
     net_batch_size: int = 4096
+    shift_scale: float = 1.0
 
-    RUNTIME = ("lm_batch_size", "net_batch_size")  # may differ from the checkpoint's values
+    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale")  # may differ from the checkpoint's values
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -66,6 +70,8 @@ class HyperEditorConfig:
             raise ValueError("token must be 'ans' or 'all'")
         if self.lm_batch_size < 1 or self.net_batch_size < 1:
             raise ValueError("lm_batch_size and net_batch_size must be >= 1")
+        if not self.shift_scale > 0:
+            raise ValueError("shift_scale must be > 0")
 
 
 def resolve_layers(adapter, layers: list[int] | None) -> list[int]:
@@ -81,6 +87,11 @@ def cache_requests(adapter, requests: Sequence[EditRequest], names: list[str], t
     raw = cache_keys_and_value_grads(adapter, [r.prompt for r in requests], [r.target for r in requests],
                                      names, chunk_size=max(1, len(requests)), token=token)
     return {name: (k.float(), g.float()) for name, (k, g) in raw.items()}
+
+
+def scale_shifts(shifts: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """The shifts an edit writes: the predicted ones times ``shift_scale``."""
+    return shifts if scale == 1.0 else {name: shift * scale for name, shift in shifts.items()}
 
 
 def token_slices(n: int, size: int):
@@ -181,7 +192,7 @@ class HyperEditor:
                     self.accumulate(acc, name, *cache[name])
             del cache
         with torch.no_grad():
-            shifts = self.finish(acc)
+            shifts = scale_shifts(self.finish(acc), self.config.shift_scale)
         return EditDelta.from_in_out(adapter, shifts, editor=self.name, config=asdict(self.config),
                                      n_requests=len(requests))
 
@@ -240,8 +251,7 @@ class HyperEditor:
         if fixed:
             raise HyperEditError(f"cannot override {', '.join(fixed)} of a trained {cls.name} editor; "
                                  f"only {', '.join(cls.config_class.RUNTIME)} may change")
-        known = {f.name for f in fields(cls.config_class)}
-        config = cls.config_class(**{k: v for k, v in {**meta["config"], **overrides}.items() if k in known})
+        config = make_config(cls.config_class, overrides, base=meta["config"])
         shapes = {name: tuple(shape) for name, shape in meta["modules"].items()}
         nets = HyperNets(shapes, config.rank, config.n_blocks, config.lr_init)
         try:

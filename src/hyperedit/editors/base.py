@@ -62,8 +62,12 @@ def editor_entry(name: str) -> EditorEntry:
     return _REGISTRY[name]
 
 
-def make_config(config_class: type, overrides: dict | None) -> Any:
-    """Build a config dataclass from a dict, rejecting unknown keys and wrong types with one line."""
+def make_config(config_class: type, overrides: dict | None, base: dict | None = None) -> Any:
+    """Build a config dataclass from a dict, rejecting unknown keys and wrong types with one line.
+
+    ``base`` (e.g. a checkpoint's saved config) fills the fields that ``overrides`` leaves out;
+    its keys that the class no longer knows are ignored.
+    """
     overrides = dict(overrides or {})
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(overrides) - set(fields))
@@ -73,8 +77,9 @@ def make_config(config_class: type, overrides: dict | None) -> Any:
         )
     for key, value in overrides.items():
         _check_option_type(config_class, fields[key], value)
+    merged = {k: v for k, v in (base or {}).items() if k in fields}
     try:
-        return config_class(**overrides)
+        return config_class(**{**merged, **overrides})
     except (TypeError, ValueError) as exc:
         raise HyperEditError(f"invalid {config_class.__name__}: {exc}") from exc
 

@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from ..delta import EditDelta
 from ..errors import HyperEditError
 from ..nets.policy import LayerPolicy
-from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests
-from .base import register_editor
+from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, scale_shifts
+from .base import make_config, register_editor
 from .malmen import MalmenConfig, MalmenEditor
 from .mend import MendConfig, MendEditor
 from .rledit import Proposal, hypernet_parameter_groups
@@ -41,7 +41,7 @@ class HiEditConfig(HyperEditorConfig):
     sparsity_coef: float = 1e-3
     solve_dtype: str = "float32"
 
-    RUNTIME = ("lm_batch_size", "net_batch_size", "solve_dtype")
+    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale", "solve_dtype")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,7 +100,7 @@ class HiEditEditor:
             acc = self.low.new_accumulator()
             for name in chosen:
                 self.low.accumulate(acc, name, *cache[name])
-            shifts = self.low.finish(acc)
+            shifts = scale_shifts(self.low.finish(acc), self.config.shift_scale)
         return EditDelta.from_in_out(lm.adapter, shifts, editor=self.name, config=asdict(self.config),
                                      n_requests=len(requests), n_candidates=len(self.module_names))
 
@@ -188,8 +188,7 @@ class HiEditEditor:
         fixed = sorted(set(overrides) - set(HiEditConfig.RUNTIME))
         if fixed:
             raise HyperEditError(f"cannot override {', '.join(fixed)} of a trained hiedit editor")
-        known = {f.name for f in fields(HiEditConfig)}
-        config = HiEditConfig(**{k: v for k, v in {**meta["config"], **overrides}.items() if k in known})
+        config = make_config(HiEditConfig, overrides, base=meta["config"])
         shapes = {n: tuple(s) for n, s in meta["modules"].items()}
         low_cls = LOW[config.low][0]
         low = low_cls(config.low_config(), HyperNets(shapes, config.rank, config.n_blocks, config.lr_init), meta.get("model"))

@@ -23,7 +23,7 @@ class MalmenConfig(HyperEditorConfig):
 
     solve_dtype: str = "float32"
 
-    RUNTIME = ("lm_batch_size", "net_batch_size", "solve_dtype")
+    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale", "solve_dtype")
 
     def __post_init__(self) -> None:
         super().__post_init__()
