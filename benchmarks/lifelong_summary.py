@@ -49,7 +49,9 @@ def partial_rows(run_dirs: list[str]) -> list[str]:
 def main(argv=None) -> int:
     import argparse
 
+    from hyperedit.atomic import atomic_write_text
     from hyperedit.eval.lifelong_report import plot_curves
+    from hyperedit.training.checkpoint import CheckpointStore
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--partial", nargs="*", default=[], help="run directories of unfinished streams")
@@ -78,10 +80,8 @@ def main(argv=None) -> int:
     if args.partial:
         md += "\n## Unfinished streams (no final metrics; resume with the same command + --resume)\n\n"
         md += "\n".join(partial_rows(args.partial)) + "\n"
-    (RESULTS / "lifelong_summary.md").write_text(md)
-    (RESULTS / "lifelong_summary.json").write_text(json.dumps(records, indent=2) + "\n")
-    from hyperedit.training.checkpoint import CheckpointStore
-
+    atomic_write_text(RESULTS / "lifelong_summary.md", md)
+    atomic_write_text(RESULTS / "lifelong_summary.json", json.dumps(records, indent=2) + "\n")
     plotted = list(records)
     for run in args.partial:  # unfinished streams: their curve points so far
         latest = CheckpointStore(run).latest()

@@ -235,3 +235,17 @@ def test_cli_pinned_target_cache_is_written_and_read(tiny_dirs, tmp_path, capsys
     assert main(["lifelong", "-q", "--model", str(tiny_dirs["llama"]), "--editor", "ft", "--data", str(data),
                  "--num-seq", "2", "--run-dir", str(tmp_path / "c"), "--pin-targets"]) == 2
     assert "computes no target vectors" in capsys.readouterr().err
+
+
+def test_curve_plot_has_one_row_per_dataset(tmp_path):
+    from PIL import Image
+
+    from hyperedit.eval.lifelong_report import plot_curves
+
+    point = {"edits": 10, "recent": {"ES": 1.0, "LS": 0.5}, "earliest": {"ES": 0.8}, "general": {"mean": {"acc": 0.5}}}
+    records = [{"editor": "ft", "dataset": d, "run": f"ft_{d}", "curves": [point, {**point, "edits": 20}]}
+               for d in ("zsre", "counterfact")]
+    one = Image.open(plot_curves(records[:1], tmp_path / "one.png"))
+    two = Image.open(plot_curves(records, tmp_path / "two.png"))
+    assert two.size[1] > 1.6 * one.size[1]  # a second row of panels
+    assert plot_curves([{"editor": "ft", "dataset": "zsre", "curves": []}], tmp_path / "empty.png").is_file()

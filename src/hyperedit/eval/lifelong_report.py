@@ -28,7 +28,8 @@ def lifelong_record(summary: dict, *, editor: str, model: str, dataset: str, spl
 
 
 def plot_curves(records: list[dict], path: str | Path) -> Path | None:
-    """One PNG: recent-edit ES, earliest-edit ES, locality and general accuracy along the stream."""
+    """One PNG: recent-edit ES, earliest-edit ES, locality and general accuracy along the stream,
+    one row of panels per dataset, with a legend per row beside it."""
     try:
         import matplotlib
 
@@ -40,24 +41,29 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
     panels = [("recent edits ES", lambda p: p["recent"]["ES"]), ("earliest edits ES", lambda p: p["earliest"]["ES"]),
               ("locality LS (recent)", lambda p: p["recent"]["LS"]),
               ("general acc (mean)", lambda p: (p.get("general") or {}).get("mean", {}).get("acc"))]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (title, get) in zip(axes, panels):
-        for r in records:
-            xs, ys = [], []
-            for point in r.get("curves") or []:
-                value = get(point)
-                if value is not None:
-                    xs.append(point["edits"]), ys.append(value)
-            if xs:
-                ax.plot(xs, ys, marker="o", ms=3, label=r.get("run") or f"{r['editor']} ({r['dataset']})")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("edits")
-        ax.set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=7)
+    datasets = sorted({str(r.get("dataset")) for r in records}) or ["-"]
+    fig, grid = plt.subplots(len(datasets), len(panels), figsize=(4 * len(panels) + 3, 3.2 * len(datasets)),
+                             squeeze=False)
+    colours = plt.get_cmap("tab20").colors
+    for axes, dataset in zip(grid, datasets):
+        rows = [r for r in records if str(r.get("dataset")) == dataset]
+        for ax, (title, get) in zip(axes, panels):
+            for i, r in enumerate(rows):
+                points = [(p["edits"], get(p)) for p in r.get("curves") or [] if get(p) is not None]
+                if points:
+                    ax.plot(*zip(*points), marker="o", ms=3, color=colours[i % len(colours)],
+                            linestyle=("-", "--", ":")[i // len(colours) % 3],
+                            label=r.get("run") or f"{r['editor']} ({r['dataset']})")
+            ax.set_title(f"{dataset}: {title}" if len(datasets) > 1 else title, fontsize=9)
+            ax.set_xlabel("edits")
+            ax.set_ylim(-0.02, 1.02)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="upper left",
+                            bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
