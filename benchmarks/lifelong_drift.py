@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from hyperedit.atomic import atomic_write_text
     from hyperedit.models import load_model
     from hyperedit.stats import key_second_moments
-    from hyperedit.training.checkpoint import CheckpointStore
+    from hyperedit.checkpoints import CheckpointStore
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")

@@ -23,7 +23,7 @@ def _fmt(v) -> str:
 
 def partial_rows(run_dirs: list[str]) -> list[str]:
     """Markdown lines for streams that have not finished: their last checkpoint's curve points."""
-    from hyperedit.training.checkpoint import CheckpointStore
+    from hyperedit.checkpoints import CheckpointStore
 
     lines = []
     for run in run_dirs:
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 
     from hyperedit.atomic import atomic_write_text
     from hyperedit.eval.lifelong_report import plot_curves
-    from hyperedit.training.checkpoint import CheckpointStore
+    from hyperedit.checkpoints import CheckpointStore
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--partial", nargs="*", default=[], help="run directories of unfinished streams")

@@ -15,7 +15,7 @@ import torch
 
 
 def main(argv=None) -> int:
-    from hyperedit.commands.train import parse_layers
+    from hyperedit.commands._training_setup import parse_layers
     from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
     from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
     from hyperedit.models import load_model

@@ -43,7 +43,7 @@ def main() -> None:
     import torch
 
     from hyperedit.bench import current_command, make_record, peak_rss_during
-    from hyperedit.commands.train import parse_layers
+    from hyperedit.commands._training_setup import parse_layers
     from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
     from hyperedit.eval import evaluate, locality_reference
     from hyperedit.models import load_model

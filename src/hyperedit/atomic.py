@@ -11,14 +11,20 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same directory."""
+def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same directory.
+
+    ``fsync``: flush the data to disk before the rename (for pointers that must survive a crash).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -18,9 +18,8 @@ import hyperedit
 from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
 from hyperedit.errors import HyperEditError
 from hyperedit.requests import EditRequest, LocalityPrompt
-from hyperedit.training import (CheckpointStore, MetaTrainConfig, MetaTrainer, MetricsLog, batch_for_step,
-                                load_optimizer_state, optimizer_state, parse_sources, restore_rng_state, rng_state,
-                                split_validation)
+from hyperedit.checkpoints import CheckpointStore, load_optimizer_state, optimizer_state, restore_rng_state, rng_state
+from hyperedit.training import MetaTrainConfig, MetaTrainer, MetricsLog, batch_for_step, parse_sources, split_validation
 
 NAMES = "john mary peter anna paul lisa mark sara tom emma".split()
 CITIES = "paris rome berlin london madrid tokyo moscow vienna lisbon athens cairo delhi beijing oslo".split()

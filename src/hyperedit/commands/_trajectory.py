@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from ._common import load_model_from_args
+from ._training_setup import prepare_training, training_config
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ def run_trajectory(args) -> int:
     from ..training import load_pool
     from ..training.data import fingerprint
     from ..training.trajectory import TrajectoryConfig, TrajectoryTrainer
-    from .train import prepare_training, training_config
 
     entry, editor_config = prepare_training(args)
     source = _warm_start_source(args, editor_config)

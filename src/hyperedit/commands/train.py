@@ -5,7 +5,9 @@ import logging
 from pathlib import Path
 
 from ..errors import HyperEditError
-from ._common import add_data_dir_arg, add_model_args, emit_json, load_model_from_args, parse_overrides, seed_everything
+from ._common import add_data_dir_arg, add_model_args, emit_json, load_model_from_args
+from ._trajectory import TRAJECTORY_EDITORS, add_trajectory_args, run_trajectory
+from ._training_setup import prepare_training, training_config
 
 log = logging.getLogger(__name__)
 
@@ -49,35 +51,15 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="torch CPU threads (keep the same value when resuming)")
     p.add_argument("--json", action="store_true", help="print the final validation record as JSON")
-    from ._trajectory import add_trajectory_args  # rledit, hiedit: training over editing trajectories
-
-    add_trajectory_args(p)
+    add_trajectory_args(p)  # rledit, hiedit: training over editing trajectories
     p.set_defaults(func=run)
 
 
-def parse_layers(text: str | None) -> list[int] | None:
-    """``"24-29"`` -> [24..29]; ``"20,22"`` -> [20, 22]; None stays None."""
-    if not text:
-        return None
-    layers: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-"))
-                layers.extend(range(lo, hi + 1))
-            else:
-                layers.append(int(part))
-    except ValueError:
-        raise HyperEditError(f"--layers {text!r}: expected e.g. 24-29 or 20,22,24") from None
-    return layers
-
-
 def run(args) -> int:
-    from ._trajectory import TRAJECTORY_EDITORS, run_trajectory
-
     if args.editor in TRAJECTORY_EDITORS:
         return run_trajectory(args)
-    from ..training import CheckpointStore, MetaTrainConfig, MetaTrainer, load_pool, split_validation
+    from ..checkpoints import CheckpointStore
+    from ..training import MetaTrainConfig, MetaTrainer, load_pool, split_validation
     from ..training.data import fingerprint
 
     entry, editor_config = prepare_training(args)
@@ -106,33 +88,3 @@ def run(args) -> int:
         print(f"trained {args.editor} for {trainer.step} steps -> {args.out} ({summary or 'no validation'})")
         print(f"use it: hyperedit eval --editor {args.editor} --checkpoint {args.out} --model {args.model}")
     return 0
-
-
-def prepare_training(args):
-    """Threads and seeds as asked; returns the editor's registry entry and its config."""
-    import torch
-
-    from ..editors import editor_entry
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    entry = editor_entry(args.editor)
-    return entry, editor_config_from_args(args, entry)
-
-
-def training_config(config_class, **fields):
-    """``config_class(**fields)``, its validation errors as one-line ``HyperEditError``."""
-    try:
-        return config_class(**fields)
-    except ValueError as exc:
-        raise HyperEditError(f"invalid training option: {exc}") from None
-
-
-def editor_config_from_args(args, entry):
-    """The hypernetwork editor's config from the shared train options plus ``--set`` overrides."""
-    from ..editors.base import make_config
-
-    options = {"layers": parse_layers(args.layers), "rank": args.rank, "n_blocks": args.n_blocks,
-               "lr_init": args.lr_init, "lm_batch_size": args.lm_batch_size, **parse_overrides(args)}
-    return make_config(entry.config_class, options)

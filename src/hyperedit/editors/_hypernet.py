@@ -238,7 +238,7 @@ class HyperEditor:
         Only runtime settings (``lm_batch_size``, ``net_batch_size``) may be overridden; with
         ``lm`` given, a checkpoint made for another model is refused with a HyperEditError.
         """
-        from ..training.checkpoint import resolve_checkpoint
+        from ..checkpoints import resolve_checkpoint
 
         folder = resolve_checkpoint(path, CONFIG_FILE)
         try:

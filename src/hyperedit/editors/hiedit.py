@@ -179,7 +179,7 @@ class HiEditEditor:
     def from_checkpoint(cls, path: str | Path, lm=None, **overrides) -> "HiEditEditor":
         """Load a trained HiEdit editor (checkpoint or training run directory)."""
         from ..nets import HyperNets
-        from ..training.checkpoint import resolve_checkpoint
+        from ..checkpoints import resolve_checkpoint
 
         folder = resolve_checkpoint(path, CONFIG_FILE)
         meta = json.loads((folder / CONFIG_FILE).read_text())

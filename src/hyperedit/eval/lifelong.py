@@ -8,7 +8,7 @@ against its value before the stream. After the stream: ES/GS/LS over all edits a
 through ``stream_state() -> (tensors, meta)`` / ``load_stream_state(tensors, meta)`` or, failing
 that, ``state_dict()`` / ``load_state_dict(tensors)``.
 
-The run directory holds checkpoints (``training.checkpoint.CheckpointStore``): the current weights
+The run directory holds checkpoints (``hyperedit.checkpoints.CheckpointStore``): the current weights
 of every module touched so far (safetensors) and ``stream.json`` (edits done, curves, timings), so
 a killed run resumes exactly where its last checkpoint stopped and ends in the same state.
 """
@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import HyperEditError
 from ..requests import EditRequest
-from ..training.checkpoint import CheckpointStore
+from ..checkpoints import CheckpointStore
 from .evaluate import LocalityReference, evaluate, locality_reference
 from .general import evaluate_general, retention
 

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from ..delta import EditDelta
 from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, trainable_weights
-from .checkpoint import (TRAINER_JSON, TRAINER_TENSORS, CheckpointStore, load_optimizer_state, restore_rng_state,
-                         write_trainer_state)
+from ..checkpoints import CheckpointStore, load_optimizer_state, restore_rng_state
+from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
 from .losses import (generalization_loss, locality_examples, locality_loss, reference_log_probs,
                      rephrase_examples)

@@ -10,7 +10,7 @@ is backpropagated into the edited weights ("memory backtracking": later edits ar
 destroy earlier ones). Since W = W_0 + sum S_i, ``W.grad`` is dL_t/dS_t; the editor pushes it
 (plus the regulariser) into its networks, the LM graph being freed first (memory separation).
 Network gradients accumulate over the trajectory; then clip and one Adam step. Checkpoints and
-resume reuse ``training.checkpoint`` (a killed run resumes to the same weights).
+resume reuse ``hyperedit.checkpoints`` (a killed run resumes to the same weights).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from ..delta import EditDelta
 from ..errors import HyperEditError
 from ..lm import iter_chunks, target_logits, trainable_weights
 from ..requests import EditRequest
-from .checkpoint import (TRAINER_JSON, TRAINER_TENSORS, CheckpointStore, load_optimizer_state, restore_rng_state,
-                         write_trainer_state)
+from ..checkpoints import CheckpointStore, load_optimizer_state, restore_rng_state
+from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
 from .losses import locality_examples, rephrase_examples
 from .metrics import MetricsLog

@@ -3,18 +3,18 @@
 A run directory looks like::
 
     RUN/LATEST                     name of the newest complete checkpoint (replaced atomically)
-    RUN/checkpoints/step-000040/   editor.json + editor.safetensors (usable by `hyperedit edit`)
-                                   trainer.json + trainer.safetensors (optimiser, RNG, step)
+    RUN/checkpoints/step-000040/   the files of one checkpoint (e.g. editor.json + editor.safetensors,
+                                   trainer.json + trainer.safetensors)
     RUN/metrics.jsonl
 
 A checkpoint directory is written under a temporary name and renamed into place, and only then
 does ``LATEST`` move to it, so a process killed at any moment leaves the previous checkpoint
-intact. Any trainer (meta-training, trajectory training) can use ``CheckpointStore`` with its own
-files, and ``optimizer_state``/``rng_state`` for the pieces every resumable loop needs.
+intact. Anything resumable (meta-training, trajectory training, lifelong runs) uses
+``CheckpointStore`` with its own files, and ``optimizer_state``/``rng_state`` for the pieces every
+resumable loop needs; editors use ``resolve_checkpoint`` to find the files they load.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -24,25 +24,11 @@ from typing import Callable
 
 import torch
 
-from ..errors import HyperEditError
+from .atomic import atomic_write_text
+from .errors import HyperEditError
 
 LATEST = "LATEST"
 CHECKPOINTS = "checkpoints"
-TRAINER_JSON = "trainer.json"
-TRAINER_TENSORS = "trainer.safetensors"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class CheckpointStore:
@@ -73,7 +59,7 @@ class CheckpointStore:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        _write_atomic(self.root / LATEST, name + "\n")
+        atomic_write_text(self.root / LATEST, name + "\n", fsync=True)
         self._prune(name)
         return final
 
@@ -153,18 +139,3 @@ def restore_rng_state(tensors: dict, meta: dict, generators: dict[str, torch.Gen
         gen.set_state(tensors[f"rng.gen.{name}"])
     version, values, gauss = meta["python"]
     random.setstate((version, tuple(values), gauss))
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True))
-
-
-def write_trainer_state(folder: Path, step: int, optimizer: torch.optim.Optimizer, meta: dict) -> None:
-    """Save a trainer's optimizer and RNG state (safetensors) and ``meta`` (JSON) into ``folder``."""
-    from safetensors.torch import save_file
-
-    opt_tensors, opt_meta = optimizer_state(optimizer)
-    rng_tensors, rng_meta = rng_state()
-    save_file({**opt_tensors, **rng_tensors}, str(folder / TRAINER_TENSORS))
-    write_json(folder / TRAINER_JSON, {"step": step, "optimizer": opt_meta, "rng": rng_meta,
-                                       "threads": torch.get_num_threads(), **meta})

@@ -1,0 +1,56 @@
+"""What both kinds of ``hyperedit train`` share: threads, seeds and the editor and training configs.
+
+``commands/train.py`` (meta-training) and ``commands/_trajectory.py`` (trajectory training) both
+import from here, so neither imports the other's internals.
+"""
+from __future__ import annotations
+
+from ..errors import HyperEditError
+from ._common import parse_overrides, seed_everything
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """``"24-29"`` -> [24..29]; ``"20,22"`` -> [20, 22]; None stays None."""
+    if not text:
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-"))
+                layers.extend(range(lo, hi + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise HyperEditError(f"--layers {text!r}: expected e.g. 24-29 or 20,22,24") from None
+    return layers
+
+
+def prepare_training(args):
+    """Threads and seeds as asked; returns the editor's registry entry and its config."""
+    import torch
+
+    from ..editors import editor_entry
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    entry = editor_entry(args.editor)
+    return entry, editor_config_from_args(args, entry)
+
+
+def training_config(config_class, **fields):
+    """``config_class(**fields)``, its validation errors as one-line ``HyperEditError``."""
+    try:
+        return config_class(**fields)
+    except ValueError as exc:
+        raise HyperEditError(f"invalid training option: {exc}") from None
+
+
+def editor_config_from_args(args, entry):
+    """The hypernetwork editor's config from the shared train options plus ``--set`` overrides."""
+    from ..editors.base import make_config
+
+    options = {"layers": parse_layers(args.layers), "rank": args.rank, "n_blocks": args.n_blocks,
+               "lr_init": args.lr_init, "lm_batch_size": args.lm_batch_size, **parse_overrides(args)}
+    return make_config(entry.config_class, options)
