@@ -16,9 +16,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_directory
 from .errors import DeltaMismatchError, HyperEditError
 from .models.adapters import ModelAdapter
+from .outputs import write_directory
 
 SHIFTS_FILE = "shifts.safetensors"
 META_FILE = "delta.json"
@@ -129,9 +129,11 @@ class EditDelta:
 
     # ----- persistence -----------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the delta into directory ``path`` atomically (replacing an existing delta there)."""
+        """Write the delta into directory ``path`` atomically.
+
+        An earlier delta there is replaced; anything else is refused (``hyperedit.outputs``)."""
         path = Path(path)
-        with atomic_directory(path) as tmp:
+        with write_directory(path, "delta") as tmp:
             save_file({k: v.contiguous().cpu() for k, v in self.shifts.items()}, str(tmp / SHIFTS_FILE))
             (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True, default=str))
         return path

@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .atomic import atomic_file
 from .hooks import capture, stop_after
 from .models import LoadedModel, cache_dir
 
@@ -85,10 +86,8 @@ def _read(path: Path) -> torch.Tensor | None:
 
 
 def _write(path: Path, tensor: torch.Tensor, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"mom2": tensor.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({"mom2": tensor.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import torch
 from hyperedit.delta import META_FILE, SHIFTS_FILE, EditDelta
 from hyperedit.errors import DeltaMismatchError, HyperEditError
 from hyperedit.models import load_model
+from hyperedit.outputs import MARKER
 
 
 def _snapshot(model):
@@ -127,7 +128,7 @@ def test_save_load_round_trip(tiny_llama, tmp_path):
     delta = _random_delta(tiny_llama)
     out = delta.save(tmp_path / "d")
     assert out == tmp_path / "d"
-    assert sorted(p.name for p in out.iterdir()) == sorted([SHIFTS_FILE, META_FILE])
+    assert sorted(p.name for p in out.iterdir()) == sorted([SHIFTS_FILE, META_FILE, MARKER])
     assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temp dirs left
     loaded = EditDelta.load(out)
     assert loaded.shifts.keys() == delta.shifts.keys()

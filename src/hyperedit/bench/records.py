@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import atomic_write_text
+from ..outputs import claim
 
 REQUIRED = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s",
             "peak_rss_mb", "command", "seed", "date")
@@ -113,6 +114,8 @@ def write_results(records: list[dict], name: str, results_dir: str | os.PathLike
             raise ValueError(f"result record lacks {missing}")
     out = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    for path in (json_path, md_path):  # earlier result files are replaced, nothing else
+        claim(path, "result", option="results", overwrite=True)
     atomic_write_text(json_path, json.dumps(records, indent=2) + "\n")
     commands = sorted({r["command"] for r in records})
     md = f"# {title or name}\n\n" + (notes.strip() + "\n\n" if notes else "") + records_table(records)

@@ -28,6 +28,31 @@ def add_editor_args(parser: argparse.ArgumentParser, default: str | None = "ft")
                        help="editor option, e.g. --set steps=40 --set layers=[20,21]; repeatable")
 
 
+def add_overwrite_arg(parser: argparse.ArgumentParser, what: str = "an earlier output of the same kind") -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} made by hyperedit (never anything else)")
+
+
+def input_paths(args) -> list[tuple[str, str]]:
+    """(option, path) of the files and directories a command reads, for ``outputs.check_paths``."""
+    found = []
+    for option in ("requests", "data", "config", "checkpoint", "model", "init_from", "target_cache"):
+        value = getattr(args, option, None)
+        if isinstance(value, str) and value:
+            found.append(("--" + option.replace("_", "-"), value))
+    for item in (getattr(args, "train", None) or "").split(","):
+        if item.strip():
+            found.append(("--train", item.strip()))
+    return found
+
+
+def result_outputs(option: str, base: str | None, suffixes=(".json", ".md")) -> list:
+    """The files ``--out NAME`` stands for (``NAME.json``, ``NAME.md``, ...), as outputs to check."""
+    from ..outputs import Output
+
+    return [Output(option, f"{base}{suffix}", "result") for suffix in suffixes] if base else []
+
+
 def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="benchmark data directory (default: $HYPEREDIT_DATA_DIR or ../shared/data)")
 

@@ -6,7 +6,8 @@ import from here, so neither imports the other's internals.
 from __future__ import annotations
 
 from ..errors import HyperEditError
-from ._common import parse_overrides, seed_everything
+from ..outputs import Output, check_paths, start_run_directory
+from ._common import input_paths, parse_overrides, seed_everything
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -24,6 +25,16 @@ def parse_layers(text: str | None) -> list[int] | None:
     except ValueError:
         raise HyperEditError(f"--layers {text!r}: expected e.g. 24-29 or 20,22,24") from None
     return layers
+
+
+def check_run_paths(args) -> None:
+    """Refuse a bad ``--out`` before any work; with ``--overwrite``, clear an earlier run there."""
+    if args.resume and args.overwrite:
+        raise HyperEditError("--resume and --overwrite: choose one")
+    check_paths([Output("--out", args.out, "training-run")], input_paths(args), overwrite=args.overwrite,
+                resume=args.resume)
+    if args.overwrite:
+        start_run_directory(args.out, "training-run", overwrite=True)
 
 
 def prepare_training(args):

@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..atomic import atomic_directory
 from ..errors import HyperEditError
-from ._common import (add_data_dir_arg, add_editor_args, add_model_args, editor_from_args, emit_json,
-                      load_model_from_args, seed_everything)
+from ..outputs import Output, check_paths, write_directory
+from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_overwrite_arg, editor_from_args, emit_json,
+                      input_paths, load_model_from_args, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--offset", type=int, default=0, help="skip the first N requests")
     p.add_argument("--out", required=True, help="directory to write the delta to")
     p.add_argument("--save-model", help="also write the edited model to this directory")
+    add_overwrite_arg(p, "an earlier delta (--out) or model directory (--save-model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     p.set_defaults(func=run)
@@ -34,7 +35,7 @@ def register(sub) -> None:
 
 def _save_model(lm, delta, path: Path) -> None:
     """Write the edited model + tokenizer atomically (temp directory, then rename)."""
-    with atomic_directory(path) as tmp, delta.applied(lm.model):
+    with write_directory(path, "model") as tmp, delta.applied(lm.model):
         lm.model.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
 
@@ -43,6 +44,8 @@ def run(args) -> int:
 
     from ..data import load_requests
 
+    check_paths([Output("--out", args.out, "delta"), Output("--save-model", args.save_model, "model")],
+                input_paths(args), overwrite=args.overwrite)
     seed_everything(args.seed)
     requests = load_requests(args.requests, data_dir=args.data_dir, limit=args.limit, offset=args.offset)
     if not requests:

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from ..errors import HyperEditError
-from ._common import (dataset_label, add_data_dir_arg, add_editor_args, add_model_args, editor_from_args, load_model_from_args,
-                      seed_everything)
+from ..outputs import check_paths
+from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_overwrite_arg, dataset_label, editor_from_args,
+                      input_paths, load_model_from_args, result_outputs, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--fluency", action="store_true", help="also measure fluency (n-gram entropy of generations)")
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--out", help="write OUT.json and OUT.md (e.g. benchmarks/results/my_run)")
+    add_overwrite_arg(p, "OUT.json and OUT.md of an earlier evaluation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     p.set_defaults(func=run)
@@ -44,6 +46,7 @@ def run(args) -> int:
 
     if args.n_edits < 1:
         raise HyperEditError("--n-edits must be at least 1")
+    check_paths(result_outputs("--out", args.out), input_paths(args), overwrite=args.overwrite)
     seed_everything(args.seed)
     requests = load_requests(args.data, data_dir=args.data_dir, limit=args.n_edits, offset=args.offset)
     if len(requests) < args.n_edits:

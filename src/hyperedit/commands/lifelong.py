@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from ..errors import HyperEditError
-from ._common import (dataset_label, add_data_dir_arg, add_editor_args, add_model_args, editor_from_args, load_model_from_args,
-                      seed_everything)
+from ..atomic import atomic_write_text
+from ..outputs import Output, check_paths, start_run_directory
+from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_overwrite_arg, dataset_label, editor_from_args,
+                      input_paths, load_model_from_args, result_outputs, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--run-dir", required=True, help="checkpoint directory of the stream")
     p.add_argument("--resume", action="store_true", help="continue the stream in --run-dir")
+    add_overwrite_arg(p, "an earlier stream in --run-dir (deleted first) and earlier OUT.json/.md/.png")
     p.add_argument("--out", help="write OUT.json, OUT.md, OUT.png (e.g. benchmarks/results/lifelong_ft_zsre)")
     p.add_argument("--target-cache", metavar="FILE",
                    help="memit, alphaedit, metake: target vectors cached in FILE (read, then updated at the end)")
@@ -57,6 +60,14 @@ def run(args) -> int:
     from ..eval.lifelong import LifelongConfig, LifelongRunner
     from ..eval.lifelong_report import lifelong_record, write_lifelong
 
+    if args.resume and args.overwrite:
+        raise HyperEditError("--resume and --overwrite: choose one")
+    check_paths([Output("--run-dir", args.run_dir, "lifelong-run"),
+                 *result_outputs("--out", args.out, (".json", ".md", ".png"))],
+                [p for p in input_paths(args) if p[0] != "--target-cache"], overwrite=args.overwrite,
+                resume=args.resume)
+    if args.overwrite:
+        start_run_directory(args.run_dir, "lifelong-run", overwrite=True, option="--run-dir")
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -85,7 +96,7 @@ def run(args) -> int:
     record = lifelong_record(summary, editor=editor.name, model=lm.name, dataset=dataset, split=split,
                              command=current_command(), seed=args.seed,
                              config=asdict(editor_config) if is_dataclass(editor_config) else {})
-    (Path(args.run_dir) / "result.json").write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_text(Path(args.run_dir) / "result.json", json.dumps(record, indent=2, default=str))
     if args.out:
         for path in write_lifelong([record], Path(args.out).name, Path(args.out).parent):
             log.info("wrote %s", path)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import HyperEditError
-from ._common import add_data_dir_arg, add_model_args, emit_json, load_model_from_args
+from ._common import add_data_dir_arg, add_model_args, add_overwrite_arg, emit_json, load_model_from_args
 from ._trajectory import TRAJECTORY_EDITORS, add_trajectory_args, run_trajectory
-from ._training_setup import prepare_training, training_config
+from ._training_setup import check_run_paths, prepare_training, training_config
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--limit-train", type=int, help="use at most N requests of each source")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_overwrite_arg(p, "an earlier training run in --out (it is deleted first)")
     g = p.add_argument_group("editor")
     g.add_argument("--layers", help="edited layers, e.g. 24-29 or 20,22,24 (default: the last 6)")
     g.add_argument("--rank", type=int, default=256)
@@ -56,9 +56,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_run_paths(args)
     if args.editor in TRAJECTORY_EDITORS:
         return run_trajectory(args)
-    from ..checkpoints import CheckpointStore
     from ..training import MetaTrainConfig, MetaTrainer, load_pool, split_validation
     from ..training.data import fingerprint
 
@@ -67,9 +67,6 @@ def run(args) -> int:
                                    lr_meta_lr=args.lr_meta_lr, loc_coef=args.loc_coef,
                                    max_grad_norm=args.max_grad_norm, val_size=args.val_size,
                                    val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed)
-    if CheckpointStore(args.out).latest() is not None and not args.resume:
-        raise HyperEditError(f"{args.out} already holds a training run; pass --resume to continue it "
-                             "or choose another --out")
     pool, sources = load_pool(args.train, data_dir=args.data_dir, limit=args.limit_train)
     train, val = split_validation(pool, args.val_size, args.seed) if args.val_size else (pool, [])
     lm = load_model_from_args(args)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_file
 from ..hooks import edit_output
 from ..lm import prediction_mask
 from ..models import LoadedModel
@@ -104,11 +104,8 @@ class TargetCache:
         for k, (z, h, steps, nll, t) in self._store.items():
             tensors[f"z/{k}"], tensors[f"h/{k}"] = z.contiguous(), h.contiguous()
             meta[k] = [steps, nll, t]
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"entries": json.dumps(meta)})
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"entries": json.dumps(meta)})
 
     def load(self, path) -> "TargetCache":
         """Add the entries saved in ``path`` (a missing file adds nothing)."""

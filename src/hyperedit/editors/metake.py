@@ -100,7 +100,6 @@ class MetaKE:
         """Refine the targets against the post-edit loss, then write them with the inner solver."""
         L.check_model(lm)
         requests, inner, cfg = list(requests), self.inner, self.config
-        t0 = time.perf_counter()
         inner.stats(lm)
         targets = inner.targets(lm, requests)
         t1 = time.perf_counter()

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import HyperEditError
 from ..requests import EditRequest
 from ..checkpoints import CheckpointStore
+from ..outputs import start_run_directory
 from .evaluate import LocalityReference, evaluate, locality_reference
 from .general import evaluate_general, retention
 
@@ -116,9 +117,8 @@ class LifelongRunner:
         from tqdm.auto import tqdm
 
         cfg, adapter = self.config, self.lm.adapter
+        start_run_directory(self.run_dir, "lifelong-run", resume=resume, option="--run-dir")
         latest = self.store.latest()
-        if latest is not None and not resume:
-            raise HyperEditError(f"{self.run_dir} already holds a lifelong run; pass --resume or choose another --out")
         self._reference = locality_reference(adapter, self.requests, cfg.eval_batch_size)  # unedited model
         try:
             if latest is not None:

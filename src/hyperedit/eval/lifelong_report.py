@@ -4,6 +4,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..atomic import atomic_file
+from ..outputs import claim
+
 log = logging.getLogger(__name__)
 
 
@@ -62,8 +65,8 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
                             bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
     return path
 
@@ -74,6 +77,7 @@ def write_lifelong(records: list[dict], name: str, results_dir: str | Path | Non
     from ..bench.records import DEFAULT_RESULTS_DIR
 
     out = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
+    claim(out / f"{name}.png", "result", option="results", overwrite=True)
     paths = list(write_results(records, name, out, title=f"Lifelong editing: {name}", notes=notes))
     png = plot_curves(records, out / f"{name}.png")
     return paths + ([png] if png else [])

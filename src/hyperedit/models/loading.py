@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_directory
+from ..atomic import sweep_stale_temporaries
 from ..errors import ModelLoadError
+from ..outputs import write_directory
 from .adapters import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def _embedded_gguf(name: str) -> Path:
 def _materialise_embedded(name: str) -> Path:
     """Dequantise the embedded GGUF once and cache it as a float32 safetensors model directory."""
     target = cache_dir() / "models" / f"{name}-{_CACHE_FORMAT}"
+    sweep_stale_temporaries(target.parent)  # an earlier first use killed mid-write
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -97,7 +99,7 @@ def _materialise_embedded(name: str) -> Path:
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict(), assign=True, strict=False)
     plain.tie_weights()
-    with atomic_directory(target) as tmp:
+    with write_directory(target, "model-cache") as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return target

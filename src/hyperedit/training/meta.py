@@ -24,6 +24,7 @@ from ..delta import EditDelta
 from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, trainable_weights
 from ..checkpoints import CheckpointStore, load_optimizer_state, restore_rng_state
+from ..outputs import start_run_directory
 from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
 from .losses import (generalization_loss, locality_examples, locality_loss, reference_log_probs,
@@ -87,10 +88,8 @@ class MetaTrainer:
     # ----- the loop ---------------------------------------------------------------------------
     def run(self, resume: bool = False) -> list[dict]:
         """Train up to ``config.steps``; returns the validation records of this run's log."""
+        start_run_directory(self.run_dir, "training-run", resume=resume)
         latest = self.store.latest()
-        if latest is not None and not resume:
-            raise HyperEditError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
-                                 "or choose another --out")
         if latest is not None:
             self._load(latest)
         elif resume:

@@ -29,6 +29,7 @@ from ..errors import HyperEditError
 from ..lm import iter_chunks, target_logits, trainable_weights
 from ..requests import EditRequest
 from ..checkpoints import CheckpointStore, load_optimizer_state, restore_rng_state
+from ..outputs import start_run_directory
 from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
 from .losses import locality_examples, rephrase_examples
@@ -144,9 +145,8 @@ class TrajectoryTrainer:
         """Train up to ``config.steps`` trajectories; returns the log records."""
         from tqdm.auto import tqdm
 
+        start_run_directory(self.run_dir, "training-run", resume=resume)
         latest = self.store.latest()
-        if latest is not None and not resume:
-            raise HyperEditError(f"{self.run_dir} already holds a training run; pass --resume or choose another --out")
         if latest is not None:
             self._load(latest)
         else:
