@@ -17,7 +17,7 @@ import torch
 
 from ..atomic import sweep_stale_temporaries
 from ..errors import ModelLoadError
-from ..outputs import write_directory
+from ..outputs import kind_of, mark, write_directory
 from .adapters import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ def _materialise_embedded(name: str) -> Path:
         return target
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if target.is_dir() and kind_of(target) is None:  # an incomplete copy from before outputs were marked
+        mark(target, "model-cache")
     gguf = _embedded_gguf(name)
     log.info("first use of %s: dequantising %s to float32 (about 20 s, cached afterwards)", name, gguf.name)
     folder, fname = str(gguf.parent), gguf.name
