@@ -61,3 +61,15 @@ def test_a_malmen_edit_on_two_ranks_equals_the_one_rank_edit(tiny_dirs, tiny_lla
         assert shift.abs().max() > 0
         # the ranks sum their shares in another order than one process does: float32 rounding only
         torch.testing.assert_close(two.shifts[name], shift, rtol=1e-4, atol=1e-5 * float(shift.abs().max()))
+
+
+def test_nproc_is_refused_up_front_for_editors_that_do_not_split(tiny_dirs, tmp_path, capsys):
+    from hyperedit.cli import main
+
+    requests = tmp_path / "facts.jsonl"
+    requests.write_text("".join(json.dumps(f) + "\n" for f in FACTS))
+    code = main(["edit", "--model", str(tiny_dirs["llama"]), "--editor", "ft", "--requests", str(requests),
+                 "--out", str(tmp_path / "d"), "--nproc", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "does not split" in err[0]
+    assert not (tmp_path / "d").exists()

@@ -53,6 +53,9 @@ def result_outputs(option: str, base: str | None, suffixes=(".json", ".md")) -> 
     return [Output(option, f"{base}{suffix}", "result") for suffix in suffixes] if base else []
 
 
+SPLITTABLE_EDITORS = ("malmen", "mend")  # their edits are sums over facts (hyperedit.distributed)
+
+
 def add_nproc_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="data-parallel ranks on this machine, launched with torchrun (malmen, mend); "
@@ -65,6 +68,9 @@ def relaunch_ranks(args) -> int:
 
     if args.nproc < 1:
         raise HyperEditError("--nproc must be at least 1")
+    if getattr(args, "editor", None) not in SPLITTABLE_EDITORS:
+        raise HyperEditError(f"--nproc: {args.editor} does not split its facts over ranks; "
+                             f"use {' or '.join(SPLITTABLE_EDITORS)}")
     if launched_by_torchrun():
         raise HyperEditError("--nproc inside a torchrun launch: give the number of ranks to torchrun only")
     return relaunch(args.nproc, args.argv)

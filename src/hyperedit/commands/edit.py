@@ -48,17 +48,17 @@ def run(args) -> int:
 
     check_paths([Output("--out", args.out, "delta"), Output("--save-model", args.save_model, "model")],
                 input_paths(args), overwrite=args.overwrite)
-    if args.nproc > 1:
-        return relaunch_ranks(args)
-    world = join_ranks(args)
     seed_everything(args.seed)
     requests = load_requests(args.requests, data_dir=args.data_dir, limit=args.limit, offset=args.offset)
     if not requests:
         raise HyperEditError(f"{args.requests}: no requests to edit")
+    if args.nproc > 1:  # inputs are checked here, once, before any rank starts
+        if len(requests) < args.nproc:
+            raise HyperEditError(f"--nproc {args.nproc}: only {len(requests)} requests to share")
+        return relaunch_ranks(args)
+    world = join_ranks(args)
     lm = load_model_from_args(args)
     editor = editor_from_args(args, lm)
-    if world.size > 1 and not hasattr(editor, "new_accumulator"):
-        raise HyperEditError(f"--nproc: {editor.name} does not split its facts over ranks; use malmen or mend")
     start = time.perf_counter()
     delta = editor.edit(lm, requests)
     seconds = time.perf_counter() - start
