@@ -5,7 +5,7 @@ of N ranks is from the 1-rank delta (they differ only by summation order). Edit 
 the point here: without ``--checkpoint`` an untrained MALMEN of the default shape is used, which
 costs exactly what a trained one costs.
 
-    python benchmarks/distributed_edit.py --n 10000 --ranks 1,2
+    python benchmarks/distributed_edit.py --facts 10000 --ranks 1,2
 
 Writes benchmarks/results/distributed_edit.json and .md; deltas and per-rank logs under runs/.
 """
@@ -35,14 +35,16 @@ def worker(args) -> None:
 
     world = init_from_environment("cpu")
     lm = load_model(args.model)
-    requests = load_requests(args.data, limit=args.n)
+    requests = load_requests(args.data, limit=args.facts)
     if args.checkpoint:
         editor = get_editor("malmen", checkpoint=args.checkpoint, lm=lm)
     else:
-        editor = MalmenEditor.create(MalmenConfig(), lm, seed=0)
+        editor = MalmenEditor.create(MalmenConfig(solve_dtype=args.solve_dtype), lm, seed=0)
     delta, seconds, peak = peak_rss_during(editor.edit, lm, requests)
-    stats = [None] * world.size
-    dist.all_gather_object(stats, {"rank": world.rank, "edit_time_s": seconds, "peak_rss_mb": peak})
+    mine = {"rank": world.rank, "edit_time_s": seconds, "peak_rss_mb": peak}
+    stats = [mine] * world.size
+    if world.size > 1:
+        dist.all_gather_object(stats, mine)
     if world.is_main:
         out = Path(args.out)
         delta.save(out / "delta")
@@ -55,11 +57,13 @@ def _relative_difference(a, b) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument("--facts", type=int, default=10000, help="number of facts edited")
     parser.add_argument("--data", default="counterfact:train")
     parser.add_argument("--ranks", default="1,2")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--checkpoint")
+    parser.add_argument("--solve-dtype", default="float64", choices=["float32", "float64"],
+                        help="precision of the accumulated sums and the solve (untrained editor)")
     parser.add_argument("--runs", default="runs/distributed_edit")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -77,8 +81,8 @@ def main() -> None:
         out = Path(args.runs) / f"ranks{ranks}"
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-               __file__, "--worker", "--n", str(args.n), "--data", args.data, "--model", args.model,
-               "--out", str(out)] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+               __file__, "--worker", "--facts", str(args.facts), "--data", args.data, "--model", args.model,
+               "--out", str(out), "--solve-dtype", args.solve_dtype] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
         log.info("%d rank(s): %s", ranks, " ".join(cmd))
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "HYPEREDIT_PROGRESS": "0"})
         info = json.loads((out / "ranks.json").read_text())
@@ -89,7 +93,7 @@ def main() -> None:
             dataset=args.data.split(":")[0], split=args.data.split(":")[-1], mode="batch", n_edits=info["n"],
             metrics={}, edit_time_s=max(r["edit_time_s"] for r in per_rank),
             peak_rss_mb=max(r["peak_rss_mb"] for r in per_rank), command=command, seed=0, ranks=ranks,
-            threads_per_rank=1, per_rank=[{k: round(v, 2) for k, v in r.items()} for r in per_rank]))
+            threads_per_rank=1, solve_dtype=args.solve_dtype, per_rank=[{k: round(v, 2) for k, v in r.items()} for r in per_rank]))
     base = deltas[min(deltas)]
     for record in records:
         record["max_rel_diff_vs_fewest_ranks"] = _relative_difference(deltas[record["ranks"]], base)
