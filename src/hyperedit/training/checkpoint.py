@@ -168,3 +168,34 @@ def write_trainer_state(folder: Path, step: int, optimizer: torch.optim.Optimize
     save_file({**opt_tensors, **rng_tensors}, str(folder / TRAINER_TENSORS))
     write_json(folder / TRAINER_JSON, {"step": step, "optimizer": opt_meta, "rng": rng_meta,
                                        "threads": torch.get_num_threads(), **meta})
+
+
+# ----- resuming with the settings of the run ------------------------------------------------
+_MISSING = "(not set)"
+
+
+def setting_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``"key: run has A, now B"`` for each setting that differs, nested objects walked (``a.b``)."""
+    out = []
+    for key in sorted(set(saved) | set(current), key=str):
+        name = f"{prefix}{key}"
+        old, new = saved.get(key, _MISSING), current.get(key, _MISSING)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out.extend(setting_differences(old, new, name + "."))
+        elif old != new:
+            out.append(f"{name}: run has {_short(old)}, now {_short(new)}")
+    return out
+
+
+def _short(value, limit: int = 60) -> str:
+    text = value if value is _MISSING else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_same_settings(run_dir: Path, saved: dict, current: dict, what: str = "run") -> None:
+    """Refuse to resume ``run_dir`` with settings other than its own, naming each difference."""
+    differences = setting_differences(saved, current)
+    if differences:
+        shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+        raise HyperEditError(f"{run_dir} holds a {what} with other settings ({shown}); resume with the same "
+                             "options or choose another --out")
