@@ -29,10 +29,10 @@ def requests_file(tmp_path):
     return path
 
 
-def _model_copy(tiny_dirs, tmp_path, **config_changes) -> str:
-    """A copy of the tiny Llama whose config.json has ``config_changes`` applied."""
+def _model_copy(tiny_dirs, tmp_path, kind: str = "llama", **config_changes) -> str:
+    """A copy of a tiny model whose config.json has ``config_changes`` applied."""
     path = tmp_path / "model"
-    shutil.copytree(tiny_dirs["llama"], path)
+    shutil.copytree(tiny_dirs[kind], path)
     config = json.loads((path / "config.json").read_text())
     config.update(config_changes)
     (path / "config.json").write_text(json.dumps(config))
@@ -211,3 +211,19 @@ def test_training_refuses_over_long_requests(tiny_dirs, tmp_path):
     with pytest.raises(InputError, match=r"^train.json, record 9, field 'prompt'"):
         MetaTrainer(editor, lm, train, [], MetaTrainConfig(steps=1, n_edits=1, val_size=0), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_generation_stops_at_the_context_of_a_learned_position_model(tiny_dirs, tmp_path):
+    from hyperedit.eval import generate
+
+    model = _model_copy(tiny_dirs, tmp_path, kind="gpt2", n_positions=SHORT_CONTEXT)
+    weights = tmp_path / "model" / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["transformer.wpe.weight"] = tensors["transformer.wpe.weight"][:SHORT_CONTEXT].clone()
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    lm = load_model(model)
+    prompt = " ".join(["the"] * (SHORT_CONTEXT - 1))
+    (one_more,) = generate(lm.adapter, [prompt], max_new_tokens=30)  # past 24 positions GPT-2 would fail
+    assert len(lm.tokenizer(one_more)["input_ids"]) <= 1
+    (nothing,) = generate(lm.adapter, [" ".join(["the"] * SHORT_CONTEXT)], max_new_tokens=30)
+    assert nothing == ""

@@ -18,6 +18,8 @@ _SANE_TOKENIZER_LIMIT = 1_000_000
 # Tokens a text can have beyond its UTF-8 byte count: special tokens, SentencePiece's dummy prefix.
 _SPECIAL_TOKENS_MARGIN = 8
 _CONFIG_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+# Locality prompts without a dataset answer are continued greedily by this many tokens (eval.evaluate).
+LOCALITY_CONTINUATION_TOKENS = 3
 
 
 def context_limit(adapter) -> int | None:
@@ -47,13 +49,14 @@ def _could_exceed(adapter, prompt: str, continuation: str | None, limit: int) ->
     """Cheap pre-test: byte-level and SentencePiece tokenisers never make more tokens than UTF-8
     bytes (plus a few special tokens); the factor 2 covers Unicode normalisation that expands
     characters. Only texts that fail it are tokenised."""
-    size = len(adapter.format_prompt(prompt).encode()) + len((continuation or "").encode()) + 1
+    size = len(adapter.format_prompt(prompt).encode()) + len((continuation or "").encode()) + 1 + \
+        LOCALITY_CONTINUATION_TOKENS
     return 2 * size + _SPECIAL_TOKENS_MARGIN > limit
 
 
 def _token_length(adapter, prompt: str, continuation: str | None) -> int:
-    if continuation is None:
-        return len(adapter.encode_prompts([prompt])["input_ids"][0])
+    if continuation is None:  # room for the generated continuation the locality metric reads
+        return len(adapter.encode_prompts([prompt])["input_ids"][0]) + LOCALITY_CONTINUATION_TOKENS
     prompt_ids, target_ids = adapter._prompt_target_ids(prompt, continuation)
     return len(prompt_ids) + len(target_ids)
 
