@@ -14,19 +14,22 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate an editor on a dataset split (batch or sequential)",
-                       description="Edits N requests of a dataset split at once (--mode batch), or in "
-                                   "--batches consecutive batches applied on top of each other (--mode "
-                                   "sequential), measures ES/GS/LS (and CounterFact probability scores), "
-                                   "then restores the model. Writes OUT.json (a list of result records) and "
-                                   "OUT.md (a table).")
+    p = sub.add_parser("eval", help="evaluate an editor on a dataset split (batch, single or sequential)",
+                       description="Edits N requests of a dataset split at once (--mode batch), each alone "
+                                   "on the unedited model (--mode single, the protocol of EasyEdit and most "
+                                   "papers; metrics are means over requests), or in --batches consecutive "
+                                   "batches applied on top of each other (--mode sequential), measures "
+                                   "ES/GS/LS (and CounterFact probability scores), then restores the model. "
+                                   "Writes OUT.json (a list of result records) and OUT.md (a table).")
     add_model_args(p)
     add_editor_args(p)
     add_data_dir_arg(p)
     p.add_argument("--data", default="counterfact:val", help="NAME:SPLIT or a requests file (default: %(default)s)")
     p.add_argument("--n-edits", type=int, default=100, help="number of requests edited (default: %(default)s)")
     p.add_argument("--offset", type=int, default=0, help="skip the first N requests of the split")
-    p.add_argument("--mode", choices=["batch", "sequential"], default="batch")
+    p.add_argument("--mode", choices=["batch", "single", "sequential"], default="batch",
+                   help="batch: all requests in one edit; single: each request edited alone and reverted; "
+                        "sequential: --batches edits on top of each other (default: %(default)s)")
     p.add_argument("--batches", type=int, default=10, help="sequential mode: number of batches (default: %(default)s)")
     p.add_argument("--fluency", action="store_true", help="also measure fluency (n-gram entropy of generations)")
     p.add_argument("--eval-batch-size", type=int, default=32)
@@ -40,7 +43,7 @@ def run(args) -> int:
     from ..bench import current_command, write_results
     from ..bench.records import records_table
     from ..data import load_requests
-    from ..eval import run_batch, run_sequential
+    from ..eval import run_batch, run_sequential, run_single
 
     if args.n_edits < 1:
         raise HyperEditError("--n-edits must be at least 1")
@@ -55,6 +58,8 @@ def run(args) -> int:
                   eval_batch_size=args.eval_batch_size, fluency=args.fluency)
     if args.mode == "batch":
         record = run_batch(lm, editor, requests, **common)
+    elif args.mode == "single":
+        record = run_single(lm, editor, requests, **common)
     else:
         if args.batches < 1 or len(requests) < args.batches:
             raise HyperEditError("--batches must be between 1 and the number of requests")
