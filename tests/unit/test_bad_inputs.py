@@ -116,13 +116,18 @@ def test_devices_that_cannot_run_a_model(tiny_dirs, tmp_path, requests_file, cap
     assert expected in _error_line(capsys)
 
 
-def test_device_index_beyond_the_visible_ones(tiny_dirs, tmp_path, requests_file, capsys):
-    assert _edit(tiny_dirs["llama"], requests_file, tmp_path / "d", "--device", "cpu") == 0  # cpu is fine
-    capsys.readouterr()
-    if torch.cuda.is_available():
-        index = torch.cuda.device_count()
-        assert _edit(tiny_dirs["llama"], requests_file, tmp_path / "e", "--device", f"cuda:{index}") == 2
-        assert "does not exist" in _error_line(capsys)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_index_beyond_the_visible_devices(tiny_dirs, tmp_path, requests_file, capsys):
+    index = torch.cuda.device_count()
+    assert _edit(tiny_dirs["llama"], requests_file, tmp_path / "d", "--device", f"cuda:{index}") == 2
+    assert "does not exist" in _error_line(capsys)
+
+
+def test_cpu_devices_resolve():
+    from hyperedit.models.loading import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("cpu:0") == torch.device("cpu:0")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
 # ----- request files --------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--out", help="write OUT.json and OUT.md (e.g. benchmarks/results/my_run)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 keeps timings steady on a shared machine)")
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     p.set_defaults(func=run)
 
@@ -47,6 +48,10 @@ def run(args) -> int:
 
     if args.n_edits < 1:
         raise HyperEditError("--n-edits must be at least 1")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     requests = load_requests(args.data, data_dir=args.data_dir, limit=args.n_edits, offset=args.offset)
     if len(requests) < args.n_edits:
