@@ -205,6 +205,22 @@ def test_long_prompts_within_the_context_still_work(tiny_dirs, tmp_path):
         check_request_lengths(lm.adapter, [fits, too_long])
 
 
+def test_every_scored_sequence_is_checked_old_target_included(tiny_dirs, tmp_path):
+    lm = load_model(_model_copy(tiny_dirs, tmp_path, max_position_embeddings=SHORT_CONTEXT))
+    prompt = " ".join(["the"] * 18)
+    long_answer = " ".join(["paris"] * 10)
+    check_request_lengths(lm.adapter, [EditRequest(prompt=prompt, target="rome")])
+    with pytest.raises(InputError, match=r"field 'prompt': 28 tokens"):  # scored with the old target too
+        check_request_lengths(lm.adapter, [EditRequest(prompt=prompt, target="rome", old_target=long_answer)])
+    with pytest.raises(InputError, match=r"field 'locality\[0\]\.prompt'"):
+        check_request_lengths(lm.adapter, [EditRequest(prompt="john plays", target="rome",
+                                                       locality=(LocalityPrompt(prompt, long_answer),))])
+    # an answerless locality prompt needs room for the tokens generated in place of an answer
+    with pytest.raises(InputError, match=r"field 'locality\[0\]\.prompt': 25 tokens"):
+        check_request_lengths(lm.adapter, [EditRequest(prompt="john plays", target="rome",
+                                                       locality=(LocalityPrompt(" ".join(["the"] * 22)),))])
+
+
 def test_training_refuses_over_long_requests(tiny_dirs, tmp_path):
     from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
     from hyperedit.training import MetaTrainConfig, MetaTrainer

@@ -37,12 +37,17 @@ def context_limit(adapter) -> int | None:
 
 
 def _texts(request: EditRequest):
-    """(field, prompt, continuation) for every sequence the editors and the metrics feed the model."""
-    yield "prompt", request.prompt, request.target
-    for i, text in enumerate(request.rephrasings):
-        yield f"rephrasings[{i}]", text, request.target
+    """(field, prompt, continuation) for every sequence the editors and the metrics feed the model:
+    each prompt with the new and the old target, locality prompts with their answer (or, without
+    one, with room for the continuation generated in its place)."""
+    targets = [t for t in (request.target, request.old_target) if t is not None]
+    for target in targets:
+        yield "prompt", request.prompt, target
+        for i, text in enumerate(request.rephrasings):
+            yield f"rephrasings[{i}]", text, target
     for i, loc in enumerate(request.locality):
-        yield f"locality[{i}].prompt", loc.prompt, loc.answer
+        for continuation in ([loc.answer, *targets] if loc.answer is not None else [None]):
+            yield f"locality[{i}].prompt", loc.prompt, continuation
 
 
 def _could_exceed(adapter, prompt: str, continuation: str | None, limit: int) -> bool:
@@ -56,9 +61,8 @@ def _could_exceed(adapter, prompt: str, continuation: str | None, limit: int) ->
 
 def _token_length(adapter, prompt: str, continuation: str | None) -> int:
     if continuation is None:  # room for the generated continuation the locality metric reads
-        return len(adapter.encode_prompts([prompt])["input_ids"][0]) + LOCALITY_CONTINUATION_TOKENS
-    prompt_ids, target_ids = adapter._prompt_target_ids(prompt, continuation)
-    return len(prompt_ids) + len(target_ids)
+        return adapter.token_count(prompt) + LOCALITY_CONTINUATION_TOKENS
+    return adapter.token_count(prompt, continuation)
 
 
 def check_request_lengths(adapter, requests: Sequence[EditRequest]) -> None:
