@@ -18,10 +18,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def base_identity(lm) -> dict:
-    """Name, architecture and weight fingerprint of a freshly loaded (unedited) model."""
+def base_identity(lm, spec: str | None = None) -> dict:
+    """Name, how to load it (``spec``), architecture and weight fingerprint of an unedited model."""
     dtype = str(next(lm.model.parameters()).dtype).replace("torch.", "")
-    return {"name": lm.name, "architecture": lm.adapter.identity(), "dtype": dtype,
+    return {"name": lm.name, "spec": spec or lm.name, "architecture": lm.adapter.identity(), "dtype": dtype,
             "fingerprint": weights_fingerprint(lm.model)}
 
 

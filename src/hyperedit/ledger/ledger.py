@@ -61,9 +61,12 @@ class Ledger:
             row = db.execute("SELECT value FROM workspace WHERE key = ?", (_BASE_KEY,)).fetchone()
         return json.loads(row["value"]) if row else None
 
-    def attach(self, lm) -> "Ledger":
-        """Bind to a freshly loaded, unedited model; the first model attached defines the workspace."""
-        identity = base_identity(lm)
+    def attach(self, lm, spec: str | None = None) -> "Ledger":
+        """Bind to a freshly loaded, unedited model; the first model attached defines the workspace.
+
+        ``spec`` is how the model was loaded (a name or directory), kept so commands can reload it.
+        """
+        identity = base_identity(lm, spec)
         with self.store.write() as db:
             db.execute("INSERT OR IGNORE INTO workspace (key, value) VALUES (?, ?)",
                        (_BASE_KEY, json.dumps(identity, sort_keys=True)))
