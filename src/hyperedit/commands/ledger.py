@@ -21,8 +21,7 @@ def register(sub) -> None:
 
     def action(name, help_text, needs_model=False):
         q = actions.add_parser(name, help=help_text, description=help_text)
-        q.add_argument("-w", "--workspace", default=os.environ.get(WORKSPACE_ENV),
-                       help=f"ledger workspace directory (default: ${WORKSPACE_ENV})")
+        add_workspace_arg(q)
         q.add_argument("--json", action="store_true", help="machine-readable output")
         if needs_model:
             add_model_args(q)
@@ -56,7 +55,12 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
-def _open(args, create: bool = False):
+def add_workspace_arg(parser) -> None:
+    parser.add_argument("-w", "--workspace", default=os.environ.get(WORKSPACE_ENV),
+                        help=f"ledger workspace directory (default: ${WORKSPACE_ENV})")
+
+
+def open_ledger(args, create: bool = False):
     from ..ledger import Ledger
 
     if not args.workspace:
@@ -64,7 +68,8 @@ def _open(args, create: bool = False):
     return Ledger(args.workspace, create=create)
 
 
-def _attach(ledger, args):
+def attach_model(ledger, args, attach: bool = True):
+    """Load ``--model`` (default: the workspace's base model, else the embedded one); returns (lm, spec)."""
     from ..models import load_model
 
     base = ledger.base_model or {}
@@ -72,14 +77,16 @@ def _attach(ledger, args):
     if Path(spec).expanduser().is_dir():
         spec = str(Path(spec).expanduser().resolve())
     lm = load_model(spec, device=args.device, dtype=args.dtype, chat_template=args.chat_template)
-    return ledger.attach(lm, spec=spec)
+    if attach:
+        ledger.attach(lm, spec=spec)
+    return lm, spec
 
 
 def run(args) -> int:
     command = args.ledger_command
     if command == "apply":
         return _apply(args)
-    ledger = _open(args)
+    ledger = open_ledger(args)
     if command == "list":
         entries = ledger.entries(args.status)
         if args.json:
@@ -110,7 +117,7 @@ def run(args) -> int:
     if command == "revert":
         seed_everything(args.seed)
         if args.recompute:
-            _attach(ledger, args)
+            attach_model(ledger, args)
         result = ledger.revert(args.id, recompute=args.recompute)
         if args.json:
             emit_json(result)
@@ -119,7 +126,7 @@ def run(args) -> int:
                   + (f"; imported entries kept as they were: {result['kept']}" if result["kept"] else ""))
         return 0
     if command == "export":
-        _attach(ledger, args)
+        attach_model(ledger, args)
         out = ledger.export(args.out)
         active = [e.id for e in ledger.entries("active")]
         print(f"exported base model + {len(active)} active entries to {out}")
@@ -140,7 +147,8 @@ def _apply(args) -> int:
         if not requests:
             raise HyperEditError(f"{args.requests}: no requests to edit")
     delta = EditDelta.load(args.delta) if args.delta else None
-    ledger = _attach(_open(args, create=True), args)
+    ledger = open_ledger(args, create=True)
+    attach_model(ledger, args)
     if delta is not None:
         entry = ledger.import_delta(delta, requests, metrics=not args.no_metrics)
     else:
