@@ -110,12 +110,17 @@ class Ledger:
             return [{**dict(r), "detail": json.loads(r["detail"])} for r in db.execute(query + " ORDER BY id", args)]
 
     # ----- weights -----------------------------------------------------------------------
-    def sync(self) -> list[LedgerEntry]:
-        """Set the attached model's weights to base + active entries; returns the active entries."""
+    def active_chain(self) -> list[tuple[int, str]]:
+        """(id, delta hash) of the active entries in id order: all that the weights depend on."""
+        with self.store.read() as db:
+            return [tuple(r) for r in db.execute("SELECT id, delta_hash FROM entries WHERE status = 'active' ORDER BY id")]
+
+    def sync(self) -> list[tuple[int, str]]:
+        """Set the attached model's weights to base + active entries; returns their chain."""
         self._need_lm()
-        active = self.entries("active")
-        self._weights.sync(_chain(active))
-        return active
+        chain = self.active_chain()
+        self._weights.sync(chain)
+        return chain
 
     # ----- writing -----------------------------------------------------------------------
     def apply(self, requests: Sequence[EditRequest], editor: str, options: dict | None = None,
@@ -125,7 +130,8 @@ class Ledger:
         requests = list(requests)
         if not requests:
             raise HyperEditError("no requests to apply")
-        active = self.sync()
+        active = self.entries("active")
+        self._weights.sync(_chain(active))  # the weights the editor sees are exactly those of ``active``
         computed = self._compute(editor, options or {}, checkpoint, requests, active)
         return self._insert(computed, requests, source="computed", editor=editor, options=options or {},
                             checkpoint=checkpoint, measure=metrics, lm=lm)
@@ -134,8 +140,8 @@ class Ledger:
         """Record a saved delta as a new active entry (metrics need the requests it was made for)."""
         lm = self._need_lm()
         delta.check_fits(lm.model)
-        active = self.sync()
-        computed = _Computed(delta, None, [e.id for e in active], None)
+        chain = self.sync()
+        computed = _Computed(delta, None, [i for i, _ in chain], None)
         return self._insert(computed, list(requests), source="imported", editor=delta.meta.get("editor"),
                             options={}, checkpoint=None, measure=metrics and bool(requests), lm=lm)
 
@@ -196,12 +202,12 @@ class Ledger:
         if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / EXPORT_MARKER).is_file())):
             raise HyperEditError(f"{out}: exists and is neither empty nor a previous ledger export; "
                                  f"choose another directory")
-        active = self.sync()
+        chain = self.sync()
         with atomic_directory(out) as tmp:
             lm.model.save_pretrained(tmp, safe_serialization=True)
             lm.tokenizer.save_pretrained(tmp)
             marker = {"workspace": str(self.workspace.resolve()), "base_model": self.base_model,
-                      "active_entries": [e.id for e in active], "exported_at": now()}
+                      "active_entries": [i for i, _ in chain], "exported_at": now()}
             (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=2))
         return out
 

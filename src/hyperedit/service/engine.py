@@ -231,7 +231,7 @@ class Engine:
 
     def _publish(self) -> None:
         """Bring the serving copy to the ledger's active entries (the caller holds the ledger mutex)."""
-        chain = [(e.id, e.delta_hash) for e in self.ledger.entries("active")]
+        chain = self.ledger.active_chain()
         planned = self._serving_weights.plan(chain)
         start = time.perf_counter()
         with self._lock.writing():
