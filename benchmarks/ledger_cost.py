@@ -3,7 +3,8 @@
 For each N, in a fresh workspace: N - 1 saved ft deltas are imported (10 real ft edits of one
 CounterFact request each, reused in turn: blobs are content-addressed, so the workspace stores
 each once, but the weights still sum all N - 1 entries), then timed:
-  apply    one new ft edit computed on the current weights and recorded (metrics included)
+  apply    one new ft edit computed on the current weights and recorded (apply_editor_s of it is
+           the editor's own time; the rest is measuring ES/GS/LS and recording)
   import   one more saved delta recorded
   list     reading every entry
   revert   reverting an entry in the middle (the weights are re-summed over the remaining ones)
@@ -61,7 +62,7 @@ def measure(n: int, deltas, requests, model: str, root: Path) -> dict:
     out = root / f"export-{n}"
     _, export_s, peak = peak_rss_during(ledger.export, out)
     metrics = {"ES": entry.metrics.get("ES"), "GS": entry.metrics.get("GS"), "LS": entry.metrics.get("LS"),
-               "entries": len(entries), "apply_s": apply_s, "import_s": import_s,
+               "entries": len(entries), "apply_s": apply_s, "apply_editor_s": round(entry.edit_time_s, 3), "import_s": import_s,
                "mean_import_s_while_filling": round(fill_s / max(1, n - 1), 4), "list_s": list_s,
                "revert_s": revert_s, "cold_attach_s": attach_s, "cold_sync_s": cold_s, "export_s": round(export_s, 3),
                "workspace_mb": _dir_mb(workspace), "distinct_delta_blobs": len(ledger.blobs.digests())}

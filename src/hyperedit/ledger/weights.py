@@ -53,7 +53,7 @@ class LedgerWeights:
             if base is None:
                 base = self._modules[name].weight.detach().to("cpu", copy=True)
             if name in totals:
-                weights[name] = (base.to(torch.float64) + totals[name]).to(base.dtype)
+                weights[name] = torch.add(totals[name], base).to(base.dtype)  # float64 + base, added once
             else:
                 weights[name] = base
         return totals, weights
