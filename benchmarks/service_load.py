@@ -91,22 +91,24 @@ def _controller(base: str, stop: threading.Event, every: float, log_: list) -> N
             log_.append(("reverted", res.get("entry"), time.time()))
 
 
-def _reference_answers(workspace: Path, model: str, states: set) -> dict:
-    """Greedy answers of every prompt on the weights of each ledger state, rebuilt here."""
+def _reference_answers(workspace: Path, model: str, states: set) -> tuple[dict, list[float]]:
+    """Greedy answers of every prompt on the weights of each ledger state, rebuilt here; and the
+    editor's time of every entry."""
     from hyperedit.eval import generate
     from hyperedit.ledger import Ledger
     from hyperedit.ledger.weights import LedgerWeights
     from hyperedit.models import load_model
 
     ledger = Ledger(workspace, create=False)
-    hashes = {e.id: e.delta_hash for e in ledger.entries()}
+    entries = ledger.entries()
+    hashes = {e.id: e.delta_hash for e in entries}
     lm = load_model(model)
     weights = LedgerWeights(lm.model, ledger.blobs.get)
     answers = {}
     for state in sorted(states):
         weights.sync([(i, hashes[i]) for i in state])
         answers[state] = {p: generate(lm.adapter, [p], MAX_TOKENS)[0] for p in PROMPTS}
-    return answers
+    return answers, [e.edit_time_s for e in entries if e.edit_time_s]
 
 
 def main() -> None:
@@ -145,7 +147,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(60)
     ok = [r for r in results if r["status"] == 200]
-    reference = _reference_answers(workspace, args.model, {r["state"] for r in ok})
+    reference, edit_times = _reference_answers(workspace, args.model, {r["state"] for r in ok})
     mismatches = [r for r in ok if reference[r["state"]][r["prompt"]] != r["text"]]
     changed = [p for p in PROMPTS if len({reference[s][p] for s in reference}) > 1]
     latencies = [r["latency"] for r in ok]
@@ -162,7 +164,8 @@ def main() -> None:
     log.info("%s", metrics)
     shutil.rmtree(root, ignore_errors=True)
     record = make_record(editor="ft", model=args.model, dataset="loopback-load", split="-", mode="sequential",
-                         n_edits=metrics["edits_applied"], metrics=metrics, edit_time_s=0.0, peak_rss_mb=None,
+                         n_edits=metrics["edits_applied"], metrics=metrics,
+                         edit_time_s=sum(edit_times) / len(edit_times) if edit_times else 0.0, peak_rss_mb=None,
                          seed=0, what="service load test", max_tokens=MAX_TOKENS, prompts=PROMPTS, edit=EDIT,
                          reference_examples={",".join(map(str, s)) or "base": reference[s][EDIT["prompt"]]
                                              for s in list(reference)[:4]})

@@ -49,6 +49,8 @@ def run(args) -> int:
                            max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
                            max_batch=args.max_batch, batch_window_s=args.batch_window,
                            measure_metrics=not args.no_metrics)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding to %s: anyone who can reach this address can edit and revert the model", args.host)
     engine = Engine(lm, ledger, config, spec=spec)
     print(f"hyperedit serving {lm.name} with ledger {args.workspace} on http://{args.host}:{args.port} "
           f"(page at /, API docs at /docs)", flush=True)

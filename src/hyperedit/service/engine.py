@@ -30,6 +30,7 @@ from .rwlock import ReadWriteLock
 from .stats import ServiceStats
 
 log = logging.getLogger(__name__)
+MAX_JOBS_KEPT = 10_000  # job statuses remembered for GET /edits/{job}
 
 
 @dataclass
@@ -158,6 +159,8 @@ class Engine:
         self.check_editor(editor, options)
         job = EditJob(next(self._job_ids), list(requests), editor, options)
         self._jobs[job.id] = job
+        while len(self._jobs) > MAX_JOBS_KEPT:  # forget the oldest (dicts keep insertion order)
+            self._jobs.pop(next(iter(self._jobs)))
         self.stats.count("edit_jobs_submitted")
         self._queue.put(job)
         return job
