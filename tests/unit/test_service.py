@@ -188,3 +188,45 @@ def test_official_openai_client_talks_to_the_completions_endpoint(engine):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_concurrent_generations_see_weights_before_or_after_each_edit(engine, tiny_dirs):
+    from hyperedit.eval import generate
+    from hyperedit.ledger.weights import LedgerWeights
+    from hyperedit.requests import EditRequest
+
+    prompts = [EDIT["prompt"], "john plays the sport of"]
+    stop, answers = threading.Event(), []
+
+    def client(offset):
+        i = offset
+        while not stop.is_set():
+            c = engine.complete(prompts[i % 2], 3)
+            answers.append((c.active_entries, prompts[i % 2], c.text))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(2):
+            job = engine.submit([EditRequest(**EDIT)])
+            assert job.done.wait(60) and job.status == "applied"
+            time.sleep(0.2)
+            engine.revert(job.entry_id)
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    reference_lm = load_model(str(tiny_dirs["llama"]))
+    weights = LedgerWeights(reference_lm.model, engine.ledger.blobs.get)
+    hashes = {e.id: e.delta_hash for e in engine.ledger.entries()}
+    states = sorted({s for s, _, _ in answers})
+    expected = {}
+    for state in states:
+        weights.sync([(i, hashes[i]) for i in state])
+        expected[state] = {p: generate(reference_lm.adapter, [p], 3)[0] for p in prompts}
+    assert len(states) >= 3 and () in states  # base, and both edits (entries 1 and 2) were seen
+    assert expected[(1,)][EDIT["prompt"]] != expected[()][EDIT["prompt"]]
+    assert [a for a in answers if expected[a[0]][a[1]] != a[2]] == []
