@@ -1,7 +1,7 @@
 """Loopback load test of ``hyperedit serve``: concurrent generations while edits come and go.
 
 Starts the service on the embedded model in a child process (127.0.0.1, a free port, a fresh
-ledger workspace), then for ``--duration`` seconds runs ``--clients`` threads that each send
+ledger workspace, the ft demo setting, no apply-time metrics), then for ``--duration`` seconds runs ``--clients`` threads that each send
 ``/generate`` requests back to back (prompts in turn), while a controller applies an edit and
 reverts it every ``--edit-every`` seconds. Every answer carries the ledger state it was generated
 on; afterwards each state's weights are rebuilt in this process from the ledger and every answer
@@ -46,7 +46,7 @@ def _start_server(workspace: Path, port: int, model: str) -> subprocess.Popen:
     src = Path(__file__).resolve().parents[1] / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen([sys.executable, "-m", "hyperedit", "serve", "-w", str(workspace), "--model", model,
-                             "--port", str(port), "--max-new-tokens", str(MAX_TOKENS), "-q"], env=env)
+                             "--port", str(port), "--max-new-tokens", str(MAX_TOKENS), "--no-metrics", "-q"], env=env)
 
 
 def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300) -> None:
