@@ -43,10 +43,14 @@ class LedgerWeights:
             totals, todo = dict(self._totals), entries[n:]
         else:
             totals, todo = {}, entries
+        fresh: set[str] = set()  # totals created by this plan, safe to add into in place
         for _, digest in todo:
             for name, shift in self._load(digest).items():
-                shift = shift.to(torch.float64)
-                totals[name] = totals[name] + shift if name in totals else shift.clone()
+                if name not in fresh:
+                    start = totals.get(name)
+                    totals[name] = torch.zeros(shift.shape, dtype=torch.float64) if start is None else start.clone()
+                    fresh.add(name)
+                totals[name].add_(shift)  # float32 -> float64 is exact; the sum is float64, in id order
         weights = {}
         for name in set(self._base) | set(totals):
             base = self._base.get(name)
