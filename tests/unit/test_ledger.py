@@ -49,7 +49,7 @@ def test_revert_middle_entry_equals_never_applying_it(tiny_dirs, tmp_path):
     assert [e.parents for e in (a, b, c)] == [[], [a.id], [a.id, b.id]]
     with_b = _weights(led.lm.model)
     assert any(not torch.equal(with_b[k], base[k]) for k in base)
-    assert led.revert(b.id) == {"reverted": b.id, "recomputed": [], "kept": []}
+    assert led.revert(b.id) == {"reverted": b.id, "recomputed": [], "kept": [], "computed_on_it": [c.id]}
     after_revert = _weights(led.lm.model)
 
     # A second ledger holding only A's and C's deltas, in a fresh model and process state.
@@ -104,7 +104,7 @@ def test_revert_with_recompute_replays_later_entries_on_the_new_history(tiny_dir
     a, b, c = (led.apply([fact], "alphaedit", ALPHA, metrics=False) for fact in FACTS)
     assert c.state_hash and c.state_hash != b.state_hash  # AlphaEdit's sequential state is chained
     result = led.revert(b.id, recompute=True)
-    assert result == {"reverted": b.id, "recomputed": [c.id], "kept": []}
+    assert result == {"reverted": b.id, "recomputed": [c.id], "kept": [], "computed_on_it": []}
     new_c = led.get(c.id)
     assert new_c.parents == [a.id] and new_c.delta_hash != c.delta_hash
     assert [ev["action"] for ev in led.events(c.id)] == ["applied", "recomputed"]

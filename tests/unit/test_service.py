@@ -60,7 +60,8 @@ def test_edit_changes_answers_and_revert_restores_them_exactly(client, engine):
     listed = client.get("/ledger").json()
     assert [e["id"] for e in listed] == [1] and listed[0]["metrics"]["ES"] == 1.0
     assert client.get("/ledger/1").json()["requests"] == [EDIT]
-    assert client.post("/ledger/1/revert", json={}).json() == {"reverted": 1, "recomputed": [], "kept": []}
+    assert client.post("/ledger/1/revert", json={}).json() == {"reverted": 1, "recomputed": [], "kept": [],
+                                                                "computed_on_it": []}
     assert _generate(client) == before
     assert all(torch.equal(base[k], v) for k, v in _weights(engine.serving.model).items())
     metrics = client.get("/metrics").json()

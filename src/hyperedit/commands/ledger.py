@@ -124,6 +124,9 @@ def run(args) -> int:
         else:
             print(f"entry {args.id} reverted" + (f"; recomputed {result['recomputed']}" if result["recomputed"] else "")
                   + (f"; imported entries kept as they were: {result['kept']}" if result["kept"] else ""))
+            if result["computed_on_it"]:
+                print(f"note: entries {result['computed_on_it']} were computed with entry {args.id} in place and keep "
+                      f"their deltas; `--recompute` recomputes them without it (see docs/ledger.md)")
         return 0
     if command == "export":
         attach_model(ledger, args)

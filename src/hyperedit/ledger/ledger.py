@@ -149,7 +149,9 @@ class Ledger:
         """Mark an entry reverted; with ``recompute``, recompute every later computed entry on the
         weights without it (in id order, each editor's sequential state replayed), all in one commit.
 
-        Returns ``{"reverted": id, "recomputed": [ids], "kept": [ids of later imported entries]}``.
+        Returns ``{"reverted": id, "recomputed": [ids], "kept": [ids of later imported entries],
+        "computed_on_it": [ids of later active entries whose delta was computed with it in place and
+        not recomputed]}``.
         """
         target = self.get(entry_id)
         if target.status != "active":
@@ -193,7 +195,10 @@ class Ledger:
             _event(db, target.id, "reverted", {"recompute": recompute})
         if self.lm is not None:
             self.sync()
-        return {"reverted": target.id, "recomputed": [new.id for _, new in updates], "kept": kept}
+        recomputed = [new.id for _, new in updates]
+        dependents = [e.id for e in self.entries("active")
+                      if e.source == "computed" and target.id in e.parents and e.id not in recomputed]
+        return {"reverted": target.id, "recomputed": recomputed, "kept": kept, "computed_on_it": dependents}
 
     def export(self, out: str | Path) -> Path:
         """Write the merged model (base + active entries) as a Hugging Face model directory."""
