@@ -97,9 +97,11 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     notes = ("Seconds per operation on a ledger of N entries (ft deltas on one 576x1536 MLP matrix of SmolLM2-135M, "
-             "float32, CPU). The weights are re-derived as base + float64 sum of the active shifts in id order, so "
-             "`revert` and a cold `sync` grow with N; `apply` and `import` add one shift to a running sum. Ten "
-             "distinct deltas are reused, so the workspace holds ten delta files whatever N is.")
+             "float32, CPU shared with other jobs, so times are noisy). The weights are re-derived as base + float64 "
+             "sum of the active shifts in id order, so `revert` and a cold `sync` grow with N; `apply` and `import` "
+             "add one shift to a running sum. Ten distinct deltas are reused for the N - 1 imported entries, so the "
+             "workspace holds eleven delta files (with the applied one) whatever N is. The ft setting is a cheap "
+             "5-step one chosen for cost figures, not for edit quality: its ES/GS are 0 (the fact is not flipped).")
     write_results(records, args.out, title="Ledger cost: apply, revert, export with N entries", notes=notes)
 
 
