@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--out", default="service_load")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     from hyperedit.bench.records import make_record, write_results
     from hyperedit.service.stats import percentile
 
