@@ -1,7 +1,6 @@
 """``hyperedit ledger``: apply, list, show, revert and export the edits of a ledger workspace."""
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 

@@ -6,7 +6,7 @@ import logging
 from ..errors import HyperEditError
 from ._common import add_editor_args, add_model_args, parse_overrides, seed_everything
 from .demo import DEMO_OPTIONS
-from .ledger import WORKSPACE_ENV, add_workspace_arg, attach_model, open_ledger
+from .ledger import add_workspace_arg, attach_model, open_ledger
 
 log = logging.getLogger(__name__)
 
