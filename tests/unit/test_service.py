@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hyperedit.ledger import Ledger  # noqa: E402
 from hyperedit.models import load_model  # noqa: E402
 from hyperedit.service import Engine, ServiceConfig, create_app  # noqa: E402
+from hyperedit.requests import EditRequest  # noqa: E402
 from hyperedit.service.rwlock import ReadWriteLock  # noqa: E402
 
 FT = {"layers": [2, 3], "steps": 6, "lr": 5e-2, "max_rel_norm": 5.0}
@@ -194,7 +195,6 @@ def test_official_openai_client_talks_to_the_completions_endpoint(engine):
 def test_concurrent_generations_see_weights_before_or_after_each_edit(engine, tiny_dirs):
     from hyperedit.eval import generate
     from hyperedit.ledger.weights import LedgerWeights
-    from hyperedit.requests import EditRequest
 
     prompts = [EDIT["prompt"], "john plays the sport of"]
     stop, answers = threading.Event(), []
@@ -231,3 +231,13 @@ def test_concurrent_generations_see_weights_before_or_after_each_edit(engine, ti
     assert len(states) >= 3 and () in states  # base, and both edits (entries 1 and 2) were seen
     assert expected[(1,)][EDIT["prompt"]] != expected[()][EDIT["prompt"]]
     assert [a for a in answers if expected[a[0]][a[1]] != a[2]] == []
+
+
+def test_service_follows_a_revert_made_by_another_process(engine, tmp_path):
+    job = engine.submit([EditRequest(**EDIT)])
+    assert job.done.wait(60) and engine.active == (job.entry_id,)
+    Ledger(tmp_path / "ws", create=False).revert(job.entry_id)  # as `hyperedit ledger revert` would
+    deadline = time.time() + 10
+    while engine.active and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.active == () and engine.complete(EDIT["prompt"], 3).active_entries == ()

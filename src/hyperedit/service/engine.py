@@ -44,6 +44,7 @@ class ServiceConfig:
     max_batch: int = 32  # requests applied together in one ledger entry
     batch_window_s: float = 0.2  # how long the worker waits for more edits to join a batch
     measure_metrics: bool = True
+    poll_ledger_s: float = 1.0  # how often an idle worker looks for changes made by other processes
 
 
 @dataclass
@@ -186,10 +187,14 @@ class Engine:
 
     # ----- worker ----------------------------------------------------------------------------
     def _work(self) -> None:
+        last_check = time.monotonic()
         while not self._stop.is_set():
             try:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
+                if time.monotonic() - last_check >= self.config.poll_ledger_s:
+                    self._follow_external_changes()
+                    last_check = time.monotonic()
                 continue
             time.sleep(self.config.batch_window_s)
             batch, held = [first], []
@@ -231,6 +236,16 @@ class Engine:
             job.done.set()
         self.stats.count("edit_jobs_applied", len(batch))
         self.stats.count("edit_batches")
+
+    def _follow_external_changes(self) -> None:
+        """Serve changes another process made to the workspace (e.g. `hyperedit ledger revert`)."""
+        try:
+            with self._ledger_mutex:
+                if tuple(self.ledger.active_chain()) != self._serving_weights.applied:
+                    log.info("the ledger changed outside this service; serving its new state")
+                    self._publish()
+        except Exception:  # never stop the worker; the next poll tries again
+            log.exception("could not follow the ledger")
 
     def _publish(self) -> None:
         """Bring the serving copy to the ledger's active entries (the caller holds the ledger mutex)."""
