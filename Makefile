@@ -1,7 +1,7 @@
 # Two commands on a fresh machine:
 #   make demo   set everything up (.venv), then edit a few real facts in the embedded model
 #   make test   run the test suite (sets up .venv first if needed)
-.PHONY: demo test setup bench-ft
+.PHONY: demo test setup bench-ft browser
 
 setup:
 	@bash scripts/setup.sh
@@ -14,3 +14,7 @@ test: setup
 
 bench-ft: setup
 	.venv/bin/python benchmarks/ft_baseline.py
+
+# Optional: Chromium and its driver (Debian, root) for the headless page test, skipped without them.
+browser:
+	apt-get install -y chromium chromium-driver
