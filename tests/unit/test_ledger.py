@@ -128,7 +128,7 @@ def test_export_writes_a_loadable_model_and_refuses_foreign_directories(tiny_dir
     led.export(out)  # a previous export may be replaced
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")
-    with pytest.raises(HyperEditError, match="neither empty nor a previous ledger export"):
+    with pytest.raises(HyperEditError, match="did not write"):
         led.export(tmp_path / "mine")
     assert os.listdir(tmp_path / "mine") == ["keep.txt"]
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from ..errors import HyperEditError
+from ..outputs import Output, check_paths
 from ._common import add_data_dir_arg, add_editor_args, add_model_args, emit_json, parse_overrides, seed_everything
 
 WORKSPACE_ENV = "HYPEREDIT_LEDGER"
@@ -49,7 +50,8 @@ def register(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q = action("export", "write the edited model (base + active entries) as a Hugging Face model directory",
                needs_model=True)
-    q.add_argument("out", help="new or empty directory, or a previous export to replace")
+    q.add_argument("out", help="new or empty directory (or, with --overwrite, a model directory hyperedit wrote)")
+    q.add_argument("--overwrite", action="store_true", help="replace a model directory made by hyperedit")
     action("verify", "check the database and that every referenced delta file is intact")
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -128,6 +130,7 @@ def run(args) -> int:
                       f"their deltas; `--recompute` recomputes them without it (see docs/ledger.md)")
         return 0
     if command == "export":
+        check_paths([Output("export", args.out, "model")], [("--workspace", args.workspace)], overwrite=args.overwrite)
         attach_model(ledger, args)
         out = ledger.export(args.out)
         active = [e.id for e in ledger.entries("active")]

@@ -19,10 +19,10 @@ from typing import Sequence
 
 import torch
 
-from ..atomic import atomic_directory
 from ..data.user_jsonl import user_record
 from ..delta import EditDelta
 from ..errors import HyperEditError
+from ..outputs import claim, write_directory
 from ..requests import EditRequest
 from .blobs import BlobStore
 from .entry import LedgerEntry
@@ -201,14 +201,15 @@ class Ledger:
         return {"reverted": target.id, "recomputed": recomputed, "kept": kept, "computed_on_it": dependents}
 
     def export(self, out: str | Path) -> Path:
-        """Write the merged model (base + active entries) as a Hugging Face model directory."""
+        """Write the merged model (base + active entries) as a Hugging Face model directory.
+
+        A model directory hyperedit wrote there before is replaced; anything else is refused
+        (``hyperedit.outputs``)."""
         lm = self._need_lm()
         out = Path(out)
-        if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / EXPORT_MARKER).is_file())):
-            raise HyperEditError(f"{out}: exists and is neither empty nor a previous ledger export; "
-                                 f"choose another directory")
+        claim(out, "model", option="export", overwrite=True)
         chain = self.sync()
-        with atomic_directory(out) as tmp:
+        with write_directory(out, "model") as tmp:
             lm.model.save_pretrained(tmp, safe_serialization=True)
             lm.tokenizer.save_pretrained(tmp)
             marker = {"workspace": str(self.workspace.resolve()), "base_model": self.base_model,
