@@ -39,6 +39,12 @@ def _load(path):
 
 
 @pytest.fixture
+def model_dir(tiny_dirs):
+    """The tiny Llama's directory, as a command line takes it (``--model DIR``)."""
+    return str(tiny_dirs["llama"])
+
+
+@pytest.fixture
 def tiny_llama(tiny_dirs):
     return _load(tiny_dirs["llama"])
 

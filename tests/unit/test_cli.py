@@ -23,11 +23,6 @@ def requests_file(tmp_path):
     return path
 
 
-@pytest.fixture
-def model_dir(tiny_dirs):
-    return str(tiny_dirs["llama"])
-
-
 def _error_line(capsys) -> str:
     """The one line a user error prints on stderr (nothing else, no traceback)."""
     err = capsys.readouterr().err

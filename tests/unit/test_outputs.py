@@ -29,11 +29,6 @@ def requests_file(tmp_path):
 
 
 @pytest.fixture
-def model_dir(tiny_dirs):
-    return str(tiny_dirs["llama"])
-
-
-@pytest.fixture
 def foreign_dir(tmp_path):
     """A user's directory: a file and a sub-folder that hyperedit did not write."""
     folder = tmp_path / "mine"
