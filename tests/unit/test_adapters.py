@@ -15,6 +15,7 @@ EXPECTED_NAMES = {
     "llama": ("model.layers.{}.mlp.down_proj", "model.layers.{}.mlp.up_proj", 4),
     "gpt2": ("transformer.h.{}.mlp.c_proj", "transformer.h.{}.mlp.c_fc", 4),
     "t5": ("decoder.block.{}.layer.2.DenseReluDense.wo", "decoder.block.{}.layer.2.DenseReluDense.wi", 2),
+    "gemma3_text": ("model.layers.{}.mlp.down_proj", "model.layers.{}.mlp.up_proj", 4),
 }
 
 

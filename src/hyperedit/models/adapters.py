@@ -25,7 +25,8 @@ class ArchSpec:
     default_module: str  # semantic name edited by default (the MLP output projection)
     stores_in_out: bool  # True when the weight is stored (d_in, d_out), e.g. GPT-2 Conv1D
     seq2seq: bool = False
-    fast_logits: bool = True  # lm_head(last hidden) equals the model's logits
+    fast_logits: bool = True  # the logits are a function of lm_head(last hidden) alone (see head_logits)
+    softcap_attr: str | None = None  # config attribute of a final logit soft-cap, cap * tanh(logits / cap)
 
 
 _LLAMA = ArchSpec(
@@ -40,9 +41,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen2": _LLAMA,
     "mistral": _LLAMA,
     "gemma": _LLAMA,
-    # Gemma 2/3 soft-cap their final logits, so lm_head(hidden) is not the logits there.
-    "gemma2": ArchSpec(**{**_LLAMA.__dict__, "fast_logits": False}),
-    "gemma3_text": ArchSpec(**{**_LLAMA.__dict__, "fast_logits": False}),
+    # Gemma 2 (and Gemma 3 configs that set it) soft-cap the final logits; head_logits applies the cap.
+    "gemma2": ArchSpec(**{**_LLAMA.__dict__, "softcap_attr": "final_logit_softcapping"}),
+    "gemma3_text": ArchSpec(**{**_LLAMA.__dict__, "softcap_attr": "final_logit_softcapping"}),
     "gpt2": ArchSpec(
         layers="transformer.h",
         layer_count_attr="n_layer",
@@ -133,6 +134,13 @@ class ModelAdapter:
         n = self.num_layers
         top = max(count, int(round(n * 0.8)))
         return list(range(top - count, top))
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's logits from final hidden states (``spec.fast_logits`` models): the output
+        head, then the final soft-cap where the config sets one (Gemma 2/3)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self.model.config, self.spec.softcap_attr, None) if self.spec.softcap_attr else None
+        return cap * torch.tanh(logits / cap) if cap else logits
 
     def get_module(self, name: str) -> nn.Module:
         try:
