@@ -31,7 +31,7 @@ FACTS = [
     {"prompt": "The mother tongue of Danielle Darrieux is", "target": "English", "subject": "Danielle Darrieux"},
 ]
 # Cheap locate-then-edit options: two layers, small key statistics, one context.
-LOCATE = {"layers": [4, 5], "stats_samples": 200, "n_prefixes": 0, "v_steps": 25, "v_lr": 5.0}
+LOCATE = {"layers": [8, 9], "stats_samples": 200, "n_prefixes": 0, "v_steps": 25, "v_lr": 5.0}
 
 
 @pytest.fixture(scope="module", autouse=True)
