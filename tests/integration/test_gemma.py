@@ -112,14 +112,17 @@ def test_ft_edits_a_fact_and_reverts_exactly(gemma):
 @pytest.mark.parametrize("name,options", [("memit", {}), ("alphaedit", {}), ("metake", {"meta_steps": 2})])
 def test_locate_then_edit_writes_facts_through_the_post_mlp_norm(gemma, name, options):
     """The planned residual is realised at the target layer (Gemma normalises the MLP output before
-    the residual add; without ``output_scale`` the realised fraction scatters around zero)."""
+    the residual add; without ``output_scale`` the realised change misses the plan by far)."""
     from hyperedit.editors import get_editor
 
     editor = get_editor(name, **LOCATE, **options)
     delta = editor.edit(gemma, _requests())
     info = editor.last_info
     truncation = info.get("truncation") or info["truncation_before"]
-    assert truncation["median_realised_fraction"] > 0.5
+    # Without output_scale (10 CounterFact facts, layers 2-5): realised fraction -0.04 on average,
+    # relative miss ||dh - R|| / ||R|| 33; with it 0.80 and 0.87. Two layers realise less.
+    assert truncation["median_realised_fraction"] > 0.3
+    assert truncation["mean_relative_miss"] < 1.5
     hits = sum(top == target for top, target in (_top_after(gemma, delta, fact) for fact in FACTS))
     assert hits >= 2
 
