@@ -15,6 +15,7 @@ resumable loop needs; editors use ``resolve_checkpoint`` to find the files they 
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -139,3 +140,34 @@ def restore_rng_state(tensors: dict, meta: dict, generators: dict[str, torch.Gen
         gen.set_state(tensors[f"rng.gen.{name}"])
     version, values, gauss = meta["python"]
     random.setstate((version, tuple(values), gauss))
+
+
+# ----- resuming with the settings of the run ------------------------------------------------
+_MISSING = "(not set)"
+
+
+def setting_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``"key: run has A, now B"`` for each setting that differs, nested objects walked (``a.b``)."""
+    out = []
+    for key in sorted(set(saved) | set(current), key=str):
+        name = f"{prefix}{key}"
+        old, new = saved.get(key, _MISSING), current.get(key, _MISSING)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out.extend(setting_differences(old, new, name + "."))
+        elif old != new:
+            out.append(f"{name}: run has {_short(old)}, now {_short(new)}")
+    return out
+
+
+def _short(value, limit: int = 60) -> str:
+    text = value if value is _MISSING else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_same_settings(run_dir: Path, saved: dict, current: dict, what: str = "run") -> None:
+    """Refuse to resume ``run_dir`` with settings other than its own, naming each difference."""
+    differences = setting_differences(saved, current)
+    if differences:
+        shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+        raise HyperEditError(f"{run_dir} holds a {what} with other settings ({shown}); resume with the same "
+                             "options or choose another --out")

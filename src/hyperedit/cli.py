@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for commands that re-launch themselves
     _configure_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
     try:
         return int(args.func(args) or 0)

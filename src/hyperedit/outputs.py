@@ -28,7 +28,7 @@ from .errors import HyperEditError
 MARKER = ".hyperedit-output"
 
 DIRECTORY_KINDS = ("delta", "model", "training-run", "lifelong-run", "model-cache", "editor-state")
-FILE_KINDS = ("result",)
+FILE_KINDS = ("result", "target-cache")
 RUN_KINDS = ("training-run", "lifelong-run")
 
 
@@ -80,8 +80,24 @@ def kind_of(path: str | os.PathLike) -> str | None:
             return None
         return _legacy_kind(path)
     if path.is_file():
-        return "result" if _is_result_file(path) else None
+        if _is_result_file(path):
+            return "result"
+        if _is_target_cache(path):
+            return "target-cache"
     return None
+
+
+def _is_target_cache(path: Path) -> bool:
+    """A safetensors file of target vectors (``editors._targets.TargetCache.save``)."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return "entries" in (handle.metadata() or {})
+    except (OSError, SafetensorError, ValueError):
+        return False
 
 
 def _is_result_file(path: Path) -> bool:

@@ -15,7 +15,7 @@ PACKAGE = Path(hyperedit.__file__).parent
 
 # Lowest first. A room may import rooms on its own floor or below (cycles are checked separately).
 FLOORS = [
-    {"errors", "atomic", "progress", "outputs", "checkpoints"},
+    {"errors", "atomic", "progress", "outputs", "checkpoints", "distributed"},
     {"requests", "models", "hooks"},
     {"lm", "delta", "data", "nets", "stats"},
     {"editors"},

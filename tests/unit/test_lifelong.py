@@ -23,6 +23,8 @@ CITIES = ["paris", "rome", "berlin", "london", "madrid", "tokyo", "moscow", "vie
 COUNTRIES = ["france", "italy", "germany", "england", "spain", "japan", "russia", "austria", "portugal", "greece",
              "egypt", "india"]
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"  # a miniature of the benchmark data
+
 
 def make_requests(n: int) -> list[EditRequest]:
     out = []
@@ -82,7 +84,8 @@ def test_stream_accumulates_curves_and_restores_exactly(tiny_llama, tmp_path):
 def test_general_ability_points_along_the_stream(tiny_llama, tmp_path):
     editor = get_editor("ft", steps=2, lr=1e-2)
     runner = LifelongRunner(tiny_llama, editor, make_requests(4),
-                            _config(num_seq=4, general_per_task=2, general_tasks=["sst2", "rte"]), tmp_path / "run")
+                            _config(num_seq=4, general_per_task=2, general_tasks=["sst2", "rte"]), tmp_path / "run",
+                            data_dir=FIXTURES)
     summary = runner.run(progress=False)
     assert set(summary["general"]["before"]) == {"sst2", "rte", "mean"}
     assert all("general" in p and "general_retention" in p for p in summary["curves"])

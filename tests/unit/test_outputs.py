@@ -216,3 +216,12 @@ def test_outputs_follow_the_umask(tmp_path, umask):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_lifelong_target_cache_never_replaces_a_users_file(model_dir, requests_file, tmp_path, capsys):
+    mine = tmp_path / "weights.safetensors"
+    mine.write_bytes(b"not a target cache")
+    code = main(["lifelong", "--model", model_dir, "--editor", "memit", "--data", str(requests_file),
+                 "--num-seq", "1", "--run-dir", str(tmp_path / "run"), "--target-cache", str(mine)])
+    assert code == 2 and "--target-cache" in _one_error_line(capsys)
+    assert mine.read_bytes() == b"not a target cache" and not (tmp_path / "run").exists()

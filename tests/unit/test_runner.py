@@ -9,7 +9,8 @@ import torch
 from hyperedit.bench.records import REQUIRED, write_results
 from hyperedit.delta import EditDelta
 from hyperedit.editors import get_editor
-from hyperedit.eval import run_batch, run_sequential
+from hyperedit.eval import run_batch, run_sequential, run_single
+from hyperedit.eval.metrics import mean
 from hyperedit.requests import EditRequest, LocalityPrompt
 
 REQUESTS = [
@@ -78,6 +79,27 @@ def test_run_batch_on_gpt2_without_pre_metrics(tiny_gpt2, ft):
     _assert_same(tiny_gpt2.model, snap)
     _check_record(record, "batch", 2)
     assert record["metrics_pre_edit"] is None and "rows" not in record
+
+
+def test_run_single_is_the_mean_of_batch_of_one_runs_and_restores_the_model(tiny_llama, ft):
+    snap = _snapshot(tiny_llama.model)
+    record = run_single(tiny_llama, ft, REQUESTS, dataset="unit", split="test", command="pytest runner", seed=5,
+                        keep_rows=True)
+    _assert_same(tiny_llama.model, snap)
+    _check_record(record, "single", 3)
+    assert [row["id"] for row in record["rows"]] == ["e1", "e2", "e3"]
+    assert len(record["edit_time_per_request_s"]) == 3
+    assert record["edit_time_s"] == pytest.approx(sum(record["edit_time_per_request_s"]), rel=1e-3, abs=1e-3)
+    alone = [run_batch(tiny_llama, ft, [r], dataset="unit", split="test", command="x", pre_metrics=False)["metrics"]
+             for r in REQUESTS]
+    _assert_same(tiny_llama.model, snap)
+    assert set(record["metrics"]) == {k for m in alone for k in m}
+    for key, value in record["metrics"].items():
+        expected = mean(m.get(key) for m in alone)
+        assert value == pytest.approx(expected, rel=1e-6, abs=1e-9), key
+    # Single edits differ from one batch of all three: the protocol really edits one at a time.
+    batch = run_batch(tiny_llama, ft, REQUESTS, dataset="unit", split="test", command="x", pre_metrics=False)
+    assert batch["metrics"] != record["metrics"]
 
 
 def test_run_sequential(tiny_llama, ft):

@@ -31,7 +31,11 @@ def test_second_moment_matches_manual_computation(tiny_llama):
                              dtype="float64", use_cache=False, progress=False)
     for m in modules:
         assert got[m].shape == (64, 64)
-        torch.testing.assert_close(got[m], _manual(tiny_llama, m, TEXTS), rtol=1e-9, atol=1e-12)
+        expected = _manual(tiny_llama, m, TEXTS)
+        # The keys come from float32 forward passes (padded batches here, one text at a time there), so
+        # the moments agree to float32 precision only, whatever the float64 accumulation; entries near
+        # zero carry the rounding of the largest ones, hence an absolute tolerance on that scale.
+        torch.testing.assert_close(got[m], expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     assert not torch.equal(got[modules[0]], got[modules[1]])
 
 

@@ -21,7 +21,7 @@ from ..outputs import claim
 
 REQUIRED = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s",
             "peak_rss_mb", "command", "seed", "date")
-MODES = ("batch", "sequential", "lifelong")
+MODES = ("batch", "sequential", "single", "lifelong")
 DEFAULT_RESULTS_DIR = Path("benchmarks") / "results"
 
 

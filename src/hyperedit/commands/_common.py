@@ -54,6 +54,43 @@ def result_outputs(option: str, base: str | None, suffixes=(".json", ".md")) -> 
     return [Output(option, f"{base}{suffix}", "result") for suffix in suffixes] if base else []
 
 
+SPLITTABLE_EDITORS = ("malmen", "mend")  # their edits are sums over facts (hyperedit.distributed)
+
+
+def add_nproc_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="data-parallel ranks on this machine, launched with torchrun (malmen, mend); "
+                             "default 1 (docs/distributed.md)")
+
+
+def relaunch_ranks(args) -> int:
+    """``--nproc N`` in the parent: run the same command as N ranks under torchrun."""
+    from ..distributed.launch import launched_by_torchrun, relaunch
+
+    if args.nproc < 1:
+        raise HyperEditError("--nproc must be at least 1")
+    if getattr(args, "editor", None) not in SPLITTABLE_EDITORS:
+        raise HyperEditError(f"--nproc: {args.editor} does not split its facts over ranks; "
+                             f"use {' or '.join(SPLITTABLE_EDITORS)}")
+    if launched_by_torchrun():
+        raise HyperEditError("--nproc inside a torchrun launch: give the number of ranks to torchrun only")
+    return relaunch(args.nproc, args.argv)
+
+
+def join_ranks(args):
+    """In a torchrun rank: join the process group, pick this rank's device, quiet the other ranks."""
+    import logging
+
+    from ..distributed import init_from_environment
+    from ..distributed.world import rank_device
+
+    world = init_from_environment(args.device)
+    args.device = rank_device(args.device, world)
+    if not world.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    return world
+
+
 def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="benchmark data directory (default: $HYPEREDIT_DATA_DIR or ../shared/data)")
 

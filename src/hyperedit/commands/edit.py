@@ -6,8 +6,9 @@ from pathlib import Path
 
 from ..errors import HyperEditError
 from ..outputs import Output, check_paths, write_directory
-from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_overwrite_arg, editor_from_args, emit_json,
-                      input_paths, load_model_from_args, seed_everything)
+from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_nproc_arg, add_overwrite_arg,
+                      editor_from_args, emit_json, input_paths, join_ranks, load_model_from_args, relaunch_ranks,
+                      seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="directory to write the delta to")
     p.add_argument("--save-model", help="also write the edited model to this directory")
     add_overwrite_arg(p, "an earlier delta (--out) or model directory (--save-model)")
+    add_nproc_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     p.set_defaults(func=run)
@@ -50,15 +52,22 @@ def run(args) -> int:
     requests = load_requests(args.requests, data_dir=args.data_dir, limit=args.limit, offset=args.offset)
     if not requests:
         raise HyperEditError(f"{args.requests}: no requests to edit")
+    if args.nproc > 1:  # inputs are checked here, once, before any rank starts
+        if len(requests) < args.nproc:
+            raise HyperEditError(f"--nproc {args.nproc}: only {len(requests)} requests to share")
+        return relaunch_ranks(args)
+    world = join_ranks(args)
     lm = load_model_from_args(args)
     editor = editor_from_args(args, lm)
     start = time.perf_counter()
     delta = editor.edit(lm, requests)
     seconds = time.perf_counter() - start
+    if not world.is_main:  # every rank computed the same delta; rank 0 writes it
+        return 0
     delta.meta["requests"] = {"source": str(args.requests), "count": len(requests)}
     out = delta.save(args.out)
     summary = {"delta": str(out), "editor": editor.name, "model": lm.name, "n_edits": len(requests),
-               "edit_time_s": round(seconds, 3), "modules": list(delta.shifts)}
+               "edit_time_s": round(seconds, 3), "modules": list(delta.shifts), "ranks": world.size}
     if args.save_model:
         _save_model(lm, delta, Path(args.save_model))
         summary["model_dir"] = args.save_model

@@ -15,25 +15,29 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate an editor on a dataset split (batch or sequential)",
-                       description="Edits N requests of a dataset split at once (--mode batch), or in "
-                                   "--batches consecutive batches applied on top of each other (--mode "
-                                   "sequential), measures ES/GS/LS (and CounterFact probability scores), "
-                                   "then restores the model. Writes OUT.json (a list of result records) and "
-                                   "OUT.md (a table).")
+    p = sub.add_parser("eval", help="evaluate an editor on a dataset split (batch, single or sequential)",
+                       description="Edits N requests of a dataset split at once (--mode batch), each alone "
+                                   "on the unedited model (--mode single, the protocol of EasyEdit and most "
+                                   "papers; metrics are means over requests), or in --batches consecutive "
+                                   "batches applied on top of each other (--mode sequential), measures "
+                                   "ES/GS/LS (and CounterFact probability scores), then restores the model. "
+                                   "Writes OUT.json (a list of result records) and OUT.md (a table).")
     add_model_args(p)
     add_editor_args(p)
     add_data_dir_arg(p)
     p.add_argument("--data", default="counterfact:val", help="NAME:SPLIT or a requests file (default: %(default)s)")
     p.add_argument("--n-edits", type=int, default=100, help="number of requests edited (default: %(default)s)")
     p.add_argument("--offset", type=int, default=0, help="skip the first N requests of the split")
-    p.add_argument("--mode", choices=["batch", "sequential"], default="batch")
+    p.add_argument("--mode", choices=["batch", "single", "sequential"], default="batch",
+                   help="batch: all requests in one edit; single: each request edited alone and reverted; "
+                        "sequential: --batches edits on top of each other (default: %(default)s)")
     p.add_argument("--batches", type=int, default=10, help="sequential mode: number of batches (default: %(default)s)")
     p.add_argument("--fluency", action="store_true", help="also measure fluency (n-gram entropy of generations)")
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--out", help="write OUT.json and OUT.md (e.g. benchmarks/results/my_run)")
     add_overwrite_arg(p, "OUT.json and OUT.md of an earlier evaluation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 keeps timings steady on a shared machine)")
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     p.set_defaults(func=run)
 
@@ -42,11 +46,15 @@ def run(args) -> int:
     from ..bench import current_command, write_results
     from ..bench.records import records_table
     from ..data import load_requests
-    from ..eval import run_batch, run_sequential
+    from ..eval import run_batch, run_sequential, run_single
 
     if args.n_edits < 1:
         raise HyperEditError("--n-edits must be at least 1")
     check_paths(result_outputs("--out", args.out), input_paths(args), overwrite=args.overwrite)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     requests = load_requests(args.data, data_dir=args.data_dir, limit=args.n_edits, offset=args.offset)
     if len(requests) < args.n_edits:
@@ -58,6 +66,8 @@ def run(args) -> int:
                   eval_batch_size=args.eval_batch_size, fluency=args.fluency)
     if args.mode == "batch":
         record = run_batch(lm, editor, requests, **common)
+    elif args.mode == "single":
+        record = run_single(lm, editor, requests, **common)
     else:
         if args.batches < 1 or len(requests) < args.batches:
             raise HyperEditError("--batches must be between 1 and the number of requests")

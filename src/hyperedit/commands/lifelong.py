@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import HyperEditError
 from ..atomic import atomic_write_text
-from ..outputs import Output, check_paths, start_run_directory
+from ..outputs import Output, check_paths, claim, start_run_directory
 from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_overwrite_arg, dataset_label, editor_from_args,
                       input_paths, load_model_from_args, result_outputs, seed_everything)
 
@@ -66,6 +66,8 @@ def run(args) -> int:
                  *result_outputs("--out", args.out, (".json", ".md", ".png"))],
                 [p for p in input_paths(args) if p[0] != "--target-cache"], overwrite=args.overwrite,
                 resume=args.resume)
+    if args.target_cache:  # read, then updated in place: it must be a target cache or not exist yet
+        claim(args.target_cache, "target-cache", option="--target-cache", overwrite=True)
     if args.overwrite:
         start_run_directory(args.run_dir, "lifelong-run", overwrite=True, option="--run-dir")
     if args.threads:

@@ -208,8 +208,10 @@ def _field_of(message: str) -> str | None:
 def build_request(rec: Record, fields: dict[str, str] | None = None, **kwargs: Any) -> EditRequest:
     """Construct an ``EditRequest``, turning its ValueError into an ``InputError``.
 
-    ``fields`` maps EditRequest field names to the names used by the input format.
+    ``fields`` maps EditRequest field names to the names used by the input format. The request's
+    ``meta`` gets ``source`` and ``record``, so later checks (e.g. context length) can name them.
     """
+    kwargs["meta"] = {**kwargs.get("meta", {}), "source": rec.source, "record": rec.number}
     try:
         return EditRequest(**kwargs)
     except ValueError as exc:

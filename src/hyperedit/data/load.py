@@ -37,6 +37,12 @@ MAPPERS: dict[str, Callable[[Records, str], list[EditRequest]]] = {
 _SPEC = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):([^/\\]+)$")
 
 
+# Fields only the EasyEdit layouts have: a record with them but without target_new is a broken
+# EasyEdit record (reported as "target_new missing"), not a user record with unknown fields.
+_COUNTERFACT_ONLY = {"locality_prompt", "locality_ground_truth", "case_id"}
+_EASYEDIT_ONLY = _COUNTERFACT_ONLY | {"rephrase_prompt", "ground_truth", "portability"}
+
+
 def detect_format(record: dict) -> str | None:
     """The layout of a file, judged from its first record's fields (None if unknown)."""
     keys = set(record)
@@ -46,10 +52,10 @@ def detect_format(record: dict) -> str | None:
         return "zsre-mend"
     if "claim" in keys and "label" in keys:
         return "fever"
-    if "target_new" in keys:
+    if "target_new" in keys or (keys & _EASYEDIT_ONLY and "target" not in keys):
         if isinstance(record.get("locality"), dict):
             return "zsre-knowedit"
-        if "locality_prompt" in keys or "case_id" in keys or isinstance(record.get("ground_truth"), str):
+        if keys & _COUNTERFACT_ONLY or isinstance(record.get("ground_truth"), str):
             return "counterfact-easyedit"
         return "zsre-knowedit"
     if "prompt" in keys or "target" in keys:
@@ -61,6 +67,8 @@ def load_file(path: str | os.PathLike, source: str | None = None) -> list[EditRe
     """Read one file in any supported layout."""
     path = Path(path)
     source = source or str(path)
+    if path.is_dir():
+        raise HyperEditError(f"{source} is a directory; give a requests file (JSON or JSONL) or NAME:SPLIT")
     if not path.is_file():
         raise HyperEditError(f"input file not found: {source}")
     records = read_records(path, source)
@@ -97,7 +105,7 @@ def load_requests(
         if not path.is_file():
             raise HyperEditError(f"{text}: file {DATASETS[text]} is missing from the data directory {base}")
         requests = load_file(path, str(path))
-    elif Path(text).is_file():
+    elif Path(text).is_file() or Path(text).is_dir():
         requests = load_file(text)
     elif _SPEC.match(text) and Path(text).suffix.lower() not in (".json", ".jsonl"):
         raise HyperEditError(f"unknown dataset {text!r}; known: {', '.join(DATASETS)} (or give a file path)")

@@ -64,3 +64,25 @@ def parse_user_record(rec: Record) -> EditRequest:
 def map_user(records: Records, source: str) -> list[EditRequest]:
     """Every record of a user file, or an ``InputError`` for the first bad one."""
     return [parse_user_record(Record(source, number, data)) for number, data in records]
+
+
+def user_record(request: EditRequest) -> dict:
+    """The user-format record of a request (the inverse of ``parse_user_record``); empty fields left out."""
+    record = {"prompt": request.prompt, "target": request.target, "subject": request.subject,
+              "rephrasings": list(request.rephrasings) or None,
+              "locality": [{k: v for k, v in (("prompt", loc.prompt), ("answer", loc.answer)) if v is not None}
+                           for loc in request.locality] or None,
+              "old_target": request.old_target, "id": request.id}
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def requests_from_records(records: list, source: str) -> list[EditRequest]:
+    """Requests from user-format records already parsed from JSON (e.g. a ledger entry, an HTTP body)."""
+    if not isinstance(records, list):
+        raise Record(source, 0, {}).error(None, f"expected a list of edit objects, got {json_type(records)}")
+    out = []
+    for number, data in enumerate(records, 1):
+        if not isinstance(data, dict):
+            raise Record(source, number, {}).error(None, f"expected an object, got {json_type(data)}")
+        out.append(parse_user_record(Record(source, number, data)))
+    return out

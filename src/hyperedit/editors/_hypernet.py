@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..delta import EditDelta
+from ..distributed import all_reduce_sum_, current_world, shard
 from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, iter_chunks
 from ..nets import HyperNets
@@ -92,6 +93,15 @@ def cache_requests(adapter, requests: Sequence[EditRequest], names: list[str], t
 def scale_shifts(shifts: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """The shifts an edit writes: the predicted ones times ``shift_scale``."""
     return shifts if scale == 1.0 else {name: shift * scale for name, shift in shifts.items()}
+
+
+def accumulator_tensors(acc: dict, names: list[str]) -> list[torch.Tensor]:
+    """The tensors of an accumulator in a fixed order (every entry is a sum over tokens)."""
+    tensors = []
+    for name in names:
+        value = acc[name]
+        tensors.extend(value if isinstance(value, tuple) else [value])
+    return tensors
 
 
 def token_slices(n: int, size: int):
@@ -175,22 +185,31 @@ class HyperEditor:
 
     # ----- editing -------------------------------------------------------------------------
     def edit(self, lm, requests: Sequence[EditRequest]) -> EditDelta:
-        """Shifts for all ``requests`` at once, streamed in chunks; the model is left unchanged."""
+        """Shifts for all ``requests`` at once, streamed in chunks; the model is left unchanged.
+
+        In a data-parallel run (``hyperedit.distributed``) each rank takes its share of the
+        requests and the accumulated sums are all-reduced before the solve, so every rank returns
+        the shifts of all requests.
+        """
         from ..progress import progress
 
         self.check_model(lm)
         if not requests:
             raise HyperEditError("no requests to edit")
+        world = current_world()
+        if len(requests) < world.size:
+            raise HyperEditError(f"{len(requests)} requests cannot be shared by {world.size} ranks")
         adapter, names = lm.adapter, self.module_names
         self.nets.to(lm.device).eval()
         acc = self.new_accumulator()
-        chunks = list(iter_chunks(list(requests), self.config.lm_batch_size))
+        chunks = list(iter_chunks(shard(list(requests), world), self.config.lm_batch_size))
         for chunk in progress(chunks, desc=f"{self.name} edit", unit="chunk"):
             cache = cache_requests(adapter, chunk, names, self.config.token)
             with torch.no_grad():
                 for name in names:
                     self.accumulate(acc, name, *cache[name])
             del cache
+        all_reduce_sum_(accumulator_tensors(acc, names), world)
         with torch.no_grad():
             shifts = scale_shifts(self.finish(acc), self.config.shift_scale)
         return EditDelta.from_in_out(adapter, shifts, editor=self.name, config=asdict(self.config),

@@ -7,10 +7,12 @@ Editors with learned state (hypernetworks) also implement ``from_checkpoint``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from ..delta import EditDelta
 from ..errors import HyperEditError
+from ..models.limits import check_request_lengths
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
 
@@ -45,9 +47,24 @@ def register_editor(name: str, config_class: type, summary: str, needs_checkpoin
             raise RuntimeError(f"editor {name!r} registered twice")
         _REGISTRY[name] = EditorEntry(name, cls, config_class, needs_checkpoint, summary)
         cls.name = name
+        cls.edit = _length_checked(cls.edit)
         return cls
 
     return decorate
+
+
+def _length_checked(edit: Callable) -> Callable:
+    """``edit`` that first refuses requests longer than the model's context (one line, no model work)."""
+    if getattr(edit, "checks_lengths", False):  # inherited from a registered parent class
+        return edit
+
+    @functools.wraps(edit)
+    def checked(self, lm: LoadedModel, requests: Sequence[EditRequest], *args, **kwargs) -> EditDelta:
+        check_request_lengths(lm.adapter, requests)
+        return edit(self, lm, requests, *args, **kwargs)
+
+    checked.checks_lengths = True
+    return checked
 
 
 def editor_names() -> list[str]:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models.adapters import ModelAdapter
+from ..models.limits import LOCALITY_CONTINUATION_TOKENS
 from ..requests import EditRequest
 from .metrics import PairScore, agreement, generate, mean, ngram_entropy, score_pairs
-
-_LOC_CONTINUATION_TOKENS = 3
 
 
 @dataclass
@@ -31,7 +30,7 @@ def locality_reference(adapter: ModelAdapter, requests: list[EditRequest], batch
     """
     pairs = []
     missing = [(i, loc.prompt) for i, r in enumerate(requests) for loc in r.locality if loc.answer is None]
-    continuations = dict(zip(missing, generate(adapter, [p for _, p in missing], _LOC_CONTINUATION_TOKENS)))
+    continuations = dict(zip(missing, generate(adapter, [p for _, p in missing], LOCALITY_CONTINUATION_TOKENS)))
     for i, request in enumerate(requests):
         for loc in request.locality:
             if loc.answer is not None:

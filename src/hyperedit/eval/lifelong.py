@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import HyperEditError
+from ..models.limits import check_request_lengths
 from ..requests import EditRequest
-from ..checkpoints import CheckpointStore
+from ..checkpoints import CheckpointStore, check_same_settings
 from ..outputs import start_run_directory
 from .evaluate import LocalityReference, evaluate, locality_reference
 from .general import evaluate_general, retention
@@ -97,6 +98,7 @@ class LifelongRunner:
                  info: dict | None = None, data_dir: str | Path | None = None):
         if len(requests) < config.num_seq:
             raise HyperEditError(f"the stream needs {config.num_seq} requests, only {len(requests)} given")
+        check_request_lengths(lm.adapter, requests[: config.num_seq])
         self.lm, self.editor, self.config = lm, editor, config
         self.requests = list(requests[: config.num_seq])
         self.run_dir = Path(run_dir)
@@ -253,9 +255,7 @@ class LifelongRunner:
     def _load(self, folder: Path) -> None:
         data = json.loads((folder / STATE_FILE).read_text())
         mine = json.loads(json.dumps(self.info, default=str))
-        if data.get("info") != mine:
-            differ = sorted(k for k in mine if (data.get("info") or {}).get(k) != mine[k])
-            raise HyperEditError(f"{self.run_dir} holds a stream with other settings ({', '.join(differ)} differ)")
+        check_same_settings(self.run_dir, data.get("info") or {}, mine, what="stream")
         if data.get("threads") != torch.get_num_threads():
             log.warning("resuming with %d threads, the stream used %s", torch.get_num_threads(), data.get("threads"))
         self.state = StreamState(**{k: data[k] for k in asdict(StreamState())})

@@ -14,6 +14,7 @@ import torch
 
 from ..lm import iter_chunks, target_logits
 from ..models.adapters import ModelAdapter
+from ..models.limits import context_limit
 from ..progress import progress
 
 
@@ -83,13 +84,18 @@ def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
 
 @torch.no_grad()
 def generate(adapter: ModelAdapter, prompts: list[str], max_new_tokens: int = 30, batch_size: int = 16) -> list[str]:
-    """Greedy continuations (text after the prompt)."""
+    """Greedy continuations (text after the prompt), never running past the model's context."""
     model, tok = adapter.model, adapter.tokenizer
     device = next(model.parameters()).device
+    limit = context_limit(adapter)
     texts = []
-    for chunk in iter_chunks(prompts, batch_size):
+    for chunk in progress(list(iter_chunks(prompts, batch_size)), desc="generating", unit="batch"):
         batch = adapter.encode_prompts(chunk, device=device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+        room = max_new_tokens if limit is None or adapter.is_seq2seq else limit - batch["input_ids"].shape[1]
+        if min(room, max_new_tokens) < 1:
+            texts.extend([""] * len(chunk))
+            continue
+        out = model.generate(**batch, max_new_tokens=min(room, max_new_tokens), do_sample=False,
                              pad_token_id=tok.pad_token_id)
         new = out if adapter.is_seq2seq else out[:, batch["input_ids"].shape[1]:]
         texts.extend(tok.batch_decode(new, skip_special_tokens=True))

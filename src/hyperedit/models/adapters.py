@@ -231,6 +231,14 @@ class ModelAdapter:
             return prompt_ids, full_ids[len(prompt_ids):]
         return prompt_ids, tok(sep + target, add_special_tokens=False)["input_ids"]
 
+    def token_count(self, prompt: str, target: str | None = None) -> int:
+        """Tokens the model reads for ``prompt`` followed by ``target`` (as ``encode`` builds them), or
+        for ``prompt`` alone (as ``encode_prompts`` does)."""
+        if target is None:
+            return len(self.tokenizer(self.format_prompt(prompt), add_special_tokens=True)["input_ids"])
+        prompt_ids, target_ids = self._prompt_target_ids(prompt, target)
+        return len(prompt_ids) + len(target_ids)
+
     def encode(self, prompts: list[str], targets: list[str], device=None) -> dict[str, torch.Tensor]:
         """Batch of (prompt, target) pairs, right-padded.
 

@@ -8,6 +8,7 @@ take about a second.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 
 from ..atomic import sweep_stale_temporaries
 from ..errors import ModelLoadError
-from ..outputs import write_directory
+from ..outputs import kind_of, mark, write_directory
 from .adapters import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ def _materialise_embedded(name: str) -> Path:
     sweep_stale_temporaries(target.parent)  # an earlier first use killed mid-write
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
+    if target.is_dir() and kind_of(target) is None:  # an incomplete copy from before outputs were marked
+        mark(target, "model-cache")
     with write_directory(target, "model-cache") as tmp:
         gguf = _embedded_gguf(name, Path(tmp))
         plain, tokenizer = _dequantise(name, gguf)
@@ -154,29 +157,97 @@ def resolve_model_path(name_or_path: str) -> Path:
     raise ModelLoadError(f"no such model or directory: {name_or_path!r}; embedded models: {', '.join(EMBEDDED)}")
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device named by ``device``, or a ``ModelLoadError`` saying why it cannot be used.
+
+    Every command and the Python API go through here (via ``load_model``), before anything is loaded.
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cpu":
+        return resolved
+    backend = getattr(torch, resolved.type, None) if resolved.type != "meta" else None
+    available = getattr(backend, "is_available", None)
+    if available is None:
+        raise ModelLoadError(f"device {str(device)!r} cannot run a model; use cpu, cuda, cuda:N or mps")
+    if not available():
+        raise ModelLoadError(f"device {str(device)!r} is not available: this PyTorch build or machine has no "
+                             f"{resolved.type} support; use --device cpu")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if resolved.index is not None and resolved.index >= count:
+        raise ModelLoadError(f"device {str(device)!r} does not exist: {count} {resolved.type} device(s) visible")
+    return resolved
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """A library's (often multi-line) exception message as one line of at most ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_model_type(path: Path) -> str:
+    """``model_type`` from ``config.json``, checked before transformers sees the file (whose errors
+    for unknown or malformed configs run to several lines)."""
+    config_file = path / "config.json"
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {config_file}: {_one_line(exc)}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{config_file}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{config_file}: expected a JSON object")
+    model_type = data.get("model_type")
+    if model_type not in _supported():
+        raise ModelLoadError(f"unsupported architecture model_type={model_type!r} in {config_file}; "
+                             f"supported: {', '.join(sorted(_supported()))}")
+    return model_type
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
 def load_model(name_or_path: str = "smollm2-135m", device: str | torch.device = "cpu", dtype="float32",
                chat_template: bool = False) -> LoadedModel:
     """Load a model, its tokenizer and its adapter, in eval mode with every parameter frozen.
 
     ``name_or_path``: ``smollm2-135m`` (embedded default) or a local Hugging Face model directory.
+    Anything wrong with the device or the directory (config, weights, tokenizer) is a one-line
+    ``ModelLoadError``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    device = resolve_device(device)
+    torch_dtype = _dtype(dtype)
     path = resolve_model_path(name_or_path)
+    _read_model_type(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot read the config in {path}: {exc}") from exc
-    if config.model_type not in _supported():
-        raise ModelLoadError(
-            f"unsupported architecture model_type={config.model_type!r} in {path}; supported: {', '.join(sorted(_supported()))}"
-        )
+    except Exception as exc:  # noqa: BLE001 - any failure to parse a user's config is a bad input
+        raise ModelLoadError(f"invalid config in {path / 'config.json'}: {_one_line(exc)}") from None
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise ModelLoadError(f"{path} has a config.json but no weights ({' or '.join(_WEIGHT_FILES[::2])})")
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = auto.from_pretrained(path, dtype=_dtype(dtype), local_files_only=True).to(device)
+    try:
+        model, info = auto.from_pretrained(path, dtype=torch_dtype, local_files_only=True, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt or mismatched weights, shapes that contradict the config
+        problem = ("tensor shapes do not match config.json" if "mismatched_sizes" in str(exc) else _one_line(exc))
+        raise ModelLoadError(f"cannot load the weights in {path}: {problem}") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # transformers would fill them with random values: silently wrong results
+        raise ModelLoadError(f"the weights in {path} lack {len(missing)} tensor(s) the config needs, "
+                             f"e.g. {missing[0]}")
+    model = model.to(device)
     model.eval()
     model.requires_grad_(False)
     model.hyperedit_name = name_or_path if name_or_path in EMBEDDED else path.name
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - a missing or unreadable tokenizer is a bad model directory
+        raise ModelLoadError(f"cannot load the tokenizer in {path}: {_one_line(exc)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     adapter = ModelAdapter(model, tokenizer, chat_template=chat_template)

@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file
 
 from ..delta import EditDelta
-from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, trainable_weights
-from ..checkpoints import CheckpointStore, load_optimizer_state, restore_rng_state
+from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
+from ..models.limits import check_request_lengths
 from ..outputs import start_run_directory
 from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
@@ -70,6 +70,7 @@ class MetaTrainer:
     """Runs, checkpoints and resumes the meta-training of ``editor`` on ``lm``."""
 
     def __init__(self, editor, lm, train, val, config: MetaTrainConfig, run_dir: str | Path, info: dict | None = None):
+        check_request_lengths(lm.adapter, [*train, *val])
         self.editor, self.lm, self.train, self.val, self.config = editor, lm, train, val, config
         self.run_dir = Path(run_dir)
         self.info = dict(info or {})
@@ -247,10 +248,7 @@ class MetaTrainer:
         mine = json.loads(json.dumps(self._identity()))
         theirs = {k: meta.get(k) for k in mine}
         theirs["train_config"] = {k: v for k, v in (theirs["train_config"] or {}).items() if k not in RESUMABLE}
-        if theirs != mine:
-            differ = sorted(k for k in mine if theirs.get(k) != mine[k])
-            raise HyperEditError(f"{self.run_dir} holds a run with other settings ({', '.join(differ)} differ); "
-                                 "resume with the same options or choose another --out")
+        check_same_settings(self.run_dir, theirs, mine)
         if meta.get("threads") != torch.get_num_threads():
             log.warning("resuming with %d threads, the run used %s: results may differ in the last bits",
                         torch.get_num_threads(), meta.get("threads"))

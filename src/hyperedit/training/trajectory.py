@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ..delta import EditDelta
-from ..errors import HyperEditError
 from ..lm import iter_chunks, target_logits, trainable_weights
+from ..models.limits import check_request_lengths
 from ..requests import EditRequest
-from ..checkpoints import CheckpointStore, load_optimizer_state, restore_rng_state
+from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
 from ..outputs import start_run_directory
 from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
@@ -133,6 +133,7 @@ class TrajectoryTrainer:
 
     def __init__(self, editor, lm, train: list[EditRequest], config: TrajectoryConfig, run_dir: str | Path,
                  info: dict | None = None):
+        check_request_lengths(lm.adapter, train)
         self.editor, self.lm, self.train, self.config = editor, lm, train, config
         self.run_dir = Path(run_dir)
         self.info = dict(info or {})
@@ -222,9 +223,7 @@ class TrajectoryTrainer:
     def _load(self, folder: Path) -> None:
         meta = json.loads((folder / TRAINER_JSON).read_text())
         mine = json.loads(json.dumps(self._identity()))
-        if {k: meta.get(k) for k in mine} != mine:
-            differ = sorted(k for k in mine if meta.get(k) != mine[k])
-            raise HyperEditError(f"{self.run_dir} holds a run with other settings ({', '.join(differ)} differ)")
+        check_same_settings(self.run_dir, {k: meta.get(k) for k in mine}, mine)
         self.editor.load_weights(folder)
         tensors = load_file(str(folder / TRAINER_TENSORS))
         load_optimizer_state(self.optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")},

@@ -1,0 +1,61 @@
+"""``hyperedit serve``: the model and its edit ledger behind an HTTP API and a page."""
+from __future__ import annotations
+
+import logging
+
+from ..errors import HyperEditError
+from ._common import add_editor_args, add_model_args, parse_overrides, seed_everything
+from .demo import DEMO_OPTIONS
+from .ledger import add_workspace_arg, attach_model, open_ledger
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve the model and its edit ledger over HTTP (API, OpenAI completions, page)",
+                       description="Serves generation, queued edits (applied in batches and recorded in the "
+                                   "ledger), the ledger (list, show, revert), metrics and an OpenAI-compatible "
+                                   "/v1/completions endpoint; a page at / to try it. Binds to 127.0.0.1 unless "
+                                   "--host says otherwise. API docs at /docs. See docs/ledger.md.")
+    add_workspace_arg(p)
+    add_model_args(p)
+    p.set_defaults(model=None)
+    add_editor_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-prompt-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-batch", type=int, default=32, help="edit requests applied together in one ledger entry")
+    p.add_argument("--batch-window", type=float, default=0.2, help="seconds the worker waits for edits to batch")
+    p.add_argument("--no-metrics", action="store_true", help="do not measure ES/GS/LS when applying edits")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from ..service import Engine, ServiceConfig, create_app
+
+    seed_everything(args.seed)
+    if not 0 < args.port < 65536:
+        raise HyperEditError(f"--port must be between 1 and 65535, got {args.port}")
+    options = parse_overrides(args)
+    ledger = open_ledger(args, create=True)
+    lm, spec = attach_model(ledger, args, attach=False)
+    if not options and spec == "smollm2-135m":
+        options = dict(DEMO_OPTIONS.get(args.editor, {}))
+    config = ServiceConfig(editor=args.editor, editor_options=options, checkpoint=args.checkpoint,
+                           max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
+                           max_batch=args.max_batch, batch_window_s=args.batch_window,
+                           measure_metrics=not args.no_metrics)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding to %s: anyone who can reach this address can edit and revert the model", args.host)
+    engine = Engine(lm, ledger, config, spec=spec)
+    print(f"hyperedit serving {lm.name} with ledger {args.workspace} on http://{args.host}:{args.port} "
+          f"(page at /, API docs at /docs)", flush=True)
+    try:
+        uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.close()
+    return 0

@@ -1,0 +1,81 @@
+"""This process's place among the ranks of a data-parallel run, and the reductions that need.
+
+Hypernetwork edits aggregate facts by sums (MALMEN's ``K^T K`` and ``K^T D``, MEND's summed rank-1
+shifts), so a run over N ranks gives each rank a contiguous share of the facts, sums its share, and
+all-reduces the sums before the one solve every rank then does identically. Outside torchrun (no
+``WORLD_SIZE`` > 1) everything here is the one-process identity.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from ..errors import HyperEditError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """``rank`` of ``size`` processes; rank 0 is the one that writes and prints."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current_world() -> World:
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def init_from_environment(device: str = "cpu") -> World:
+    """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``, ...).
+
+    gloo for CPU tensors, nccl for CUDA ones (each rank then uses ``cuda:LOCAL_RANK``). Returns the
+    one-process world when not launched by torchrun.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return World()
+    if not dist.is_available():
+        raise HyperEditError("this PyTorch build has no torch.distributed; run without --nproc")
+    if not dist.is_initialized():
+        backend = "nccl" if str(device).startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        atexit.register(dist.destroy_process_group)
+    world = current_world()
+    log.debug("rank %d of %d", world.rank, world.size)
+    return world
+
+
+def rank_device(device: str, world: World) -> str:
+    """``cuda`` -> ``cuda:LOCAL_RANK`` on a multi-rank run (one GPU per rank); CPU unchanged."""
+    if world.size > 1 and device == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', world.rank))}"
+    return device
+
+
+def shard(items: Sequence[T], world: World) -> list[T]:
+    """This rank's contiguous share of ``items`` (shares differ in size by at most one)."""
+    n = len(items)
+    return list(items[world.rank * n // world.size:(world.rank + 1) * n // world.size])
+
+
+def all_reduce_sum_(tensors: list[torch.Tensor], world: World) -> None:
+    """Sum each tensor over the ranks, in place (every rank ends with the same sums)."""
+    if world.size <= 1:
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

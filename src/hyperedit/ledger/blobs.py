@@ -1,0 +1,86 @@
+"""Content-addressed tensor files: ``blobs/<sha256>.safetensors``.
+
+A blob is written to a temporary file, flushed to disk and renamed to the hash of its bytes, so a
+name in ``blobs/`` always holds complete content. Equal tensors give equal bytes (keys sorted, no
+metadata), so a delta saved twice is stored once. A process killed between writing a blob and
+recording its entry leaves an unreferenced blob, never a referenced one that is missing.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from ..errors import HyperEditError
+
+BLOB_DIR = "blobs"
+SUFFIX = ".safetensors"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    def __init__(self, root: Path):
+        self.root = root / BLOB_DIR
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.root / f"{digest}{SUFFIX}"
+
+    def put(self, tensors: dict[str, torch.Tensor]) -> str:
+        """Store tensors and return the sha256 of the file's bytes."""
+        data = save({k: tensors[k].detach().contiguous().cpu() for k in sorted(tensors)})
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.path(digest)
+        if target.is_file():
+            return digest
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(self.root)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return digest
+
+    def get(self, digest: str) -> dict[str, torch.Tensor]:
+        """The tensors of a blob (cached: blobs never change once written)."""
+        return _load(str(self.path(digest)))
+
+    def check(self, digest: str) -> str | None:
+        """None if the blob exists and its bytes hash to its name, else what is wrong."""
+        path = self.path(digest)
+        if not path.is_file():
+            return "missing"
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return None if h.hexdigest() == digest else "content does not match its hash"
+
+    def digests(self) -> set[str]:
+        return {p.name[: -len(SUFFIX)] for p in self.root.glob(f"*{SUFFIX}") if not p.name.startswith(".")}
+
+
+@functools.lru_cache(maxsize=64)
+def _load(path: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, FileNotFoundError, OSError) as exc:
+        raise HyperEditError(f"{path}: cannot read ledger blob ({exc})") from exc
