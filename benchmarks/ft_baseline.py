@@ -44,7 +44,7 @@ def main() -> None:
                            fluency=True)
         logging.info("%s: %s", spec, record["metrics"])
         records.append(record)
-        write_results(records, args.name, title="ft (constrained fine-tuning) on SmolLM2-135M",
+        write_results(records, args.name, title=f"ft (constrained fine-tuning) on {lm.name}",
                       notes=f"{args.n} requests per dataset edited in one batch; LS is agreement with the "
                             "unedited model's own predictions, LS_data with the dataset answers.")
 

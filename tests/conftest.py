@@ -29,7 +29,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-models")
-    return {kind: build_tiny(kind, root / kind) for kind in ("llama", "gpt2", "t5")}
+    return {kind: build_tiny(kind, root / kind) for kind in ("llama", "gpt2", "t5", "gemma3")}
 
 
 def _load(path):
@@ -59,7 +59,12 @@ def tiny_t5(tiny_dirs):
     return _load(tiny_dirs["t5"])
 
 
-@pytest.fixture(params=["llama", "gpt2", "t5"])
+@pytest.fixture
+def tiny_gemma3(tiny_dirs):
+    return _load(tiny_dirs["gemma3"])
+
+
+@pytest.fixture(params=["llama", "gpt2", "t5", "gemma3"])
 def tiny_any(request, tiny_dirs):
     return _load(tiny_dirs[request.param])
 

@@ -1,4 +1,4 @@
-"""Tiny randomly initialised models (Llama, GPT-2, T5 shapes) with a word-level tokenizer.
+"""Tiny randomly initialised models (Llama, GPT-2, T5, Gemma-3 shapes) with a word-level tokenizer.
 
 Built from configs and saved as ordinary Hugging Face model directories, so tests go through
 the same ``load_model`` path as real models.
@@ -48,9 +48,14 @@ def word_tokenizer(path: Path):
 
 
 def build_tiny(kind: str, path: Path, seed: int = 0) -> Path:
-    """Write a tiny random model of ``kind`` (llama | gpt2 | t5) with its tokenizer into ``path``."""
-    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config,
-                              T5ForConditionalGeneration)
+    """Write a tiny random model of ``kind`` (llama | gpt2 | t5 | gemma3) with its tokenizer into ``path``.
+
+    The Gemma-3 one has what sets the family apart: scaled embeddings, (1 + w) RMSNorms before and
+    after attention and MLP, a tied head, sliding-window layers (window 4, shorter than most test
+    prompts) and, unlike the real 270M model, a final logit soft-cap.
+    """
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                              LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
 
     path.mkdir(parents=True, exist_ok=True)
     tok = word_tokenizer(path)
@@ -69,6 +74,19 @@ def build_tiny(kind: str, path: Path, seed: int = 0) -> Path:
         config = T5Config(vocab_size=vocab, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2,
                           num_heads=4, pad_token_id=0, eos_token_id=3, decoder_start_token_id=0)
         model = T5ForConditionalGeneration(config)
+    elif kind == "gemma3":
+        config = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                  num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                                  max_position_embeddings=128, sliding_window=4,
+                                  layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                               "sliding_attention"],
+                                  final_logit_softcapping=5.0, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                                  tie_word_embeddings=True)
+        model = Gemma3ForCausalLM(config)
+        with torch.no_grad():  # non-zero norm weights, so a missed (1 + w) offset would show
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.normal_(0.0, 0.5)
     else:
         raise ValueError(kind)
     model.save_pretrained(path, safe_serialization=True)

@@ -68,7 +68,7 @@ def target_logits(adapter: ModelAdapter, batch: dict[str, torch.Tensor]) -> Targ
     elif adapter.spec.fast_logits:
         hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   use_cache=False).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[mask])
+        logits = adapter.head_logits(hidden[mask])
         targets = labels[:, 1:][mask[:, :-1]]
     else:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)

@@ -15,6 +15,7 @@ EXPECTED_NAMES = {
     "llama": ("model.layers.{}.mlp.down_proj", "model.layers.{}.mlp.up_proj", 4),
     "gpt2": ("transformer.h.{}.mlp.c_proj", "transformer.h.{}.mlp.c_fc", 4),
     "t5": ("decoder.block.{}.layer.2.DenseReluDense.wo", "decoder.block.{}.layer.2.DenseReluDense.wi", 2),
+    "gemma3_text": ("model.layers.{}.mlp.down_proj", "model.layers.{}.mlp.up_proj", 4),
 }
 
 
@@ -205,3 +206,53 @@ def test_unknown_model_type_raises_model_load_error(tiny_llama):
     assert "bert" not in ARCHITECTURES
     with pytest.raises(ModelLoadError, match="unsupported architecture.*bert"):
         ModelAdapter(bert, tiny_llama.tokenizer)
+
+
+def test_output_scale_turns_a_residual_change_into_the_mlp_output_change_that_makes_it(tiny_gemma3, tiny_llama):
+    """Gemma normalises the MLP output before the residual add: writing ``scale * R`` into the down
+    projection's output moves the block output by R, up to the norm's scale direction (to first
+    order, so R is small here)."""
+    from hyperedit.hooks import capture, edit_output
+
+    lm = tiny_gemma3
+    name = lm.adapter.module_name(1)
+    assert tiny_llama.adapter.output_scale(tiny_llama.adapter.module_name(1), torch.ones(1, 64)) is None
+    assert lm.adapter.output_scale(lm.adapter.module_name(1, "up"), torch.ones(1, 32)) is None
+    batch = lm.adapter.encode_prompts(["the eiffel tower is located in the city of"])
+    pos = batch["input_ids"].shape[1] - 1
+
+    def block_output():
+        got = {}
+
+        def read(inputs, out):
+            got["h"] = out[0, pos].detach().clone()
+            return out
+
+        with capture(lm.model, [name], grads=False) as cap, edit_output(lm.model, "model.layers.1", read):
+            lm.model(**batch)
+        return cap.key(name)[pos], got["h"]
+
+    key, before = block_output()
+    scale = lm.adapter.output_scale(name, key[None].double())[0]
+    torch.manual_seed(0)
+    R = torch.randn(before.shape, dtype=torch.float64) * 1e-3 * float(before.norm()) / before.numel() ** 0.5
+    R[scale == 0] = 0.0  # dimensions the layer cannot move
+    change = (scale * R).float()
+    shift = key[:, None] * change[None, :] / float(key @ key)  # (d_in, d_out): key @ shift == change
+    weight = lm.adapter.weight(name)
+    with torch.no_grad():
+        weight += lm.adapter.shift_to_param(name, shift)
+    try:
+        _, after = block_output()
+    finally:
+        with torch.no_grad():
+            weight -= lm.adapter.shift_to_param(name, shift)
+    # To first order the realised change is R minus a multiple of the normalised MLP output y (the
+    # one direction a norm cannot move: its scale); orthogonal to y it matches R.
+    norm = lm.adapter.get_module("model.layers.1.post_feedforward_layernorm")
+    with torch.no_grad():
+        y = norm((key @ lm.adapter.weight_in_out(name))[None])[0].double()
+    miss = (after - before).double() - R
+    off_y = miss - (miss @ y) / (y @ y) * y
+    assert float(off_y.norm() / R.norm()) < 0.02
+    assert float((miss @ y).abs() / (y.norm() * R.norm())) < 0.5

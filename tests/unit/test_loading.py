@@ -104,3 +104,54 @@ def test_cache_dir_honours_env(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "xdg" / "hyperedit"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_dir() == Path.home() / ".cache" / "hyperedit"
+
+
+def test_embedded_model_without_its_package_names_the_install_and_leaves_no_cache(tmp_path, monkeypatch):
+    from hyperedit.models import loading
+
+    monkeypatch.setenv("HYPEREDIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(loading.EMBEDDED, "absent-model", ("hyperedit-no-such-package", "x/model.gguf"))
+    monkeypatch.setitem(loading.INSTALL_HINT, "absent-model", "make setup-absent")
+    with pytest.raises(ModelLoadError) as info:
+        load_model("absent-model")
+    text = _one_line(info.value)
+    assert "hyperedit-no-such-package" in text and "make setup-absent" in text
+    assert not any((tmp_path / "cache" / "models").iterdir())  # the temporary cache directory is gone
+
+
+def test_chunked_embedded_model_with_a_missing_chunk_module_is_one_line(tmp_path, monkeypatch):
+    """A chunked model whose joining module cannot be imported (a chunk package missing)."""
+    from hyperedit.models import loading
+
+    monkeypatch.setenv("HYPEREDIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(loading.EMBEDDED, "chunked-model", ("torch", "torch/__init__.py"))  # installed
+    monkeypatch.setitem(loading.CHUNKED_GGUF, "chunked-model", "hyperedit_no_such_chunk_module")
+    monkeypatch.setitem(loading.INSTALL_HINT, "chunked-model", "make setup-chunked")
+    with pytest.raises(ModelLoadError) as info:
+        load_model("chunked-model")
+    text = _one_line(info.value)
+    assert "chunk package is missing" in text and "make setup-chunked" in text
+    assert not any((tmp_path / "cache" / "models").iterdir())
+
+
+def test_chunked_embedded_model_failing_its_checksum_is_one_line(tmp_path, monkeypatch):
+    """The joining module reports a corrupt chunk (its SHA-256 check fails): one line, nothing cached."""
+    from hyperedit.models import loading
+
+    package = tmp_path / "site"
+    package.mkdir()
+    (package / "hyperedit_test_chunks.py").write_text(
+        'MODEL_NAME = "m.gguf"\n'
+        "def assemble(output_path):\n"
+        '    open(output_path, "wb").write(b"partial")\n'
+        '    raise ValueError("Assembled file sha256 did not match expected value")\n')
+    monkeypatch.syspath_prepend(str(package))
+    monkeypatch.setenv("HYPEREDIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(loading.EMBEDDED, "chunked-model", ("torch", "torch/__init__.py"))
+    monkeypatch.setitem(loading.CHUNKED_GGUF, "chunked-model", "hyperedit_test_chunks")
+    monkeypatch.setitem(loading.INSTALL_HINT, "chunked-model", "make setup-chunked")
+    with pytest.raises(ModelLoadError) as info:
+        load_model("chunked-model")
+    text = _one_line(info.value)
+    assert "sha256 did not match" in text and "reinstall: make setup-chunked" in text
+    assert not any((tmp_path / "cache" / "models").iterdir())  # the partial join went with the temporary

@@ -81,6 +81,12 @@ def test_records_table_rows():
     assert lines[2].startswith("| ft | counterfact | val | batch | 2 | 1.000 | 0.500 | - |")
 
 
+def test_records_table_names_the_model_when_records_mix_models():
+    lines = records_table([_record(), _record(model="other")]).strip().splitlines()
+    assert lines[0].startswith("| editor | model | dataset |")
+    assert lines[2].startswith("| ft | tiny | counterfact |") and lines[3].startswith("| ft | other | counterfact |")
+
+
 def _rss_mb() -> float:
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):

@@ -90,16 +90,19 @@ def _fmt(value) -> str:
 
 
 def records_table(records: list[dict]) -> str:
-    """A markdown table: one row per record, metric columns in a stable order."""
+    """A markdown table: one row per record, metric columns in a stable order (and a model column
+    when the records are of more than one model)."""
     metric_keys: list[str] = ["ES", "GS", "LS"]
     for r in records:
         for key in r["metrics"]:
             if key not in metric_keys and not isinstance(r["metrics"][key], (dict, list)):
                 metric_keys.append(key)
-    head = ["editor", "dataset", "split", "mode", "n_edits", *metric_keys, "edit_time_s", "peak_rss_mb"]
+    models = len({r["model"] for r in records}) > 1
+    head = ["editor", *(["model"] if models else []), "dataset", "split", "mode", "n_edits", *metric_keys,
+            "edit_time_s", "peak_rss_mb"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
-        cells = [r["editor"], r["dataset"], r["split"], r["mode"], r["n_edits"],
+        cells = [r["editor"], *([r["model"]] if models else []), r["dataset"], r["split"], r["mode"], r["n_edits"],
                  *(r["metrics"].get(k) for k in metric_keys), r["edit_time_s"], r["peak_rss_mb"]]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

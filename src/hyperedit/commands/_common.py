@@ -12,7 +12,8 @@ from ..errors import HyperEditError
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="smollm2-135m",
-                       help="embedded model name (smollm2-135m) or a local Hugging Face model directory")
+                       help="embedded model name (smollm2-135m, default; gemma3-270m after make setup-gemma) "
+                            "or a local Hugging Face model directory")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     group.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template")

@@ -205,9 +205,11 @@ def alphaedit_map(K: torch.Tensor, P: torch.Tensor, Kp_cov: torch.Tensor | None,
     return torch.linalg.solve(P @ A + l2 * eye, P @ K.T)
 
 
-def proxy_grad(Q: torch.Tensor, grad_S: torch.Tensor) -> torch.Tensor:
-    """dL/dR (n, d_out) from dL/dS (d_in, d_out) through the linear solver map S = Q R."""
-    return Q.T @ grad_S.to(Q.dtype)
+def proxy_grad(Q: torch.Tensor, grad_S: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """dL/dR (n, d_out) from dL/dS (d_in, d_out) through the linear solver map S = Q (scale * R)
+    (``scale``: the adapter's ``output_scale``, None for 1)."""
+    grad_R = Q.T @ grad_S.to(Q.dtype)
+    return grad_R if scale is None else grad_R * scale.to(grad_R)
 
 
 # ----- spreading the residual over the edited layers -------------------------------------------
@@ -218,22 +220,28 @@ class SolveRecord:
     keys: dict[str, torch.Tensor] = field(default_factory=dict)  # (n, d_in)
     maps: dict[str, torch.Tensor] = field(default_factory=dict)  # Q (d_in, n), float64
     residuals: dict[str, torch.Tensor] = field(default_factory=dict)  # R_l (n, d_out)
+    scales: dict[str, torch.Tensor | None] = field(default_factory=dict)  # output_scale of R_l, None for 1
 
 
 def spread_and_solve(lm: LoadedModel, requests: Sequence[EditRequest], z: torch.Tensor, modules: Sequence[str],
                      z_layer: int, prefixes: Sequence[str], make_map: Callable[[str, torch.Tensor], torch.Tensor],
                      batch_size: int = 64) -> tuple[dict[str, torch.Tensor], SolveRecord]:
     """MEMIT's layer loop: at layer i, R_i = (z - h_now) / (layers left), S_i = Q_i R_i, applied
-    before the next layer's keys are read. The model is restored exactly before returning."""
+    before the next layer's keys are read. The model is restored exactly before returning.
+
+    Where the module's output is normalised before it joins the residual stream (Gemma), R_i is
+    first mapped to the module-output change that makes it (``ModelAdapter.output_scale``)."""
     shifts, record, applied = {}, SolveRecord(), []
     try:
         for i, name in enumerate(modules):
             K, h = keys_and_hidden(lm, requests, name, prefixes, z_layer, batch_size)
             R = (z.to(h) - h) / (len(modules) - i)
             Q = make_map(name, K)
-            S = (Q @ R.double()).to(torch.float32)
+            scale = lm.adapter.output_scale(name, K)
+            S = (Q @ (R if scale is None else R * scale).double()).to(torch.float32)
             shifts[name] = S
             record.keys[name], record.maps[name], record.residuals[name] = K, Q, R
+            record.scales[name] = scale
             if i + 1 < len(modules):
                 applied.append(EditDelta.from_in_out(lm.adapter, {name: S}, editor="partial").apply(lm.model))
     finally:

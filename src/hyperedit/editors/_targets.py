@@ -128,7 +128,7 @@ def _logits_at(lm: LoadedModel, batch: dict, mask: torch.Tensor) -> torch.Tensor
     if lm.adapter.spec.fast_logits:
         hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   use_cache=False).last_hidden_state
-        return model.get_output_embeddings()(hidden[mask])
+        return lm.adapter.head_logits(hidden[mask])
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[mask]
 
 

@@ -150,7 +150,8 @@ class MetaKE:
         active = R0.norm(dim=-1) > 0
         curve = []
         for step in tqdm(range(cfg.meta_steps), desc="MetaKE upper level", leave=False):
-            S = {m: (shifts0[m] + w * (Q[m] @ (R - R0))).detach().requires_grad_(True) for m in modules}
+            S = {m: (shifts0[m] + w * (Q[m] @ _scaled(R - R0, record.scales.get(m)))).detach().requires_grad_(True)
+                 for m in modules}
             rows = [row for row in edit_rows if active[row[0]]]
             nll = torch.zeros(n)
             with _virtual(lm, S):
@@ -172,7 +173,7 @@ class MetaKE:
             if not len(upd):
                 break
             with torch.no_grad():
-                g = sum(L.proxy_grad(record.maps[m], S[m].grad.double()).float() for m in modules
+                g = sum(L.proxy_grad(record.maps[m], S[m].grad.double(), record.scales.get(m)).float() for m in modules
                         if S[m].grad is not None) * w
                 if not torch.is_tensor(g):
                     g = torch.zeros_like(R)
@@ -197,6 +198,10 @@ class MetaKE:
         mask = batch["attention_mask"].float()
         kl = (ref.exp() * (ref - logp)).sum(-1)
         return ((kl * mask).sum(1) / mask.sum(1).clamp_min(1)).sum()
+
+
+def _scaled(R: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return R if scale is None else R * scale.to(R)
 
 
 def _virtual(lm: LoadedModel, shifts: dict[str, torch.Tensor]) -> contextlib.ExitStack:

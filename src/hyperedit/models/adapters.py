@@ -25,7 +25,9 @@ class ArchSpec:
     default_module: str  # semantic name edited by default (the MLP output projection)
     stores_in_out: bool  # True when the weight is stored (d_in, d_out), e.g. GPT-2 Conv1D
     seq2seq: bool = False
-    fast_logits: bool = True  # lm_head(last hidden) equals the model's logits
+    fast_logits: bool = True  # the logits are a function of lm_head(last hidden) alone (see head_logits)
+    softcap_attr: str | None = None  # config attribute of a final logit soft-cap, cap * tanh(logits / cap)
+    post_mlp_norm: str | None = None  # path inside a layer of an RMSNorm (weight 1 + w) on the MLP output
 
 
 _LLAMA = ArchSpec(
@@ -40,9 +42,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen2": _LLAMA,
     "mistral": _LLAMA,
     "gemma": _LLAMA,
-    # Gemma 2/3 soft-cap their final logits, so lm_head(hidden) is not the logits there.
-    "gemma2": ArchSpec(**{**_LLAMA.__dict__, "fast_logits": False}),
-    "gemma3_text": ArchSpec(**{**_LLAMA.__dict__, "fast_logits": False}),
+    # Gemma 2 (and Gemma 3 configs that set it) soft-cap the final logits; head_logits applies the cap.
+    # Both also normalise the MLP output before adding it to the residual stream (output_scale).
+    "gemma2": ArchSpec(**{**_LLAMA.__dict__, "softcap_attr": "final_logit_softcapping",
+                          "post_mlp_norm": "post_feedforward_layernorm"}),
+    "gemma3_text": ArchSpec(**{**_LLAMA.__dict__, "softcap_attr": "final_logit_softcapping",
+                               "post_mlp_norm": "post_feedforward_layernorm"}),
     "gpt2": ArchSpec(
         layers="transformer.h",
         layer_count_attr="n_layer",
@@ -133,6 +138,33 @@ class ModelAdapter:
         n = self.num_layers
         top = max(count, int(round(n * 0.8)))
         return list(range(top - count, top))
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's logits from final hidden states (``spec.fast_logits`` models): the output
+        head, then the final soft-cap where the config sets one (Gemma 2/3)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self.model.config, self.spec.softcap_attr, None) if self.spec.softcap_attr else None
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    def output_scale(self, name: str, keys: torch.Tensor, floor: float = 0.05) -> torch.Tensor | None:
+        """Per key and output dimension (n, d_out): the factor turning a wanted change R of the
+        residual stream into the change of module ``name``'s output that makes it, to first order;
+        None where the output is added to the residual stream as is (Llama, GPT-2, ...).
+
+        Gemma 2/3 add ``g * o / rms(o)`` (g = 1 + w, per dimension) for the down projection's output
+        o = k W, so the change is ``rms(o) R / g``: exact up to one common scale of the normalised
+        output (the norm fixes its size, which later layers make up). Dimensions with |g| below
+        ``floor`` times the median |g| cannot be moved by this layer and get factor 0.
+        """
+        norm_path = self.spec.post_mlp_norm
+        if norm_path is None or not name.endswith("." + self.spec.mlp_modules[self.spec.default_module]):
+            return None
+        norm = self.get_module(f"{self.spec.layers}.{self.layer_of(name)}.{norm_path}")
+        out = keys.double() @ self.weight_in_out(name).double().to(keys.device)
+        rms = (out.pow(2).mean(-1, keepdim=True) + float(getattr(norm, "eps", 1e-6))).sqrt()
+        gain = 1.0 + norm.weight.double().to(keys.device)
+        inverse = torch.where(gain.abs() >= floor * gain.abs().median(), 1.0 / gain, torch.zeros_like(gain))
+        return (rms * inverse).to(keys.dtype)
 
     def get_module(self, name: str) -> nn.Module:
         try:

