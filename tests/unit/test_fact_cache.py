@@ -109,3 +109,25 @@ def test_a_stale_cache_is_rebuilt_never_used(tiny_llama, tmp_path, caplog):
     finally:
         with torch.no_grad():
             adapter.weight(names[1]).div_(1.5)
+
+
+def test_log_lambda_starts_at_the_key_scale_and_has_its_own_step_size(tiny_llama, tmp_path):
+    facts = synthetic_facts()[:30]
+    editor = MalmenEditor.create(MalmenConfig(layers=[2, 3], rank=4, lm_batch_size=8, lr_init=1e-1), tiny_llama,
+                                 seed=1)
+    config = MetaTrainConfig(steps=1, n_edits=8, val_size=0, cache_dir="", lambda_init="trace", lambda_meta_lr=0.1,
+                             meta_lr=1e-5)
+    trainer = MetaTrainer(editor, tiny_llama, facts, [], config, tmp_path / "run")
+    trainer.prepare_caches()
+    trainer.calibrate()
+    cache = trainer.step_inputs(trainer.batch_indices(0))[0]
+    for name in editor.module_names:
+        keys = cache[name][0].double()
+        net, index = editor.nets.net_for(name)
+        expected = (keys * keys).sum() / keys.shape[1]
+        assert float(net.log_lambda[index].exp()) == pytest.approx(float(expected), rel=1e-5)
+    before = torch.cat([n.log_lambda.detach().clone() for n in editor.nets.nets.values()])
+    trainer.train_step(0)
+    after = torch.cat([n.log_lambda.detach() for n in editor.nets.nets.values()])
+    # Adam's first step moves each coordinate by about its step size: 0.1 here, not meta_lr
+    assert torch.allclose((after - before).abs(), torch.full_like(before, 0.1), rtol=1e-3)

@@ -123,6 +123,7 @@ class MetaTrainer:
             self._load(latest)
         elif resume:
             log.warning("nothing to resume in %s: starting a new run", self.run_dir)
+        self.editor.prepare(self.lm)
         self.prepare_caches()
         scores = [self._score(r) for r in self.metrics.read() if r.get("split") == "val"]
         self.best_score = max((v for v in scores if v is not None), default=None)
@@ -188,12 +189,14 @@ class MetaTrainer:
             self.editor.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1))
 
     def _init_lambda(self, cache: dict) -> None:
-        """e^lambda[m] = tr(K^T K) / d_in of module m's keys in ``cache`` (``lambda_init="trace"``)."""
+        """e^lambda[m] = tr(K^T K) / tr(R) of module m's keys in ``cache`` (``lambda_init="trace"``;
+        R the ridge matrix, tr(I) = d_in), so the ridge starts at the scale of the keys."""
         for name in self.editor.module_names:
             keys = cache[name][0].double()
             net, index = self.editor.nets.net_for(name)
-            net.log_lambda.data[index] = float(((keys * keys).sum() / keys.shape[1]).clamp_min(1e-12).log())
-        log.info("initial e^lambda (tr(K^T K)/d_in of the first batch): %s", ", ".join(
+            ridge_trace = self.editor.ridge_trace(name) if hasattr(self.editor, "ridge_trace") else keys.shape[1]
+            net.log_lambda.data[index] = float(((keys * keys).sum() / ridge_trace).clamp_min(1e-12).log())
+        log.info("initial e^lambda (tr(K^T K)/tr(R) of the first batch): %s", ", ".join(
             f"{float(net.log_lambda[i].exp()):.3g}" for name in self.editor.module_names
             for net, i in [self.editor.nets.net_for(name)]))
 
