@@ -86,6 +86,11 @@ class PrefixExamples:
             out.final_offsets = torch.tensor([0] + [r.stop - r.start for r in frows]).cumsum(0)
         return out
 
+    def by_length(self) -> "PrefixExamples":
+        """The same examples ordered by length (less padding; for sums over examples only)."""
+        lengths = (self.offsets[1:] - self.offsets[:-1]).tolist()
+        return self.subset(sorted(range(len(self)), key=lambda i: (lengths[i], i)))
+
     def batches(self, batch_size: int, device=None):
         """Right-padded batches of consecutive examples: ``inputs_embeds``, ``attention_mask``, ``labels``."""
         for start in range(0, len(self), batch_size):

@@ -174,7 +174,9 @@ class MetaTrainer:
         """(keys/value-gradient cache, generalisation examples, locality examples) of a batch."""
         if self.facts is not None:
             f = self.facts
-            return f.edit_cache(indices), f.rephrase_examples(indices), f.locality_examples(indices)
+            # losses are sums over examples: their order is free, so batches of similar length
+            return (f.edit_cache(indices), f.rephrase_examples(indices).by_length(),
+                    f.locality_examples(indices).by_length())
         batch = [self.train[i] for i in indices]
         return self._cache(batch), rephrase_examples(batch), locality_examples(batch)
 
