@@ -90,11 +90,12 @@ class MalmenEditor(HyperEditor):
     def finish(self, acc: dict) -> dict[str, torch.Tensor]:
         """Solve each module's normal equation; the factorisation is kept in ``acc`` for ``backward``."""
         shifts = {}
-        for name, entry in acc.items():
+        for name, entry in list(acc.items()):
             net, index = self.nets.net_for(name)
-            ktk, ktd, _ = entry
-            entry[2] = RidgeFactor(ktk, net.log_lambda[index].detach(), self._ridge(name))
-            shifts[name] = entry[2].solve(ktd).float()
+            ktk, ktd = entry[0], entry[1]
+            factor = RidgeFactor(ktk, net.log_lambda[index].detach(), self._ridge(name))
+            acc[name] = [ktk, ktd, factor]
+            shifts[name] = factor.solve(ktd).float()
         return shifts
 
     def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],

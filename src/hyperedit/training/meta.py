@@ -199,7 +199,7 @@ class MetaTrainer:
             ridge_trace = self.editor.ridge_trace(name) if hasattr(self.editor, "ridge_trace") else keys.shape[1]
             net.log_lambda.data[index] = float(((keys * keys).sum() / ridge_trace).clamp_min(1e-12).log())
         log.info("initial e^lambda (tr(K^T K)/tr(R) of the first batch): %s", ", ".join(
-            f"{float(net.log_lambda[i].exp()):.3g}" for name in self.editor.module_names
+            f"{float(net.log_lambda[i].detach().exp()):.3g}" for name in self.editor.module_names
             for net, i in [self.editor.nets.net_for(name)]))
 
     def calibrate(self, max_points: int = 16) -> float:
