@@ -91,7 +91,7 @@ def run(args) -> list[dict]:
                                      peak_rss_increase_mb=round(peak - rss_before, 1), threads=args.threads,
                                      config=config, delta_norm=sum(delta.norms().values()), **extra)
                 if name in ("malmen", "mend"):
-                    record["checkpoint"] = getattr(args, name)
+                    record["checkpoint"] = getattr(args, name) or "shipped"
                 records.append(record)
                 log.info("%s %s n=%d: ES %.3f GS %.3f LS %.3f, edit %.1fs", name, dataset, n, metrics["ES"] or 0,
                          metrics["GS"] or 0, metrics["LS"] or 0, seconds)
@@ -144,8 +144,8 @@ def plot(records: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--malmen", required=True, help="MALMEN checkpoint or training run directory")
-    parser.add_argument("--mend", required=True, help="MEND checkpoint or training run directory")
+    parser.add_argument("--malmen", help="MALMEN checkpoint or training run directory (default: the shipped one)")
+    parser.add_argument("--mend", help="MEND checkpoint or training run directory (default: the shipped one)")
     parser.add_argument("--datasets", default="counterfact:val,zsre:knowedit-test")
     parser.add_argument("--sizes", default="16,64,256,1024")
     parser.add_argument("--editors", default="malmen,mend,ft")

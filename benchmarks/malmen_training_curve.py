@@ -137,7 +137,8 @@ def report(summaries: list[dict], commands: list[str], name: str, tag: str = "")
                   "calibration come on top", "",
                   "| step | ES | GS | LS | LS_data |", "|---|---|---|---|---|"]
         for v in s["validation"]:
-            lines.append(f"| {v['step']} | {v['ES']:.3f} | {v['GS']:.3f} | {v['LS']:.3f} | {v['LS_data']:.3f} |")
+            cells = ["-" if v.get(k) is None else f"{v[k]:.3f}" for k in ("ES", "GS", "LS", "LS_data")]
+            lines.append(f"| {v['step']} | {' | '.join(cells)} |")
         best = best_validation(s["validation"])
         if best is not None:
             lines += ["", f"Best validation mean of ES, GS and LS (the checkpoint the benchmarks use): step "

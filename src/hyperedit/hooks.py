@@ -126,3 +126,29 @@ def edit_output(model: nn.Module, module_name: str, fn):
         yield
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def read_input(model: nn.Module, module_name: str, stop: bool = False):
+    """Inside the block, each forward appends the first input of ``module_name`` to the yielded list.
+
+    With ``stop`` the pass ends right there (nothing above the module runs), as in ``stop_after``.
+    """
+    module = dict(model.named_modules()).get(module_name)
+    if module is None:
+        raise ValueError(f"model has no module {module_name!r}")
+    inputs_seen: list[torch.Tensor] = []
+
+    def hook(mod, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        inputs_seen.append(hidden.detach())
+        if stop:
+            raise StopForward
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield inputs_seen
+    except StopForward:
+        pass
+    finally:
+        handle.remove()

@@ -66,16 +66,23 @@ def target_logits(adapter: ModelAdapter, batch: dict[str, torch.Tensor]) -> Targ
         logits = out.logits[mask]
         targets = labels[mask]
     elif adapter.spec.fast_logits:
-        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        hidden = model.base_model(**_inputs(batch), attention_mask=batch["attention_mask"],
                                   use_cache=False).last_hidden_state
         logits = adapter.head_logits(hidden[mask])
         targets = labels[:, 1:][mask[:, :-1]]
     else:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        out = model(**_inputs(batch), attention_mask=batch["attention_mask"], use_cache=False)
         logits = out.logits[mask]
         targets = labels[:, 1:][mask[:, :-1]]
     example = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(mask)[mask]
     return TargetLogits(logits, targets, example, labels.shape[0])
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Token ids, or hidden states entering the first non-skipped layer (``hyperedit.prefix``)."""
+    if "inputs_embeds" in batch:
+        return {"inputs_embeds": batch["inputs_embeds"]}
+    return {"input_ids": batch["input_ids"]}
 
 
 class trainable_weights:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyperedit.editors._hypernet import ridge_solve, ridge_solve_backward, token_slices
+from hyperedit.editors._hypernet import RidgeFactor, cache_requests, ridge_solve, ridge_solve_backward, token_slices
 from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
 from hyperedit.editors.mend import MendConfig, MendEditor
 from hyperedit.nets import HyperNet, HyperNets, RunningMeanStd
+from hyperedit.requests import EditRequest
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -164,3 +165,53 @@ def test_backward_of_both_editors_matches_autograd_end_to_end():
                 assert p.grad is None or float(p.grad.abs().max()) == 0, name
             else:
                 assert _relative_error(p.grad, e) < 1e-5, name  # shifts pass through float32 in finish()
+
+
+def test_covariance_ridge_gradients_equal_autograd_through_solve_in_float64():
+    gen = torch.Generator().manual_seed(3)
+    for n, d_in, d_out in ((5, 9, 4), (40, 9, 4)):
+        keys = torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+        corpus = torch.randn(200, d_in, generator=gen, dtype=torch.float64) * torch.linspace(0.1, 3, d_in,
+                                                                                              dtype=torch.float64)
+        c0 = corpus.t() @ corpus / 200
+        diffs = torch.randn(n, d_out, generator=gen, dtype=torch.float64, requires_grad=True)
+        log_lambda = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+        weights = torch.randn(d_in, d_out, generator=gen, dtype=torch.float64)
+        ktk = keys.t() @ keys
+        shift = torch.linalg.solve(ktk + log_lambda.exp() * c0, keys.t() @ diffs)  # autograd reference
+        ((weights * shift).sum() + 0.5 * (shift ** 2).sum()).backward()
+        grad_shift = (weights + shift).detach()
+        factor = RidgeFactor(ktk, log_lambda.detach(), c0)
+        assert factor.cholesky
+        torch.testing.assert_close(factor.solve(keys.t() @ diffs.detach()), shift.detach(), rtol=1e-10, atol=1e-12)
+        for f in (factor, None):
+            grad_d, grad_lam = ridge_solve_backward(keys, ktk, shift.detach(), grad_shift, log_lambda.detach(), c0, f)
+            assert _relative_error(grad_d, diffs.grad) < 1e-8
+            assert _relative_error(grad_lam, log_lambda.grad) < 1e-8
+        # the identity ridge is the special case R = I
+        eye = torch.eye(d_in, dtype=torch.float64)
+        plain = ridge_solve_backward(keys, ktk, shift.detach(), grad_shift, log_lambda.detach())
+        with_eye = ridge_solve_backward(keys, ktk, shift.detach(), grad_shift, log_lambda.detach(), eye)
+        assert _relative_error(with_eye[0], plain[0]) < 1e-12 and _relative_error(with_eye[1], plain[1]) < 1e-12
+
+
+def test_covariance_ridge_editor_solves_with_c0(tiny_llama):
+    from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+    from hyperedit.stats import key_second_moments
+
+    editor = MalmenEditor.create(MalmenConfig(layers=[2, 3], rank=4, lr_init=1e-1, ridge="covariance",
+                                              ridge_samples=8, solve_dtype="float64"), tiny_llama, seed=0)
+    requests = [EditRequest(prompt="the capital of france is", target="rome"),
+                EditRequest(prompt="john was born in", target="oslo")]
+    delta = editor.edit(tiny_llama, requests)
+    c0 = key_second_moments(tiny_llama, editor.module_names, n_samples=8)
+    cache = cache_requests(tiny_llama.adapter, requests, editor.module_names, "ans")
+    for name in editor.module_names:
+        net, index = editor.nets.net_for(name)
+        keys, grads = cache[name]
+        with torch.no_grad():
+            diffs = net.value_diffs(keys, grads, index)
+        keys, diffs = keys.double(), diffs.double()  # C0 of 8 texts leaves M poorly conditioned
+        direct = ridge_solve(keys.t() @ keys, keys.t() @ diffs, net.log_lambda[index].detach(), c0[name].double())
+        shift = tiny_llama.adapter.param_to_in_out(name, delta.shifts[name]).double()
+        assert _relative_error(shift, direct) < 1e-5  # the shift is stored in float32

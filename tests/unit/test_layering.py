@@ -17,7 +17,7 @@ PACKAGE = Path(hyperedit.__file__).parent
 FLOORS = [
     {"errors", "atomic", "progress", "outputs", "checkpoints", "distributed"},
     {"requests", "models", "hooks"},
-    {"lm", "delta", "data", "nets", "stats"},
+    {"lm", "delta", "data", "nets", "stats", "prefix"},
     {"editors"},
     {"training", "eval", "bench", "ledger"},
     {"service"},

@@ -43,6 +43,13 @@ def register(sub) -> None:
     t.add_argument("--n-edits", type=int, default=64, help="facts edited together in one training step")
     t.add_argument("--meta-lr", type=float, default=1e-4)
     t.add_argument("--lr-meta-lr", type=float, help="Adam step size of the per-module lr (default: --meta-lr)")
+    t.add_argument("--lambda-meta-lr", type=float,
+                   help="Adam step size of MALMEN's log ridge strength (default: --meta-lr)")
+    t.add_argument("--lambda-init", choices=("zero", "trace"), default="zero",
+                   help="initial ridge: e^lambda = 1, or tr(K^T K)/d_in of the first batch's keys")
+    t.add_argument("--no-fact-cache", dest="fact_cache", action="store_false",
+                   help="recompute keys, value gradients and the frozen layers every step")
+    t.add_argument("--cache-dir", help="where the fact caches are kept (default: --out)")
     t.add_argument("--loc-coef", type=float, default=1.0)
     t.add_argument("--max-grad-norm", type=float, default=1.0)
     t.add_argument("--val-size", type=int, default=64, help="held-out training requests used for validation")
@@ -66,7 +73,9 @@ def run(args) -> int:
     train_config = training_config(MetaTrainConfig, steps=args.steps, n_edits=args.n_edits, meta_lr=args.meta_lr,
                                    lr_meta_lr=args.lr_meta_lr, loc_coef=args.loc_coef,
                                    max_grad_norm=args.max_grad_norm, val_size=args.val_size,
-                                   val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed)
+                                   val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
+                                   lambda_meta_lr=args.lambda_meta_lr, lambda_init=args.lambda_init,
+                                   fact_cache=args.fact_cache, cache_dir=args.cache_dir)
     pool, sources = load_pool(args.train, data_dir=args.data_dir, limit=args.limit_train)
     train, val = split_validation(pool, args.val_size, args.seed) if args.val_size else (pool, [])
     lm = load_model_from_args(args)

@@ -111,22 +111,54 @@ def token_slices(n: int, size: int):
 
 
 # ----- least squares: the normal equation and its closed-form gradient -------------------
-def ridge_solve(ktk: torch.Tensor, ktd: torch.Tensor, log_lambda: torch.Tensor) -> torch.Tensor:
-    """S = (K^T K + e^lambda I)^{-1} K^T D, from accumulated K^T K (d_in, d_in) and K^T D (d_in, d_out)."""
-    eye = torch.eye(ktk.shape[0], dtype=ktk.dtype, device=ktk.device)
-    return torch.linalg.solve(ktk + log_lambda.to(ktk.dtype).exp() * eye, ktd)
+def ridge_matrix(ktk: torch.Tensor, log_lambda: torch.Tensor, ridge: torch.Tensor | None = None) -> torch.Tensor:
+    """M = K^T K + e^lambda R, with R the identity (``ridge`` None) or a given SPD matrix (e.g. C0)."""
+    lam = log_lambda.to(ktk.dtype).exp()
+    if ridge is None:
+        return ktk + lam * torch.eye(ktk.shape[0], dtype=ktk.dtype, device=ktk.device)
+    return ktk + lam * ridge.to(ktk.dtype)
+
+
+def ridge_solve(ktk: torch.Tensor, ktd: torch.Tensor, log_lambda: torch.Tensor,
+                ridge: torch.Tensor | None = None) -> torch.Tensor:
+    """S = (K^T K + e^lambda R)^{-1} K^T D, from accumulated K^T K (d_in, d_in) and K^T D (d_in, d_out)."""
+    return torch.linalg.solve(ridge_matrix(ktk, log_lambda, ridge), ktd)
+
+
+class RidgeFactor:
+    """A factorisation of M = K^T K + e^lambda R, reused by the forward solve and its backward.
+
+    Cholesky (M is symmetric positive definite), falling back to LU when rounding makes the
+    Cholesky factorisation fail.
+    """
+
+    def __init__(self, ktk: torch.Tensor, log_lambda: torch.Tensor, ridge: torch.Tensor | None = None):
+        m = ridge_matrix(ktk, log_lambda.detach(), ridge)
+        factor, info = torch.linalg.cholesky_ex(m)
+        self.cholesky = int(info) == 0
+        self.factor = factor if self.cholesky else torch.linalg.lu_factor(m)
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        if self.cholesky:
+            return torch.cholesky_solve(rhs, self.factor)
+        return torch.linalg.lu_solve(*self.factor, rhs)
 
 
 def ridge_solve_backward(keys: torch.Tensor, ktk: torch.Tensor, shift: torch.Tensor, grad_shift: torch.Tensor,
-                         log_lambda: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                         log_lambda: torch.Tensor, ridge: torch.Tensor | None = None,
+                         factor: RidgeFactor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of a loss L(S) through ``ridge_solve``: (dL/dD (n, d_out), dL/dlambda (scalar)).
 
-    With M = K^T K + e^lambda I and X = M^{-1} dL/dS: dL/dD = K X and dL/dlambda = -e^lambda <X, S>.
+    With M = K^T K + e^lambda R (symmetric) and X = M^{-1} dL/dS: dL/dD = K X and
+    dL/dlambda = -e^lambda <X, R S>. ``factor``: the forward solve's ``RidgeFactor`` of M.
     """
     lam = log_lambda.to(ktk.dtype).exp()
-    eye = torch.eye(ktk.shape[0], dtype=ktk.dtype, device=ktk.device)
-    x = torch.linalg.solve(ktk + lam * eye, grad_shift.to(ktk.dtype))
-    return keys.to(ktk.dtype) @ x, -lam * (x * shift.to(ktk.dtype)).sum()
+    grad_shift = grad_shift.to(ktk.dtype)
+    x = factor.solve(grad_shift) if factor is not None else torch.linalg.solve(ridge_matrix(ktk, log_lambda, ridge),
+                                                                              grad_shift)
+    shift = shift.to(ktk.dtype)
+    ridge_shift = shift if ridge is None else ridge.to(ktk.dtype) @ shift
+    return keys.to(ktk.dtype) @ x, -lam * (x * ridge_shift).sum()
 
 
 # ----- the editor base class -----------------------------------------------------------------
@@ -201,6 +233,7 @@ class HyperEditor:
             raise HyperEditError(f"{len(requests)} requests cannot be shared by {world.size} ranks")
         adapter, names = lm.adapter, self.module_names
         self.nets.to(lm.device).eval()
+        self.prepare(lm)
         acc = self.new_accumulator()
         chunks = list(iter_chunks(shard(list(requests), world), self.config.lm_batch_size))
         for chunk in progress(chunks, desc=f"{self.name} edit", unit="chunk"):
@@ -216,6 +249,9 @@ class HyperEditor:
                                      n_requests=len(requests))
 
     # ----- subclass API -------------------------------------------------------------------
+    def prepare(self, lm) -> None:
+        """Load what the aggregation needs from the model before solving (nothing by default)."""
+
     def new_accumulator(self) -> dict:
         raise NotImplementedError
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from ..delta import EditDelta
@@ -15,6 +16,8 @@ from ..errors import HyperEditError
 from ..models.limits import check_request_lengths
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -118,11 +121,19 @@ def _check_option_type(config_class: type, field: dataclasses.Field, value: Any)
 
 
 def get_editor(name: str, checkpoint: str | None = None, lm: LoadedModel | None = None, **overrides) -> Editor:
-    """Instantiate a registered editor with config overrides (and its checkpoint, for trained editors)."""
+    """Instantiate a registered editor with config overrides (and its checkpoint, for trained editors).
+
+    A trained editor without ``checkpoint`` uses the one shipped for ``lm``'s model, if any.
+    """
     entry = editor_entry(name)
     if entry.needs_checkpoint:
         if checkpoint is None:
-            raise HyperEditError(f"editor {name!r} is trained: pass a checkpoint (train one with `hyperedit train --editor {name}`)")
+            from ._shipped import missing_checkpoint_message, shipped_checkpoint
+
+            checkpoint = shipped_checkpoint(name, lm)
+            if checkpoint is None:
+                raise HyperEditError(missing_checkpoint_message(name, lm))
+            log.info("no checkpoint given: using the %s editor shipped for %s (%s)", name, lm.name, checkpoint)
         return entry.factory.from_checkpoint(checkpoint, lm=lm, **overrides)
     if checkpoint is not None:
         raise HyperEditError(f"editor {name!r} takes no checkpoint")

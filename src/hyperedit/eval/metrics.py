@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..lm import iter_chunks, target_logits
+from ..prefix import encoded_batches, passes_for
 from ..models.adapters import ModelAdapter
 from ..models.limits import context_limit
 from ..progress import progress
@@ -36,24 +37,27 @@ class PairScore:
         return math.exp(-self.mean_nll)
 
 
-@torch.no_grad()
 def score_pairs(adapter: ModelAdapter, prompts: list[str], targets: list[str], batch_size: int = 32,
                 desc: str = "scoring") -> list[PairScore]:
     """Score every (prompt, target) pair in batches."""
-    device = next(adapter.model.parameters()).device
+    return score_examples(adapter, list(zip(prompts, targets)), batch_size, desc)
+
+
+@torch.no_grad()
+def score_examples(adapter: ModelAdapter, examples, batch_size: int = 32, desc: str = "scoring") -> list[PairScore]:
+    """Score (prompt, target) pairs or cached prefixes (``hyperedit.prefix.PrefixExamples``) in batches."""
     results: list[PairScore] = []
-    pairs = list(zip(prompts, targets))
-    bar = progress(total=len(pairs), desc=desc, unit="pair")
-    for chunk in iter_chunks(pairs, batch_size):
-        batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
-        out = target_logits(adapter, batch)
-        nll = out.token_nll()
-        predicted = out.logits.argmax(-1)
-        for i in range(len(chunk)):
-            sel = out.example == i
-            results.append(PairScore(predicted[sel].tolist(), out.targets[sel].tolist(),
-                                     float(nll[sel].mean()) if sel.any() else float("nan")))
-        bar.update(len(chunk))
+    bar = progress(total=len(examples), desc=desc, unit="pair")
+    with passes_for(adapter, examples):
+        for batch in encoded_batches(adapter, examples, batch_size):
+            out = target_logits(adapter, batch)
+            nll = out.token_nll()
+            predicted = out.logits.argmax(-1)
+            for i in range(out.n_examples):
+                sel = out.example == i
+                results.append(PairScore(predicted[sel].tolist(), out.targets[sel].tolist(),
+                                         float(nll[sel].mean()) if sel.any() else float("nan")))
+            bar.update(out.n_examples)
     bar.close()
     return results
 

@@ -3,7 +3,8 @@
 Both functions run with a delta applied to weights that require grad (see
 ``hyperedit.lm.trainable_weights``), so after them each edited weight's ``.grad`` holds dL/dS.
 Each example weighs the same, however the examples are chunked: chunk losses are sums of
-per-example means divided by the total number of examples.
+per-example means divided by the total number of examples. Examples are (prompt, target) pairs or
+``hyperedit.prefix.PrefixExamples`` (cached hidden states: only the layers above them run).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..delta import EditDelta
-from ..lm import iter_chunks, target_logits
+from ..lm import target_logits
+from ..prefix import encoded_batches, passes_for
 from ..requests import EditRequest
 
 
@@ -29,16 +31,13 @@ def locality_examples(requests: list[EditRequest]) -> list[tuple[str, str]]:
     return [(loc.prompt, loc.answer) for r in requests for loc in r.locality if loc.answer]
 
 
-def generalization_loss(adapter, pairs: list[tuple[str, str]], delta: EditDelta, batch_size: int,
-                            backward: bool = True) -> float:
+def generalization_loss(adapter, pairs, delta: EditDelta, batch_size: int, backward: bool = True) -> float:
     """Cross-entropy of the targets on the edited model; backward (unless not asked); the mean loss."""
-    if not pairs:
+    if not len(pairs):
         return 0.0
     total = 0.0
-    device = next(adapter.model.parameters()).device
-    with delta.applied(adapter.model), torch.set_grad_enabled(backward):
-        for chunk in iter_chunks(pairs, batch_size):
-            batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
+    with delta.applied(adapter.model), passes_for(adapter, pairs), torch.set_grad_enabled(backward):
+        for batch in encoded_batches(adapter, pairs, batch_size):
             out = target_logits(adapter, batch)
             loss = out.per_example_mean(out.token_nll()).sum() / len(pairs)
             if backward:
@@ -47,39 +46,34 @@ def generalization_loss(adapter, pairs: list[tuple[str, str]], delta: EditDelta,
     return total
 
 
-def reference_log_probs(adapter, pairs: list[tuple[str, str]], batch_size: int) -> list[torch.Tensor]:
+def reference_log_probs(adapter, pairs, batch_size: int) -> list[torch.Tensor]:
     """Unedited log-probabilities at the answer positions of ``pairs``, one tensor per chunk."""
-    device = next(adapter.model.parameters()).device
+    if getattr(pairs, "final", None) is not None:
+        return pairs.reference_log_probs(adapter, batch_size)
     out = []
-    with torch.no_grad():
-        for chunk in iter_chunks(pairs, batch_size):
-            batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
+    with torch.no_grad(), passes_for(adapter, pairs):
+        for batch in encoded_batches(adapter, pairs, batch_size):
             out.append(target_logits(adapter, batch).logits.float().log_softmax(-1))
     return out
 
 
-def locality_loss(adapter, pairs: list[tuple[str, str]], delta: EditDelta, batch_size: int, coef: float = 1.0,
+def locality_loss(adapter, pairs, delta: EditDelta, batch_size: int, coef: float = 1.0,
                   backward: bool = True, references: list[torch.Tensor] | None = None) -> float:
     """``coef * KL(unedited || edited)`` over the answer positions of unrelated prompts; backward
     (unless not asked); returns the mean KL (without ``coef``). ``references``: precomputed
-    ``reference_log_probs`` (else computed chunk by chunk here)."""
-    if not pairs or (coef == 0 and backward):
+    ``reference_log_probs`` (else computed here)."""
+    if not len(pairs) or (coef == 0 and backward):
         return 0.0
+    if references is None:
+        references = reference_log_probs(adapter, pairs, batch_size)
     total = 0.0
-    device = next(adapter.model.parameters()).device
-    for index, chunk in enumerate(iter_chunks(pairs, batch_size)):
-        batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
-        if references is not None:
-            reference = references[index]
-        else:
-            with torch.no_grad():
-                reference = target_logits(adapter, batch).logits.float().log_softmax(-1)
-        with delta.applied(adapter.model), torch.set_grad_enabled(backward):
+    with delta.applied(adapter.model), passes_for(adapter, pairs), torch.set_grad_enabled(backward):
+        for reference, batch in zip(references, encoded_batches(adapter, pairs, batch_size)):
             out = target_logits(adapter, batch)
             log_probs = out.logits.float().log_softmax(-1)
             kl = F.kl_div(log_probs, reference, log_target=True, reduction="none").sum(-1)
             loss = out.per_example_mean(kl).sum() / len(pairs)
             if backward:
                 (coef * loss).backward()
-        total += float(loss.detach())
+            total += float(loss.detach())
     return total

@@ -9,9 +9,17 @@ One step per batch of ``n_edits`` requests (ALGORITHMS.md, MALMEN):
    the hypernetwork chunk by chunk with grad; clip; Adam step.
 The LM graph and the hypernetwork graph are never in memory together. Checkpoints (editor +
 optimiser + RNG + step) make a killed run resume to the same final weights.
+
+With ``fact_cache`` (default, for models ``hyperedit.prefix`` supports) step 1 and the layers
+below the lowest edited one are computed once per request before training (``FactCache``): a
+step then runs only the hypernetwork and the edited layers + head; validation likewise (ES, GS
+and LS on the cached texts: teacher-forced token accuracy, LS against the unedited argmax on the
+locality prompts that have an answer). After each validation the editor with the best mean of
+ES, GS and LS so far is kept in ``OUT/best``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -20,13 +28,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..atomic import atomic_directory
+from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
 from ..delta import EditDelta
 from ..lm import cache_keys_and_value_grads, trainable_weights
-from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
 from ..models.limits import check_request_lengths
 from ..outputs import start_run_directory
+from ..prefix import supports_prefix
 from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
+from .fact_cache import FactCache, load_or_build
 from .losses import (generalization_loss, locality_examples, locality_loss, reference_log_probs,
                      rephrase_examples)
 from .metrics import MetricsLog
@@ -35,7 +46,8 @@ log = logging.getLogger(__name__)
 
 # Settings that do not change the trained weights: a run may be resumed with other values
 # (e.g. more ``steps`` to extend it, since batches depend only on the seed and the step).
-RESUMABLE = ("steps", "val_every", "ckpt_every", "keep_checkpoints")
+RESUMABLE = ("steps", "val_every", "ckpt_every", "keep_checkpoints", "fact_cache", "cache_dir")
+BEST_DIR = "best"
 
 
 @dataclass
@@ -44,6 +56,11 @@ class MetaTrainConfig:
     (default: ``meta_lr``); validation every ``val_every`` steps on ``val_size`` held-out requests.
     ``calibrate_lr``: before the first step, choose the initial edit ``lr`` by a half-decade grid
     search around the editor's ``lr_init`` on the untrained editor's loss on the first batch.
+    ``lambda_meta_lr``: Adam's step size for MALMEN's ``log_lambda`` (default: ``meta_lr``);
+    ``lambda_init="trace"`` sets e^lambda to tr(K^T K) / d_in of the first batch's keys per module
+    (the ridge then starts at the scale of the keys instead of 1). ``fact_cache``: compute the
+    per-request caches once (``FactCache``; ignored with a log line where unsupported), kept in
+    ``cache_dir`` (default: the run directory) or, with ``cache_dir=""``, in memory only.
     """
 
     steps: int = 100
@@ -58,12 +75,18 @@ class MetaTrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     calibrate_lr: bool = True
+    lambda_meta_lr: float | None = None
+    lambda_init: str = "zero"
+    fact_cache: bool = True
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.n_edits < 1 or self.ckpt_every < 1:
             raise ValueError("steps, n_edits and ckpt_every must be >= 1")
         if self.meta_lr <= 0 or self.max_grad_norm <= 0 or self.loc_coef < 0:
             raise ValueError("meta_lr and max_grad_norm must be > 0, loc_coef >= 0")
+        if self.lambda_init not in ("zero", "trace"):
+            raise ValueError("lambda_init must be 'zero' or 'trace'")
 
 
 class MetaTrainer:
@@ -79,12 +102,17 @@ class MetaTrainer:
         self.step = 0
         nets = editor.nets
         lr_params = [p for n, p in nets.named_parameters() if n.endswith(".lr")]
-        others = [p for n, p in nets.named_parameters() if not n.endswith(".lr")]
+        lam_params = [p for n, p in nets.named_parameters() if n.endswith(".log_lambda")]
+        others = [p for n, p in nets.named_parameters() if not n.endswith((".lr", ".log_lambda"))]
         self.optimizer = torch.optim.Adam([
             {"params": others, "lr": config.meta_lr},
             {"params": lr_params, "lr": config.lr_meta_lr or config.meta_lr},
+            {"params": lam_params, "lr": config.lambda_meta_lr or config.meta_lr},
         ])
         self._reference = None
+        self.facts: FactCache | None = None
+        self.val_facts: FactCache | None = None
+        self.best_score: float | None = None
 
     # ----- the loop ---------------------------------------------------------------------------
     def run(self, resume: bool = False) -> list[dict]:
@@ -95,6 +123,10 @@ class MetaTrainer:
             self._load(latest)
         elif resume:
             log.warning("nothing to resume in %s: starting a new run", self.run_dir)
+        self.editor.prepare(self.lm)
+        self.prepare_caches()
+        scores = [self._score(r) for r in self.metrics.read() if r.get("split") == "val"]
+        self.best_score = max((v for v in scores if v is not None), default=None)
         if self.step == 0:
             self.metrics.rewind(-1)
             if self.config.calibrate_lr:
@@ -115,6 +147,39 @@ class MetaTrainer:
                 self._save()
         return [r for r in self.metrics.read() if r.get("split") == "val"]
 
+    # ----- inputs of a step: cached or computed -------------------------------------------------
+    def prepare_caches(self) -> None:
+        """Build or load the fact caches of the training and validation requests (``FactCache``)."""
+        cfg, adapter = self.config, self.lm.adapter
+        if not cfg.fact_cache or self.facts is not None:
+            return
+        if not supports_prefix(adapter):
+            log.info("fact cache: not supported for model_type %s; every step runs the whole model",
+                     adapter.model_type)
+            return
+        folder = None if cfg.cache_dir == "" else Path(cfg.cache_dir or self.run_dir)
+        ecfg, names = self.editor.config, self.editor.module_names
+        path = (lambda name: None if folder is None else folder / name)
+        self.facts = load_or_build(path("train-cache.safetensors"), adapter, self.train, names, ecfg.token,
+                                   ecfg.lm_batch_size)
+        if self.val:
+            self.val_facts = load_or_build(path("val-cache.safetensors"), adapter, self.val, names, ecfg.token,
+                                           ecfg.lm_batch_size, prompts=True)
+
+    def batch_indices(self, step: int) -> list[int]:
+        """Indices (into the training requests) of the batch of ``step``."""
+        return batch_for_step(list(range(len(self.train))), step, self.config.n_edits, self.config.seed)
+
+    def step_inputs(self, indices: list[int]):
+        """(keys/value-gradient cache, generalisation examples, locality examples) of a batch."""
+        if self.facts is not None:
+            f = self.facts
+            # losses are sums over examples: their order is free, so batches of similar length
+            return (f.edit_cache(indices), f.rephrase_examples(indices).by_length(),
+                    f.locality_examples(indices).by_length())
+        batch = [self.train[i] for i in indices]
+        return self._cache(batch), rephrase_examples(batch), locality_examples(batch)
+
     def _cache(self, batch) -> dict:
         ecfg = self.editor.config
         raw = cache_keys_and_value_grads(self.lm.adapter, [r.prompt for r in batch], [r.target for r in batch],
@@ -124,6 +189,18 @@ class MetaTrainer:
     def _update_normalizers(self, cache: dict) -> None:
         for name in self.editor.module_names:
             self.editor.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1))
+
+    def _init_lambda(self, cache: dict) -> None:
+        """e^lambda[m] = tr(K^T K) / tr(R) of module m's keys in ``cache`` (``lambda_init="trace"``;
+        R the ridge matrix, tr(I) = d_in), so the ridge starts at the scale of the keys."""
+        for name in self.editor.module_names:
+            keys = cache[name][0].double()
+            net, index = self.editor.nets.net_for(name)
+            ridge_trace = self.editor.ridge_trace(name) if hasattr(self.editor, "ridge_trace") else keys.shape[1]
+            net.log_lambda.data[index] = float(((keys * keys).sum() / ridge_trace).clamp_min(1e-12).log())
+        log.info("initial e^lambda (tr(K^T K)/tr(R) of the first batch): %s", ", ".join(
+            f"{float(net.log_lambda[i].detach().exp()):.3g}" for name in self.editor.module_names
+            for net, i in [self.editor.nets.net_for(name)]))
 
     def calibrate(self, max_points: int = 16) -> float:
         """Set every module's initial ``lr`` to the grid value with the lowest untrained loss.
@@ -136,10 +213,10 @@ class MetaTrainer:
         """
         editor, adapter, cfg = self.editor, self.lm.adapter, self.config
         bs = editor.config.lm_batch_size
-        batch = batch_for_step(self.train, 0, cfg.n_edits, cfg.seed)
-        cache = self._cache(batch)
+        cache, gen_pairs, loc_pairs = self.step_inputs(self.batch_indices(0))
         self._update_normalizers(cache)
-        gen_pairs, loc_pairs = rephrase_examples(batch), locality_examples(batch)
+        if cfg.lambda_init == "trace":
+            self._init_lambda(cache)
         references = reference_log_probs(adapter, loc_pairs, bs)
         scores: dict[int, float] = {}
 
@@ -174,38 +251,67 @@ class MetaTrainer:
     def train_step(self, step: int) -> dict:
         """One meta-training step on the batch of ``step``; returns its log record."""
         start, cpu_start = time.perf_counter(), time.process_time()
+        self.optimizer.zero_grad(set_to_none=True)
+        record = self.step_gradients(step)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.editor.nets.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        nets = self.editor.nets.nets.values()
+        lrs = torch.cat([net.lr.detach() for net in nets])
+        lams = torch.cat([net.log_lambda.detach().exp() for net in nets])
+        return {**record, "grad_norm": float(grad_norm), "lr": float(lrs.mean()), "lambda": float(lams.mean()),
+                "seconds": round(time.perf_counter() - start, 3),
+                "cpu_seconds": round(time.process_time() - cpu_start, 3)}
+
+    def step_gradients(self, step: int) -> dict:
+        """Steps 1-6 of a training step: the hypernetwork's ``.grad`` (added to) and the losses."""
         editor, adapter, cfg = self.editor, self.lm.adapter, self.config
         ecfg = editor.config
         names = editor.module_names
-        batch = batch_for_step(self.train, step, cfg.n_edits, cfg.seed)
         editor.nets.train()
         with trainable_weights(adapter, names) as weights:
-            cache = self._cache(batch)
+            cache, gen_pairs, loc_pairs = self.step_inputs(self.batch_indices(step))
             self._update_normalizers(cache)
             acc, shifts = editor.predict(cache)
             delta = EditDelta.from_in_out(adapter, shifts, editor=editor.name)
             for w in weights:
                 w.grad = None
-            gen = generalization_loss(adapter, rephrase_examples(batch), delta, ecfg.lm_batch_size)
-            loc = locality_loss(adapter, locality_examples(batch), delta, ecfg.lm_batch_size, cfg.loc_coef)
+            gen = generalization_loss(adapter, gen_pairs, delta, ecfg.lm_batch_size)
+            loc = locality_loss(adapter, loc_pairs, delta, ecfg.lm_batch_size, cfg.loc_coef)
             grad_shifts = {}
             for name, w in zip(names, weights):
                 grad = w.grad if w.grad is not None else torch.zeros_like(w)
                 grad_shifts[name] = adapter.param_to_in_out(name, grad).float().clone()
-        self.optimizer.zero_grad(set_to_none=True)
         editor.backward(cache, acc, shifts, grad_shifts)
-        grad_norm = torch.nn.utils.clip_grad_norm_(editor.nets.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
-        lrs = torch.cat([net.lr.detach() for net in editor.nets.nets.values()])
-        lams = torch.cat([net.log_lambda.detach().exp() for net in editor.nets.nets.values()])
-        return {"gen_loss": gen, "loc_loss": loc, "grad_norm": float(grad_norm), "lr": float(lrs.mean()),
-                "lambda": float(lams.mean()), "n_tokens": int(next(iter(cache.values()))[0].shape[0]),
-                "shift_norm": float(sum(s.norm() for s in shifts.values()) / len(shifts)),
-                "seconds": round(time.perf_counter() - start, 3),
-                "cpu_seconds": round(time.process_time() - cpu_start, 3)}
+        return {"gen_loss": gen, "loc_loss": loc, "n_tokens": int(next(iter(cache.values()))[0].shape[0]),
+                "shift_norm": float(sum(s.norm() for s in shifts.values()) / len(shifts))}
 
+    # ----- validation ------------------------------------------------------------------------------
     def _validate(self) -> dict:
-        """Edit all validation requests at once; ES/GS/LS of the edited model (hyperedit.eval)."""
+        """Edit all validation requests at once and score the edited model (ES, GS, LS)."""
+        start = time.perf_counter()
+        metrics = self._validate_cached() if self.val_facts is not None else self._validate_full()
+        record = {"step": self.step, "split": "val", "n_edits": len(self.val),
+                  "seconds": round(time.perf_counter() - start, 3),
+                  **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}}
+        self.metrics.append(record)
+        log.info("validation at step %d: ES %.3f GS %.3f LS %.3f", self.step, record.get("ES") or 0,
+                 record.get("GS") or 0, record.get("LS") or 0)
+        score = self._score(record)
+        if score is not None and (self.best_score is None or score > self.best_score):
+            self.best_score = score
+            with atomic_directory(self.run_dir / BEST_DIR) as tmp:
+                self.editor.save(tmp, extra_meta={"training": {"step": self.step, **self._identity()},
+                                                  "validation": record})
+            log.info("best validation so far (mean %.3f): editor kept in %s", score, self.run_dir / BEST_DIR)
+        return record
+
+    @staticmethod
+    def _score(record: dict) -> float | None:
+        values = [record.get(k) for k in ("ES", "GS", "LS")]
+        return None if any(v is None for v in values) else sum(values) / 3
+
+    def _validate_full(self) -> dict:
+        """Through ``editor.edit`` and ``hyperedit.eval.evaluate`` (no caches)."""
         from ..eval import evaluate, locality_reference
 
         adapter = self.lm.adapter
@@ -216,12 +322,37 @@ class MetaTrainer:
         seconds = time.perf_counter() - start
         with delta.applied(self.lm.model):
             metrics, _ = evaluate(adapter, self.val, self._reference)
-        record = {"step": self.step, "split": "val", "n_edits": len(self.val), "edit_seconds": round(seconds, 3),
-                  **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}}
-        self.metrics.append(record)
-        log.info("validation at step %d: ES %.3f GS %.3f LS %.3f", self.step, record.get("ES") or 0,
-                 record.get("GS") or 0, record.get("LS") or 0)
-        return record
+        return {**metrics, "edit_seconds": round(seconds, 3)}
+
+    def _validate_cached(self) -> dict:
+        """ES/GS: teacher-forced target accuracy on prompts/rephrasings; LS: agreement with the
+        unedited argmax on the locality prompts with an answer (per request, then averaged)."""
+        from ..eval.metrics import agreement, mean, score_examples
+
+        adapter, facts, bs = self.lm.adapter, self.val_facts, self.editor.config.lm_batch_size
+        everything = list(range(len(self.val)))
+        loc = facts.locality_examples(everything)
+        if self._reference is None:
+            self._reference = [s.predicted for s in score_examples(adapter, loc, bs)]
+        self.editor.nets.eval()
+        _, shifts = self.editor.predict(facts.edit_cache(everything))
+        delta = EditDelta.from_in_out(adapter, shifts, editor=self.editor.name)
+        with delta.applied(self.lm.model):
+            es = score_examples(adapter, facts.prompt_examples(everything), bs)
+            gs = score_examples(adapter, facts.rephrase_examples(everything), bs)
+            ls = score_examples(adapter, loc, bs)
+
+        def per_request(values, offsets):
+            owners = facts.owners(offsets, everything)
+            buckets = [[] for _ in everything]
+            for owner, v in zip(owners, values):
+                buckets[owner].append(v)
+            return mean(mean(b) for b in buckets)
+
+        return {"ES": mean(s.accuracy for s in es),
+                "GS": per_request([s.accuracy for s in gs], facts.rephrase_offsets),
+                "LS": per_request([agreement(r, s.predicted) for r, s in zip(self._reference, ls)],
+                                  facts.locality_offsets)}
 
     # ----- checkpoints ---------------------------------------------------------------------------
     def _identity(self) -> dict:
@@ -240,8 +371,6 @@ class MetaTrainer:
         log.info("checkpoint %s", path)
 
     def _load(self, folder: Path) -> None:
-        import json
-
         from ..editors._hypernet import WEIGHTS_FILE
 
         meta = json.loads((folder / TRAINER_JSON).read_text())
