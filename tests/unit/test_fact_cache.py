@@ -12,6 +12,7 @@ from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
 from hyperedit.editors.mend import MendConfig, MendEditor
 from hyperedit.lm import target_logits
 from hyperedit.prefix import compute_prefix, frozen_prefix
+from hyperedit.requests import EditRequest
 from hyperedit.training import MetaTrainConfig, MetaTrainer
 from hyperedit.training.fact_cache import load_or_build
 
@@ -131,3 +132,16 @@ def test_log_lambda_starts_at_the_key_scale_and_has_its_own_step_size(tiny_llama
     after = torch.cat([n.log_lambda.detach() for n in editor.nets.nets.values()])
     # Adam's first step moves each coordinate by about its step size: 0.1 here, not meta_lr
     assert torch.allclose((after - before).abs(), torch.full_like(before, 0.1), rtol=1e-3)
+
+
+def test_a_file_that_is_not_a_fact_cache_is_never_replaced(tiny_llama, tmp_path):
+    from hyperedit.errors import HyperEditError
+    from hyperedit.training.fact_cache import load_or_build
+
+    mine = tmp_path / "facts.safetensors"
+    mine.write_bytes(b"my own file")
+    names = tiny_llama.adapter.module_names([1])
+    requests = [EditRequest("john plays the sport of", "tennis")]
+    with pytest.raises(HyperEditError, match="not a fact cache"):
+        load_or_build(mine, tiny_llama.adapter, requests, names)
+    assert mine.read_bytes() == b"my own file"

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..atomic import atomic_file
+from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, iter_chunks
 from ..prefix import PrefixExamples, compute_prefix
 from ..progress import progress
@@ -168,10 +170,12 @@ def load_or_build(path: str | Path | None, adapter, requests: list[EditRequest],
     """
     key = json.loads(json.dumps(cache_key(adapter, requests, names, token, prompts), sort_keys=True))
     layer = min(adapter.layer_of(n) for n in names)
-    if path is not None and Path(path).is_file():
-        with safe_open(str(path), framework="pt") as f:
-            stored = json.loads((f.metadata() or {}).get("key", "{}"))
-            if stored == key:
+    if path is not None and os.path.lexists(path):
+        stored = _stored_key(Path(path))
+        if stored is None:  # never replace a file that is not one of ours
+            raise HyperEditError(f"{path}: exists and is not a fact cache; choose another --cache-dir")
+        if stored == key:
+            with safe_open(str(path), framework="pt") as f:
                 log.info("fact cache %s: key matches, reused", path)
                 return FactCache.from_tensors({k: f.get_tensor(k) for k in f.keys()}, names, layer)
         differ = sorted(k for k in key if stored.get(k) != key[k])
@@ -179,9 +183,16 @@ def load_or_build(path: str | Path | None, adapter, requests: list[EditRequest],
     log.info("building fact cache for %d requests (layers from %d up run per step)", len(requests), layer)
     cache = build_fact_cache(adapter, requests, names, token, batch_size, prompts)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(cache.tensors(), str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            save_file(cache.tensors(), str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
     return cache
+
+
+def _stored_key(path: Path) -> dict | None:
+    """The key a fact cache file was written with, or None when ``path`` is not a fact cache."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta["key"]) if "key" in meta else None
+    except (OSError, ValueError, SafetensorError):
+        return None
