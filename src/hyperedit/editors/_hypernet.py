@@ -96,11 +96,12 @@ def scale_shifts(shifts: dict[str, torch.Tensor], scale: float) -> dict[str, tor
 
 
 def accumulator_tensors(acc: dict, names: list[str]) -> list[torch.Tensor]:
-    """The tensors of an accumulator in a fixed order (every entry is a sum over tokens)."""
+    """The tensors of an accumulator before ``finish``, in a fixed order (each is a sum over tokens)."""
     tensors = []
     for name in names:
         value = acc[name]
-        tensors.extend(value if isinstance(value, tuple) else [value])
+        parts = value if isinstance(value, (tuple, list)) else [value]
+        tensors.extend(t for t in parts if isinstance(t, torch.Tensor))
     return tensors
 
 
