@@ -1,6 +1,8 @@
 """The hypernetwork modules and the least-squares maths of MALMEN (no language model needed)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -195,9 +197,12 @@ def test_covariance_ridge_gradients_equal_autograd_through_solve_in_float64():
         assert _relative_error(with_eye[0], plain[0]) < 1e-12 and _relative_error(with_eye[1], plain[1]) < 1e-12
 
 
-def test_covariance_ridge_editor_solves_with_c0(tiny_llama):
+def test_covariance_ridge_editor_solves_with_c0(tiny_llama, monkeypatch):
     from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
     from hyperedit.stats import key_second_moments
+
+    # C0 comes from the generic-text corpus: the miniature copy, not the benchmark data directory
+    monkeypatch.setenv("HYPEREDIT_DATA_DIR", str(Path(__file__).resolve().parents[1] / "fixtures" / "data"))
 
     editor = MalmenEditor.create(MalmenConfig(layers=[2, 3], rank=4, lr_init=1e-1, ridge="covariance",
                                               ridge_samples=8, solve_dtype="float64"), tiny_llama, seed=0)
