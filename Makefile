@@ -21,4 +21,4 @@ bench-ft: setup
 
 # Optional: Chromium and its driver (Debian, root) for the headless page test, skipped without them.
 browser:
-	apt-get install -y chromium chromium-driver
+	apt-get update -q && apt-get install -y -q chromium chromium-driver
