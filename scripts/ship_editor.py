@@ -1,4 +1,4 @@
-"""Copy a trained hypernetwork editor into the package (``hyperedit/shipped/<editor>-<model>/``).
+"""Copy a trained hypernetwork editor into the package (``hyperedit/pretrained/<editor>-<model>/``).
 
     python scripts/ship_editor.py RUN_DIR/best --command "hyperedit train ..."
 
@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 MAX_BYTES = 10 * 2 ** 20
-PACKAGE = Path(__file__).resolve().parent.parent / "src" / "hyperedit" / "shipped"
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "hyperedit" / "pretrained"
 
 
 def main() -> None:

@@ -59,6 +59,8 @@ def _legacy_kind(folder: Path) -> str | None:
     names = {p.name for p in folder.iterdir()}
     if {"delta.json", "shifts.safetensors"} <= names:
         return "delta"
+    if {"editor.json", "editor.safetensors"} <= names:
+        return "editor-state"
     if "LATEST" in names and "checkpoints" in names:
         with contextlib.suppress(OSError):
             latest = folder / "checkpoints" / (folder / "LATEST").read_text().strip()

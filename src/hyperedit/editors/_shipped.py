@@ -1,6 +1,6 @@
 """Trained editors shipped inside the package, for the embedded model.
 
-``hyperedit/shipped/<editor>-<model>/`` holds an ordinary editor checkpoint (``editor.json`` +
+``hyperedit/pretrained/<editor>-<model>/`` holds an ordinary editor checkpoint (``editor.json`` +
 ``editor.safetensors``) and ``training.json``: the command, data and validation figures that
 produced it. ``get_editor`` uses one when no checkpoint is given and the loaded model is the
 one it was trained for (same name and architecture); it never guesses for another model.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "shipped"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 SIDECAR = "training.json"
 
 

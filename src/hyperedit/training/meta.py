@@ -28,12 +28,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..atomic import atomic_directory
 from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
 from ..delta import EditDelta
 from ..lm import cache_keys_and_value_grads, trainable_weights
 from ..models.limits import check_request_lengths
-from ..outputs import start_run_directory
+from ..outputs import start_run_directory, write_directory
 from ..prefix import supports_prefix
 from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
@@ -299,7 +298,7 @@ class MetaTrainer:
         score = self._score(record)
         if score is not None and (self.best_score is None or score > self.best_score):
             self.best_score = score
-            with atomic_directory(self.run_dir / BEST_DIR) as tmp:
+            with write_directory(self.run_dir / BEST_DIR, "editor-state") as tmp:
                 self.editor.save(tmp, extra_meta={"training": {"step": self.step, **self._identity()},
                                                   "validation": record})
             log.info("best validation so far (mean %.3f): editor kept in %s", score, self.run_dir / BEST_DIR)
