@@ -24,6 +24,10 @@ def add_trajectory_args(parser) -> None:
     g.add_argument("--back-depth", type=int, default=10, help="earlier edits in the backtracking loss")
     g.add_argument("--gamma", type=float, default=0.95, help="discount of earlier edits' losses")
     g.add_argument("--reg-coef", type=float, default=1e-4, help="weight of ||S||^2")
+    g.add_argument("--loc-reference", choices=("unedited", "pre_edit"), default="unedited",
+                   help="locality KL against the unedited model or the model just before each edit")
+    g.add_argument("--edit-lr-init", type=float,
+                   help="every per-module edit lr starts at this value (after --init-from; not on --resume)")
     g.add_argument("--no-baseline", action="store_true",
                    help="hiedit: skip measuring the return of editing every candidate module")
     g.add_argument("--init-from", metavar="DIR",
@@ -43,6 +47,7 @@ def run_trajectory(args) -> int:
                              back_depth=args.back_depth, gamma=args.gamma, loc_coef=args.loc_coef,
                              reg_coef=args.reg_coef, meta_lr=args.meta_lr, lr_meta_lr=args.lr_meta_lr,
                              max_grad_norm=args.max_grad_norm, baseline=not args.no_baseline,
+                             loc_reference=args.loc_reference, edit_lr_init=args.edit_lr_init,
                              ckpt_every=args.ckpt_every, seed=args.seed)
     pool, sources = load_pool(args.train, data_dir=args.data_dir, limit=args.limit_train)
     lm = load_model_from_args(args)

@@ -25,6 +25,7 @@ from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, iter_chunks
 from ..nets import HyperNets
 from ..requests import EditRequest
+from ._nullspace import KeyState
 from .base import make_config
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class HyperEditorConfig:
     ``net_batch_size`` tokens per hypernetwork pass only change speed and memory, not results.
     ``shift_scale`` multiplies the shifts an edit writes (1.0: as trained). Training never uses
     it; it lets a stream apply a trained hypernetwork with smaller steps than it was trained for.
+    ``online_norm`` (our extension for lifelong streams): each edit first merges its keys and value
+    gradients into the hypernetwork's running normalisers, as trajectory training does, so the
+    normalisers follow the model the stream has edited; their state is part of the stream state.
     """
 
     layers: list[int] | None = None
@@ -57,8 +61,9 @@ class HyperEditorConfig:
     lm_batch_size: int = 16
     net_batch_size: int = 4096
     shift_scale: float = 1.0
+    online_norm: bool = False
 
-    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale")  # may differ from the checkpoint's values
+    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale", "online_norm")  # may differ from the checkpoint's values
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -179,6 +184,7 @@ class HyperEditor:
         self.nets = nets
         self.model = dict(model or {})  # identity of the model the nets were built for
         self.meta = dict(meta or {})
+        self.keys = KeyState()  # keys of earlier edits (used by ``nullspace`` solves)
 
     # ----- construction -----------------------------------------------------------------
     @classmethod
@@ -237,19 +243,57 @@ class HyperEditor:
         self.prepare(lm)
         acc = self.new_accumulator()
         chunks = list(iter_chunks(shard(list(requests), world), self.config.lm_batch_size))
+        online = self.config.online_norm
+        if online and world.size > 1:
+            raise HyperEditError("online_norm is not supported in a data-parallel run")
+        held = []  # online_norm: every chunk's cache, accumulated after the normalisers saw them all
         for chunk in progress(chunks, desc=f"{self.name} edit", unit="chunk"):
             cache = cache_requests(adapter, chunk, names, self.config.token)
-            with torch.no_grad():
-                for name in names:
-                    self.accumulate(acc, name, *cache[name])
+            if online:
+                self.update_normalizers(cache)
+                held.append(cache)
+                continue
+            self._accumulate_cache(acc, cache)
             del cache
+        for cache in held:
+            self._accumulate_cache(acc, cache)
         all_reduce_sum_(accumulator_tensors(acc, names), world)
         with torch.no_grad():
             shifts = scale_shifts(self.finish(acc), self.config.shift_scale)
+        self.remember_keys(acc, len(requests))
         return EditDelta.from_in_out(adapter, shifts, editor=self.name, config=asdict(self.config),
                                      n_requests=len(requests))
 
+    def _accumulate_cache(self, acc: dict, cache: Cache) -> None:
+        with torch.no_grad():
+            for name in self.module_names:
+                self.accumulate(acc, name, *cache[name])
+
+    def update_normalizers(self, cache: Cache) -> None:
+        """Merge a cache's ``[k; g]`` rows into each module's running normaliser (float64, deterministic)."""
+        for name in self.module_names:
+            self.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1))
+
+    # ----- sequential state (lifelong streams) ----------------------------------------------
+    def stream_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """What a stream changes in the editor: the normalisers' statistics (``online_norm``) and
+        the keys of earlier edits (``nullspace``); saved with every lifelong checkpoint."""
+        tensors = {f"keys/{k}": v for k, v in self.keys.state_dict().items()}
+        tensors.update({f"nets/{k}": v.clone() for k, v in self.nets.state_dict().items() if ".normalizer." in k})
+        return tensors, {"kind": "hypernet", "editor": self.name}
+
+    def load_stream_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        if meta.get("kind") != "hypernet":
+            raise HyperEditError(f"the stream's editor state is {meta.get('kind')!r}, not a hypernetwork editor's")
+        self.keys.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("keys/")},
+                                  what=f"{self.name} stream")
+        norms = {k[5:]: v for k, v in tensors.items() if k.startswith("nets/")}
+        self.nets.load_state_dict({**self.nets.state_dict(), **norms})
+
     # ----- subclass API -------------------------------------------------------------------
+    def remember_keys(self, acc: dict, n_requests: int) -> None:
+        """After an edit: record its keys for later solves (nothing by default)."""
+
     def prepare(self, lm) -> None:
         """Load what the aggregation needs from the model before solving (nothing by default)."""
 
@@ -269,9 +313,8 @@ class HyperEditor:
     def predict(self, cache: Cache) -> tuple[dict, dict[str, torch.Tensor]]:
         """(accumulator, shifts) for an in-memory cache, without gradients (meta-training step 2)."""
         acc = self.new_accumulator()
+        self._accumulate_cache(acc, cache)
         with torch.no_grad():
-            for name in self.module_names:
-                self.accumulate(acc, name, *cache[name])
             return acc, self.finish(acc)
 
     # ----- persistence ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ..errors import HyperEditError
 from ..hooks import capture, edit_output, stop_after
 from ..models import LoadedModel
 from ..requests import EditRequest
+from ._nullspace import null_space_projector  # noqa: F401  (re-exported: AlphaEdit, MetaKE)
 
 log = logging.getLogger(__name__)
 
@@ -184,15 +185,6 @@ def memit_map(K: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
     (lam C + K^T K) S = K^T R (MEMIT's normal equations)."""
     K, C = K.double(), C.double()
     return torch.linalg.solve(lam * C + K.T @ K, K.T)
-
-
-def null_space_projector(C: torch.Tensor, threshold: float, relative: bool = False) -> torch.Tensor:
-    """P = U U^T over the eigenvectors of the (symmetric) C with eigenvalue below ``threshold``
-    (times the largest eigenvalue when ``relative``)."""
-    evals, evecs = torch.linalg.eigh(C.double())
-    cut = threshold * float(evals.max()) if relative else threshold
-    U = evecs[:, evals < cut]
-    return U @ U.T
 
 
 def alphaedit_map(K: torch.Tensor, P: torch.Tensor, Kp_cov: torch.Tensor | None, l2: float) -> torch.Tensor:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import HyperEditError
 from ..models import LoadedModel
 from . import _locate as L
+from ._nullspace import KeyState, NullSpaceOptions
 from .base import make_config, register_editor
 from .memit import LocateEditor
 
@@ -25,19 +26,19 @@ STATE_FILE, CONFIG_FILE = "state.safetensors", "config.json"
 
 
 @dataclass
-class AlphaEditConfig(L.LocateConfig):
-    """AlphaEdit options: shared locate-then-edit options plus the null space and the ridge."""
+class AlphaEditConfig(L.LocateConfig, NullSpaceOptions):
+    """AlphaEdit options: shared locate-then-edit options plus the null space
+    (``nullspace_threshold``, ``threshold_relative``: ``NullSpaceOptions``) and the ridge."""
 
-    nullspace_threshold: float = 2e-2  # eigenvalues of C below this span the preserved null space
-    threshold_relative: bool = False  # threshold as a fraction of C's largest eigenvalue
     l2: float = 1.0  # ridge added to the projected normal matrix
     accumulate: bool = True  # remember the keys of earlier edits (K_p) across edit calls
     diagnostics: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.nullspace_threshold <= 0 or self.l2 < 0:
-            raise ValueError("nullspace_threshold must be positive and l2 non-negative")
+        self.check_nullspace_options()
+        if self.l2 < 0:
+            raise ValueError("l2 must be non-negative")
 
 
 @register_editor("alphaedit", AlphaEditConfig, "AlphaEdit: MEMIT with null-space projected updates, sequential K_p")
@@ -47,8 +48,7 @@ class AlphaEdit(LocateEditor):
     def __init__(self, config):
         super().__init__(config)
         self._projectors: dict[str, torch.Tensor] = {}
-        self._kp: dict[str, torch.Tensor] = {}
-        self.n_edits = 0
+        self.keys = KeyState()
 
     def projector(self, lm: LoadedModel, name: str) -> torch.Tensor:
         """Null-space projector P (d_in, d_in), float64, computed once from the key statistics."""
@@ -63,34 +63,32 @@ class AlphaEdit(LocateEditor):
 
     def solver_map(self, lm: LoadedModel, name: str, K: torch.Tensor) -> torch.Tensor:
         P = self.projector(lm, name).to(K.device)
-        kp = self._kp.get(name)
+        kp = self.keys.get(name)
         return L.alphaedit_map(K, P, kp.to(K.device) if kp is not None else None, self.config.l2)
 
     def after_solve(self, record: L.SolveRecord) -> None:
         if not self.config.accumulate:
             return
         for name, K in record.keys.items():
-            K = K.double().cpu()
-            self._kp[name] = self._kp.get(name, 0) + K.T @ K
-        self.n_edits += len(next(iter(record.keys.values()))) if record.keys else 0
+            K = K.double()
+            self.keys.add(name, K.T @ K)
+        self.keys.n_edits += len(next(iter(record.keys.values()))) if record.keys else 0
+
+    @property
+    def n_edits(self) -> int:
+        return self.keys.n_edits
 
     # ----- sequential state -----------------------------------------------------------------
     def reset(self) -> None:
         """Forget the keys of earlier edits."""
-        self._kp.clear()
-        self.n_edits = 0
+        self.keys.reset()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """``{"kp/<module>": K_p^T K_p (d_in, d_in) float64, "n_edits": ()}``."""
-        state = {f"kp/{name}": t.clone() for name, t in self._kp.items()}
-        state["n_edits"] = torch.tensor(self.n_edits)
-        return state
+        """``{"kp/<module>": K_p^T K_p (d_in, d_in) float64, "n_edits": ()}`` (``KeyState``)."""
+        return self.keys.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        kp = {k[len("kp/"):]: v.double().clone() for k, v in state.items() if k.startswith("kp/")}
-        if "n_edits" not in state:
-            raise HyperEditError("AlphaEdit state has no n_edits entry")
-        self._kp, self.n_edits = kp, int(state["n_edits"])
+        self.keys.load_state_dict(state, what="AlphaEdit")
 
     def save(self, path) -> Path:
         """Write config (JSON) and sequential state (safetensors) into directory ``path``."""

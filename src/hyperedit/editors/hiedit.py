@@ -22,33 +22,36 @@ from ..errors import HyperEditError
 from ..nets.policy import LayerPolicy
 from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, scale_shifts
 from .base import make_config, register_editor
-from .malmen import MalmenConfig, MalmenEditor
+from .malmen import DirectionOptions, MalmenConfig, MalmenEditor
 from .mend import MendConfig, MendEditor
-from .rledit import Proposal, hypernet_parameter_groups
+from .rledit import Proposal, edit_lr_parameters, hypernet_parameter_groups
 
 LOW = {"malmen": (MalmenEditor, MalmenConfig), "mend": (MendEditor, MendConfig)}
 
 
 @dataclass
-class HiEditConfig(HyperEditorConfig):
+class HiEditConfig(HyperEditorConfig, DirectionOptions):
     """HiEdit settings: ``layers`` are the candidate modules' layers, ``top_k`` of them are edited
     per edit; ``low`` is the low-level editor (malmen | mend); ``policy_hidden`` the encoder width;
-    ``sparsity_coef`` weighs the intrinsic reward."""
+    ``sparsity_coef`` weighs the intrinsic reward. The solve options (``DirectionOptions``:
+    covariance ridge, null-space projection, our extensions) apply to ``low=malmen``."""
 
     low: str = "malmen"
     top_k: int = 3
     policy_hidden: int = 256
     sparsity_coef: float = 1e-3
-    solve_dtype: str = "float32"
 
-    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale", "solve_dtype")
+    RUNTIME = HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_direction_options()
         if self.low not in LOW:
             raise ValueError(f"low must be one of {sorted(LOW)}")
         if self.top_k < 1 or self.policy_hidden < 1 or self.sparsity_coef < 0:
             raise ValueError("top_k and policy_hidden must be >= 1, sparsity_coef >= 0")
+        if self.low != "malmen" and (self.nullspace or self.ridge != "identity"):
+            raise ValueError("ridge and nullspace need low=malmen (a least-squares solve)")
 
     def low_config(self) -> HyperEditorConfig:
         cls = LOW[self.low][1]
@@ -93,7 +96,10 @@ class HiEditEditor:
             raise HyperEditError("no requests to edit")
         self.policy.to(lm.device).eval()
         self.low.nets.to(lm.device).eval()
+        self.low.prepare(lm)
         cache = cache_requests(lm.adapter, list(requests), self.module_names, self.config.token)
+        if self.config.online_norm:
+            self.update_normalizers(cache)
         with torch.no_grad():
             mask, _ = self.select(cache)
             chosen = [n for n, m in zip(self.module_names, mask.tolist()) if m > 0.5]
@@ -101,6 +107,8 @@ class HiEditEditor:
             for name in chosen:
                 self.low.accumulate(acc, name, *cache[name])
             shifts = scale_shifts(self.low.finish(acc), self.config.shift_scale)
+        # every candidate's keys are kept, chosen or not: a later edit of that module must keep them
+        self.low.remember_keys({n: [k.double().T @ k.double()] for n, (k, _) in cache.items()}, len(requests))
         return EditDelta.from_in_out(lm.adapter, shifts, editor=self.name, config=asdict(self.config),
                                      n_requests=len(requests), n_candidates=len(self.module_names))
 
@@ -113,6 +121,9 @@ class HiEditEditor:
         return hypernet_parameter_groups(self.low.nets, meta_lr, lr_meta_lr) + \
             [{"params": list(self.policy.parameters()), "lr": meta_lr}]
 
+    def edit_lr_parameters(self) -> list:
+        return edit_lr_parameters(self.low.nets)
+
     def train_mode(self, flag: bool = True) -> None:
         self.low.nets.train(flag)
         self.policy.train(flag)
@@ -121,13 +132,30 @@ class HiEditEditor:
         return cache_requests(lm.adapter, list(requests), self.module_names, self.config.token)
 
     def update_normalizers(self, cache: dict) -> None:
-        for name in self.module_names:
-            self.low.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1))
+        self.low.update_normalizers(cache)
         self.policy.update_normalizers({n: torch.cat(cache[n], dim=-1) for n in self.module_names})
+
+    def prepare(self, lm) -> None:
+        self.low.prepare(lm)
+
+    def begin_trajectory(self) -> None:
+        self.low.keys.reset()
+
+    def stream_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The low level's stream state plus the policy's normaliser statistics."""
+        tensors, meta = self.low.stream_state()
+        tensors.update({f"policy/{k}": v.clone() for k, v in self.policy.state_dict().items() if ".normalizer." in k})
+        return tensors, meta
+
+    def load_stream_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.low.load_stream_state({k: v for k, v in tensors.items() if not k.startswith("policy/")}, meta)
+        norms = {k[7:]: v for k, v in tensors.items() if k.startswith("policy/")}
+        self.policy.load_state_dict({**self.policy.state_dict(), **norms})
 
     def trajectory_propose(self, cache: dict) -> Proposal:
         mask, gate = self.select(cache)  # keeps the policy's graph
         acc, full = self.low.predict(cache)
+        self.low.remember_keys(acc, 0)  # every candidate's keys; the request count is not used in training
         chosen = {n: full[n] for n, m in zip(self.module_names, mask.tolist()) if m > 0.5}
         return Proposal(shifts=chosen, full=full, state={"cache": cache, "acc": acc, "mask": mask, "gate": gate})
 

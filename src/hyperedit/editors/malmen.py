@@ -4,6 +4,15 @@ Per token the hypernetwork proposes a value difference ``d_i = -lr[m] <k_i, k~_i
 shift of module m solves ``min_S ||K S - D||^2 + e^lambda[m] ||S||^2``, i.e. the normal equation
 ``S = (K^T K + e^lambda I)^{-1} K^T D``. ``K^T K`` and ``K^T D`` are accumulated chunk by chunk,
 so thousands of facts cost one ``d_in x d_in`` system per module.
+
+Direction control (our extension, ``DirectionOptions``; also used by RLEdit and HiEdit): the ridge
+may be the key second moment C0 instead of the identity (``ridge="covariance"``), or the shift may
+be confined to the null space of the preserved keys (``nullspace``): with U the basis of C0's
+near-null space (AlphaEdit's projector P = U U^T) and K_p^T K_p the keys of this editor's earlier
+edits (``KeyState``), ``S = U Z`` with ``Z = (U^T (K^T K + K_p^T K_p) U + e^lambda I)^{-1} U^T K^T D``,
+which is AlphaEdit's solution ``(P (K^T K + K_p^T K_p) + e^lambda I) S = P K^T D`` written in
+U's coordinates (S lies in the range of P). Keys orthogonal to U keep their outputs exactly; the
+keys of earlier edits are kept in the least-squares sense. Every edit adds its keys to K_p.
 """
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ._hypernet import Cache, HyperEditor, HyperEditorConfig, RidgeFactor, ridge_solve_backward, token_slices
+from ._nullspace import NullSpaceOptions, null_space_basis
 from .base import register_editor
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -19,27 +29,48 @@ RIDGES = ("identity", "covariance")
 
 
 @dataclass
-class MalmenConfig(HyperEditorConfig):
-    """MALMEN settings; ``solve_dtype`` is the precision of the accumulated normal equations.
+class DirectionOptions(NullSpaceOptions):
+    """How the least-squares shift is solved; every option may be changed on a trained checkpoint.
 
-    ``ridge``: the regulariser of the solve, ``identity`` (the paper's ``e^lambda ||S||^2``) or
-    ``covariance`` (our extension: ``e^lambda tr(S^T C0 S)`` with C0 the key second moment on
-    generic text, ``hyperedit.stats``, so shifts are cheap where the model's ordinary keys lie
-    and the edit reaches unrelated text less). ``ridge_samples``: corpus texts for C0.
+    ``solve_dtype``: precision of the accumulated normal equations. ``ridge``: the regulariser,
+    ``identity`` (the paper's ``e^lambda ||S||^2``) or ``covariance`` (our extension:
+    ``e^lambda tr(S^T C0 S)`` with C0 the key second moment on generic text, ``hyperedit.stats``,
+    so shifts are cheap where the model's ordinary keys lie and the edit reaches unrelated text
+    less). ``ridge_samples``: corpus texts for C0. ``nullspace`` (our extension, AlphaEdit's
+    projector): shifts confined to the null space of C0 (``nullspace_threshold``,
+    ``threshold_relative``) and kept off the keys of earlier edits; needs ``ridge="identity"``.
+    The learned ``lambda`` was fitted for the solve the editor was trained with.
     """
 
     solve_dtype: str = "float32"
     ridge: str = "identity"
     ridge_samples: int = 2000
+    nullspace: bool = False
 
-    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale", "solve_dtype")
+    DIRECTION_RUNTIME = ("solve_dtype", "ridge", "ridge_samples", "nullspace", "nullspace_threshold",
+                         "threshold_relative")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_direction_options(self) -> None:
+        self.check_nullspace_options()
         if self.solve_dtype not in _DTYPES:
             raise ValueError(f"solve_dtype must be one of {sorted(_DTYPES)}")
         if self.ridge not in RIDGES:
             raise ValueError(f"ridge must be one of {', '.join(RIDGES)}")
+        if self.nullspace and self.ridge != "identity":
+            raise ValueError("nullspace needs ridge=identity (the null space already sets the direction)")
+        if self.ridge_samples < 1:
+            raise ValueError("ridge_samples must be >= 1")
+
+
+@dataclass
+class MalmenConfig(HyperEditorConfig, DirectionOptions):
+    """MALMEN settings: the hypernetwork's (``HyperEditorConfig``) and the solve's (``DirectionOptions``)."""
+
+    RUNTIME = HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_direction_options()
 
 
 @register_editor("malmen", MalmenConfig, "hypernetwork shifts aggregated by least squares (meta-trained)",
@@ -50,11 +81,16 @@ class MalmenEditor(HyperEditor):
     config_class = MalmenConfig
 
     def prepare(self, lm) -> None:
-        """Load the ridge matrices C0 (``ridge="covariance"``; cached by ``hyperedit.stats``)."""
-        if self.config.ridge == "covariance" and getattr(self, "ridges", None) is None:
+        """Load C0 (``ridge="covariance"`` or ``nullspace``; cached by ``hyperedit.stats``) and the
+        null-space bases."""
+        cfg = self.config
+        if (cfg.ridge == "covariance" or cfg.nullspace) and getattr(self, "ridges", None) is None:
             from ..stats import key_second_moments
 
-            self.ridges = key_second_moments(lm, self.module_names, n_samples=self.config.ridge_samples)
+            self.ridges = key_second_moments(lm, self.module_names, n_samples=cfg.ridge_samples)
+        if cfg.nullspace and getattr(self, "bases", None) is None:
+            self.bases = {n: null_space_basis(c, cfg.nullspace_threshold, cfg.threshold_relative)
+                          for n, c in self.ridges.items()}
 
     def _ridge(self, name: str) -> torch.Tensor | None:
         if self.config.ridge == "identity":
@@ -63,6 +99,12 @@ class MalmenEditor(HyperEditor):
         if ridges is None:
             raise RuntimeError("covariance ridge: call prepare(lm) before solving")
         return ridges[name].to(_DTYPES[self.config.solve_dtype])
+
+    def _basis(self, name: str) -> torch.Tensor:
+        bases = getattr(self, "bases", None)
+        if bases is None:
+            raise RuntimeError("nullspace: call prepare(lm) before solving")
+        return bases[name]
 
     def ridge_trace(self, name: str) -> float:
         """tr(R) of module ``name``'s ridge matrix (d_in for the identity)."""
@@ -93,25 +135,51 @@ class MalmenEditor(HyperEditor):
         for name, entry in list(acc.items()):
             net, index = self.nets.net_for(name)
             ktk, ktd = entry[0], entry[1]
-            factor = RidgeFactor(ktk, net.log_lambda[index].detach(), self._ridge(name))
-            acc[name] = [ktk, ktd, factor]
-            shifts[name] = factor.solve(ktd).float()
+            log_lambda = net.log_lambda[index].detach()
+            if self.config.nullspace:
+                U = self._basis(name).to(device=ktk.device, dtype=ktk.dtype)
+                kp = self.keys.get(name)
+                a = ktk if kp is None else ktk + kp.to(device=ktk.device, dtype=ktk.dtype)
+                reduced = U.T @ a @ U
+                factor = RidgeFactor(reduced, log_lambda)
+                z = factor.solve(U.T @ ktd)
+                acc[name] = [ktk, ktd, factor, (U, reduced, z)]
+                shifts[name] = (U @ z).float()
+            else:
+                factor = RidgeFactor(ktk, log_lambda, self._ridge(name))
+                acc[name] = [ktk, ktd, factor, None]
+                shifts[name] = factor.solve(ktd).float()
         return shifts
+
+    def remember_keys(self, acc: dict, n_requests: int) -> None:
+        """``nullspace``: add the keys of an edit (its accumulated ``K^T K``) to K_p."""
+        if not self.config.nullspace:
+            return
+        for name, entry in acc.items():
+            self.keys.add(name, entry[0])
+        self.keys.n_edits += n_requests
 
     def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
                  grad_shifts: dict[str, torch.Tensor]) -> None:
         """Accumulate hypernetwork gradients of a loss whose gradient w.r.t. each shift is given.
 
-        The solve is differentiated in closed form (reusing its factorisation); the hypernetwork
-        is then re-run chunk by chunk with grad and ``<dL/dD, D_chunk>`` is backpropagated (no LM
-        graph in memory).
+        The solve is differentiated in closed form (reusing its factorisation; with ``nullspace``
+        in U's coordinates, where the keys are K U and dL/dZ = U^T dL/dS); the hypernetwork is then
+        re-run chunk by chunk with grad and ``<dL/dD, D_chunk>`` is backpropagated (no LM graph in
+        memory).
         """
         for name in self.module_names:
             keys, grads = cache[name]
             net, index = self.nets.net_for(name)
-            ktk, _, factor = acc[name]
-            grad_d, grad_lam = ridge_solve_backward(keys, ktk, shifts[name], grad_shifts[name],
-                                                    net.log_lambda[index].detach(), self._ridge(name), factor)
+            ktk, _, factor, projected = acc[name]
+            log_lambda = net.log_lambda[index].detach()
+            if projected is None:
+                grad_d, grad_lam = ridge_solve_backward(keys, ktk, shifts[name], grad_shifts[name], log_lambda,
+                                                        self._ridge(name), factor)
+            else:
+                U, reduced, z = projected
+                grad_d, grad_lam = ridge_solve_backward(keys.to(U.dtype) @ U, reduced, z,
+                                                        U.T @ grad_shifts[name].to(U.dtype), log_lambda, None, factor)
             grad_d = grad_d.to(keys.dtype)
             (grad_lam.to(net.log_lambda.dtype) * net.log_lambda[index]).backward()
             for part in token_slices(keys.shape[0], self.config.net_batch_size):

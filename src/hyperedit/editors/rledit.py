@@ -32,12 +32,19 @@ class Proposal:
 
 @dataclass
 class RLEditConfig(MalmenConfig):
-    """RLEdit settings: MALMEN's hypernetwork (paper: rank 1024, 4 blocks; smaller default for CPU)."""
+    """RLEdit settings: MALMEN's hypernetwork (paper: rank 1024, 4 blocks; smaller default for CPU)
+    and its solve, including the direction control (``DirectionOptions``: covariance ridge,
+    null-space projection) and ``online_norm``, our extensions."""
+
+
+def edit_lr_parameters(nets) -> list:
+    """The per-module edit ``lr`` scalars of a ``HyperNets``."""
+    return [p for n, p in nets.named_parameters() if n.endswith(".lr")]
 
 
 def hypernet_parameter_groups(nets, meta_lr: float, lr_meta_lr: float) -> list[dict]:
     """Adam groups: the per-module edit ``lr`` scalars get their own step size."""
-    lr_params = [p for n, p in nets.named_parameters() if n.endswith(".lr")]
+    lr_params = edit_lr_parameters(nets)
     others = [p for n, p in nets.named_parameters() if not n.endswith(".lr")]
     return [{"params": others, "lr": meta_lr}, {"params": lr_params, "lr": lr_meta_lr}]
 
@@ -56,6 +63,9 @@ class RLEditEditor(MalmenEditor):
     def parameter_groups(self, meta_lr: float, lr_meta_lr: float) -> list[dict]:
         return hypernet_parameter_groups(self.nets, meta_lr, lr_meta_lr)
 
+    def edit_lr_parameters(self) -> list:
+        return edit_lr_parameters(self.nets)
+
     def train_mode(self, flag: bool = True) -> None:
         self.nets.train(flag)
 
@@ -63,12 +73,13 @@ class RLEditEditor(MalmenEditor):
         """Keys and value gradients of every edited module on the model as it is now."""
         return cache_requests(lm.adapter, list(requests), self.module_names, self.config.token)
 
-    def update_normalizers(self, cache: dict) -> None:
-        for name in self.module_names:
-            self.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1))
+    def begin_trajectory(self) -> None:
+        """A trajectory starts on the unedited model: forget the keys of earlier edits."""
+        self.keys.reset()
 
     def trajectory_propose(self, cache: dict) -> Proposal:
         acc, shifts = self.predict(cache)
+        self.remember_keys(acc, 0)  # the request count is not used in training
         return Proposal(shifts=shifts, state={"cache": cache, "acc": acc})
 
     def trajectory_backward(self, proposal: Proposal, grads: dict[str, torch.Tensor], reg_coef: float) -> None:

@@ -7,7 +7,11 @@ editor proposes S_t (no grad), and with S_0 + ... + S_t applied the step loss
     reg_coef * ||S_t||^2 + sum_{j=0..min(t, back_depth)} gamma^j [CE(rephrase_{t-j}) + loc_coef KL(unrel_{t-j})]
 
 is backpropagated into the edited weights ("memory backtracking": later edits are trained not to
-destroy earlier ones). Since W = W_0 + sum S_i, ``W.grad`` is dL_t/dS_t; the editor pushes it
+destroy earlier ones). The KL reference of edit i is the unedited model, or with
+``loc_reference="pre_edit"`` the model carrying S_0..S_{i-1}, i.e. the model just before edit i
+(as in the RLEdit reference: an edit is asked to keep what the stream's model predicted). The
+stream regime (long trajectories, ``back_depth``, ``gamma``, ``reg_coef``, an initial edit lr
+``edit_lr_init`` set on the per-module lr scalars at the start of a run) is set by the options. Since W = W_0 + sum S_i, ``W.grad`` is dL_t/dS_t; the editor pushes it
 (plus the regulariser) into its networks, the LM graph being freed first (memory separation).
 Network gradients accumulate over the trajectory; then clip and one Adam step. Checkpoints and
 resume reuse ``hyperedit.checkpoints`` (a killed run resumes to the same weights).
@@ -37,7 +41,7 @@ from .metrics import MetricsLog
 
 log = logging.getLogger(__name__)
 
-
+LOC_REFERENCES = ("unedited", "pre_edit")  # the model the locality KL compares against
 
 @dataclass
 class TrajectoryConfig:
@@ -54,11 +58,17 @@ class TrajectoryConfig:
     lr_meta_lr: float | None = None
     max_grad_norm: float = 1.0
     baseline: bool = True
+    loc_reference: str = "unedited"
+    edit_lr_init: float | None = None
     ckpt_every: int = 5
     keep_checkpoints: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.loc_reference not in LOC_REFERENCES:
+            raise ValueError(f"loc_reference must be one of {', '.join(LOC_REFERENCES)}")
+        if self.edit_lr_init is not None and not self.edit_lr_init > 0:
+            raise ValueError("edit_lr_init must be > 0")
         if min(self.steps, self.traj_len, self.n_edits, self.ckpt_every) < 1 or self.back_depth < 0:
             raise ValueError("steps, traj_len, n_edits, ckpt_every must be >= 1 and back_depth >= 0")
         if not 0 < self.gamma <= 1 or self.meta_lr <= 0 or self.loc_coef < 0 or self.reg_coef < 0:
@@ -140,6 +150,7 @@ class TrajectoryTrainer:
         self.store = CheckpointStore(self.run_dir, keep=config.keep_checkpoints)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.step = 0
+        editor.prepare(lm)  # ridge matrices / null-space bases of the solve, when its options need them
         self.optimizer = torch.optim.Adam(editor.parameter_groups(config.meta_lr, config.lr_meta_lr or config.meta_lr))
 
     def run(self, resume: bool = False) -> list[dict]:
@@ -152,6 +163,7 @@ class TrajectoryTrainer:
             self._load(latest)
         else:
             self.metrics.rewind(-1)
+            self._set_edit_lr()
         bar = tqdm(total=self.config.steps, initial=self.step, desc=f"train {self.editor.name}", unit="traj")
         while self.step < self.config.steps:
             record = self.train_trajectory(self.step)
@@ -175,11 +187,14 @@ class TrajectoryTrainer:
         references: dict = {}
         self.optimizer.zero_grad(set_to_none=True)
         editor.train_mode(True)
+        editor.begin_trajectory()
         losses, advantages, touched = [], [], []
         for t in range(cfg.traj_len):
             prior = EditDelta.from_in_out(adapter, cumulative, editor=editor.name)
             with prior.applied(self.lm.model):
                 cache = editor.cache(self.lm, history[t])
+                if cfg.loc_reference == "pre_edit" and cfg.loc_coef:
+                    references[t] = reference_log_probs(adapter, history[t], editor.config.lm_batch_size)
             editor.update_normalizers(cache)
             proposal = editor.trajectory_propose(cache)
             total = add_shifts(cumulative, proposal.shifts)
@@ -206,6 +221,15 @@ class TrajectoryTrainer:
             record["advantage_vs_all"] = sum(advantages) / len(advantages)
         log.info("trajectory %d: loss %.4f |g| %.3g (%.1fs)", index + 1, record["loss"], norm, record["seconds"])
         return record
+
+    def _set_edit_lr(self) -> None:
+        """``edit_lr_init``: every per-module edit lr starts at this value (a fresh run only)."""
+        if self.config.edit_lr_init is None:
+            return
+        with torch.no_grad():
+            for param in self.editor.edit_lr_parameters():
+                param.fill_(self.config.edit_lr_init)
+        log.info("edit lr of every module set to %g", self.config.edit_lr_init)
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _identity(self) -> dict:

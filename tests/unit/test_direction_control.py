@@ -1,0 +1,190 @@
+"""Direction control and online normalisers of the hypernetwork editors (MALMEN, RLEdit, HiEdit):
+null-space solves against AlphaEdit's formula and autograd, preserved keys' outputs, the key
+state, chunk-invariant online normaliser updates, and exact resume of a lifelong stream."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hyperedit.editors._hypernet import cache_requests
+from hyperedit.editors._nullspace import null_space_basis
+from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
+from hyperedit.errors import HyperEditError
+from hyperedit.eval.lifelong import LifelongConfig, LifelongRunner
+from hyperedit.nets import HyperNets
+
+from test_rledit import requests
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
+
+
+@pytest.fixture
+def fixture_corpus(monkeypatch):
+    """C0 comes from the miniature generic-text corpus, not the benchmark data directory."""
+    monkeypatch.setenv("HYPEREDIT_DATA_DIR", str(FIXTURES))
+
+
+def _relative_error(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def test_nullspace_solve_is_alphaedit_formula_and_its_gradients_are_autograd_in_float64():
+    gen = torch.Generator().manual_seed(5)
+    d_in, d_out, n = 9, 4, 12
+    nets = HyperNets({"m": (d_in, d_out)}, rank=3, n_blocks=1, lr_init=0.05, seed=2).double()
+    with torch.no_grad():
+        for p in nets.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    editor = MalmenEditor(MalmenConfig(nullspace=True, solve_dtype="float64", net_batch_size=5), nets)
+    corpus = torch.randn(30, d_in, generator=gen, dtype=torch.float64) @ torch.diag(
+        torch.tensor([3.0, 2.0, 2.0, 1.0, 1.0, 1e-3, 1e-3, 1e-4, 1e-4], dtype=torch.float64))
+    c0 = corpus.t() @ corpus / 30
+    U = null_space_basis(c0, 1e-2)
+    assert 0 < U.shape[1] < d_in
+    editor.bases = {"m": U}
+    earlier = torch.randn(6, d_in, generator=gen, dtype=torch.float64)
+    editor.keys.add("m", earlier.t() @ earlier)
+    keys, grads = torch.randn(n, d_in, generator=gen, dtype=torch.float64), torch.randn(n, d_out, generator=gen,
+                                                                                          dtype=torch.float64)
+    target = torch.randn(d_in, d_out, generator=gen, dtype=torch.float64)
+    net, index = nets.net_for("m")
+    # autograd through AlphaEdit's own equation (P (K^T K + K_p^T K_p) + e^lambda I) S = P K^T D
+    diffs = net.value_diffs(keys, grads, index)
+    P = U @ U.T
+    m = P @ (keys.t() @ keys + earlier.t() @ earlier) + net.log_lambda[index].exp() * torch.eye(d_in, dtype=torch.float64)
+    expected_shift = torch.linalg.solve(m, P @ keys.t() @ diffs)
+    loss = ((expected_shift - target) ** 2).sum()
+    expected = torch.autograd.grad(loss, list(nets.parameters()), allow_unused=True)
+    cache = {"m": (keys, grads)}
+    acc, shifts = editor.predict(cache)
+    shift = shifts["m"].double()
+    assert _relative_error(shift, expected_shift.detach()) < 1e-6  # shifts pass through float32
+    assert float((P @ shift - shift).norm()) < 1e-6 * float(shift.norm())  # in the range of P
+    nets.zero_grad()
+    editor.backward(cache, acc, {"m": shift}, {"m": 2 * (shift - target)})
+    for (name, p), e in zip(nets.named_parameters(), expected):
+        if e is None:
+            assert p.grad is None or float(p.grad.abs().max()) == 0, name
+        else:
+            assert _relative_error(p.grad, e) < 1e-5, name
+
+
+def _editor(cls, config_cls, lm, **options):
+    options = {"lr_init": 0.5, **options}
+    return cls.create(config_cls(layers=[2, 3], rank=4, n_blocks=1, ridge_samples=5, **options), lm, seed=0)
+
+
+def test_projected_shift_leaves_preserved_keys_outputs_unchanged(tiny_llama, fixture_corpus):
+    from hyperedit.stats import key_second_moments
+
+    options = dict(nullspace_threshold=1e-3, threshold_relative=True, lr_init=50.0)
+    editor = _editor(RLEditEditor, RLEditConfig, tiny_llama, nullspace=True, **options)
+    delta = editor.edit(tiny_llama, requests(3))
+    plain = _editor(RLEditEditor, RLEditConfig, tiny_llama, **options).edit(tiny_llama, requests(3))
+    modules = dict(tiny_llama.model.named_modules())
+    c0 = key_second_moments(tiny_llama, editor.module_names, n_samples=5)
+    for name in editor.module_names:
+        evals, evecs = torch.linalg.eigh(c0[name].double())
+        kept = evals >= 1e-3 * float(evals.max())
+        preserved, free = evecs[:, kept].T.float(), evecs[:, ~kept].T.float()  # keys generic text uses / not
+        assert len(preserved) and len(free)
+        module = modules[name]
+        change = {}
+        with torch.no_grad():
+            before_p, before_f = module(preserved), module(free)
+            for label, d in (("projected", delta), ("plain", plain)):
+                with d.applied(tiny_llama.model):
+                    change[label] = (float((module(preserved) - before_p).abs().max()),
+                                     float((module(free) - before_f).abs().max()))
+        written = change["projected"][1]
+        assert written > 1e-3 * float(before_f.abs().max()), name  # the edit is written in the null space
+        assert change["projected"][0] < 1e-3 * written, name  # preserved keys: rounding only
+        assert change["plain"][0] > 0.1 * change["plain"][1], name  # without the projection they move
+
+
+def test_every_edit_adds_its_keys_to_the_key_state(tiny_llama, fixture_corpus):
+    editor = _editor(MalmenEditor, MalmenConfig, tiny_llama, nullspace=True, solve_dtype="float64")
+    first, second = requests(6)[:2], requests(6)[2:5]
+    editor.edit(tiny_llama, first)
+    editor.edit(tiny_llama, second)
+    assert editor.keys.n_edits == 5
+    cache1 = cache_requests(tiny_llama.adapter, first, editor.module_names, "ans")
+    cache2 = cache_requests(tiny_llama.adapter, second, editor.module_names, "ans")
+    for name in editor.module_names:
+        k1, k2 = cache1[name][0].double(), cache2[name][0].double()
+        torch.testing.assert_close(editor.keys.get(name), k1.T @ k1 + k2.T @ k2, rtol=1e-5, atol=1e-6)
+
+
+def test_direction_options_are_runtime_and_checked(tiny_llama, tmp_path):
+    from hyperedit.editors import get_editor
+    from hyperedit.editors.hiedit import HiEditConfig
+
+    _editor(RLEditEditor, RLEditConfig, tiny_llama).save(tmp_path / "rl")
+    loaded = get_editor("rledit", checkpoint=str(tmp_path / "rl"), nullspace=True, online_norm=True,
+                        nullspace_threshold=0.5, threshold_relative=True)
+    assert loaded.config.nullspace and loaded.config.online_norm and loaded.config.nullspace_threshold == 0.5
+    with pytest.raises(HyperEditError, match="rank"):
+        get_editor("rledit", checkpoint=str(tmp_path / "rl"), rank=8)
+    with pytest.raises(ValueError, match="ridge=identity"):
+        RLEditConfig(nullspace=True, ridge="covariance")
+    with pytest.raises(ValueError, match="low=malmen"):
+        HiEditConfig(low="mend", nullspace=True)
+    assert HiEditConfig(nullspace=True).low_config().nullspace
+
+
+def test_online_normaliser_update_is_chunk_invariant_and_counts_every_token(tiny_llama):
+    reqs = requests(5)
+    out = {}
+    for size in (1, 5):
+        editor = _editor(RLEditEditor, RLEditConfig, tiny_llama, online_norm=True, lm_batch_size=size)
+        norm = editor.nets.net_for(editor.module_names[0])[0].normalizer
+        assert float(norm.count) == 0
+        delta = editor.edit(tiny_llama, reqs)
+        out[size] = (delta, {k: v.clone() for k, v in norm.state_dict().items()})
+    cache = cache_requests(tiny_llama.adapter, reqs, editor.module_names, "ans")
+    n_tokens = len(cache[editor.module_names[0]][0])
+    assert float(out[1][1]["count"]) == float(out[5][1]["count"]) == 2 * n_tokens  # two modules share one net
+    for key in ("mean", "m2"):
+        torch.testing.assert_close(out[1][1][key], out[5][1][key], rtol=1e-5, atol=1e-7)  # float32 keys
+    for name in out[1][0].shifts:
+        torch.testing.assert_close(out[1][0].shifts[name], out[5][0].shifts[name], rtol=1e-4, atol=1e-6)
+    # without online updates the normaliser is left as loaded
+    still = _editor(RLEditEditor, RLEditConfig, tiny_llama)
+    still.edit(tiny_llama, reqs)
+    assert float(still.nets.net_for(still.module_names[0])[0].normalizer.count) == 0
+
+
+def _stream(tiny_dirs, checkpoint, run_dir, stops, editor_name="rledit"):
+    from hyperedit.editors import get_editor
+    from hyperedit.models import load_model
+
+    config = LifelongConfig(num_seq=6, batch_size=2, num_pre=2, curve_every=2, curve_sample=2, general_per_task=0)
+    for stop in stops:  # a fresh model and editor per part, as a resumed process has
+        lm = load_model(str(tiny_dirs["llama"]))
+        editor = get_editor(editor_name, checkpoint=str(checkpoint), lm=lm, nullspace=True, online_norm=True,
+                            nullspace_threshold=1e-3, threshold_relative=True)
+        runner = LifelongRunner(lm, editor, requests(6), config, run_dir)
+        out = runner.run(resume=True, restore=False, max_edits=stop, progress=False)
+    return runner.weights(), editor.stream_state()[0], out
+
+
+@pytest.mark.parametrize("editor_name", ["rledit", "hiedit"])
+def test_stream_with_direction_control_resumes_exactly(tiny_dirs, tiny_llama, tmp_path, fixture_corpus, editor_name):
+    if editor_name == "rledit":
+        _editor(RLEditEditor, RLEditConfig, tiny_llama).save(tmp_path / "ckpt")
+    else:
+        from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
+
+        HiEditEditor.create(HiEditConfig(layers=[1, 2, 3], rank=4, n_blocks=1, lr_init=0.5, ridge_samples=5, top_k=2),
+                            tiny_llama, seed=0).save(tmp_path / "ckpt")
+    whole, state, summary = _stream(tiny_dirs, tmp_path / "ckpt", tmp_path / "a", [None], editor_name)
+    parts, resumed_state, resumed = _stream(tiny_dirs, tmp_path / "ckpt", tmp_path / "b", [2, 4, None], editor_name)
+    assert set(whole) == set(parts) and all(torch.equal(whole[n], parts[n]) for n in whole)
+    assert set(state) == set(resumed_state) and all(torch.equal(state[k], resumed_state[k]) for k in state)
+    assert resumed["metrics"] == summary["metrics"]
+    assert int(state["keys/n_edits"]) == 6 and any(k.startswith("keys/kp/") for k in state)
+    counts = [v for k, v in state.items() if k.endswith("normalizer.count")]
+    assert counts and all(float(c) > 0 for c in counts)  # the normalisers followed the stream
