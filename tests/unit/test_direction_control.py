@@ -188,3 +188,68 @@ def test_stream_with_direction_control_resumes_exactly(tiny_dirs, tiny_llama, tm
     assert int(state["keys/n_edits"]) == 6 and any(k.startswith("keys/kp/") for k in state)
     counts = [v for k, v in state.items() if k.endswith("normalizer.count")]
     assert counts and all(float(c) > 0 for c in counts)  # the normalisers followed the stream
+
+
+# ----- stream-regime trajectory training -------------------------------------------------------
+def _trajectory_trainer(lm, run_dir, nullspace=True, **options):
+    from hyperedit.training.trajectory import TrajectoryConfig, TrajectoryTrainer
+
+    editor = _editor(RLEditEditor, RLEditConfig, lm, nullspace=nullspace, nullspace_threshold=1e-3,
+                     threshold_relative=True, lr_init=1e-2)
+    settings = dict(steps=1, traj_len=4, n_edits=2, back_depth=3, gamma=0.9, reg_coef=1e-2, meta_lr=3e-2,
+                    loc_reference="pre_edit", edit_lr_init=0.3)
+    settings.update(options)
+    return TrajectoryTrainer(editor, lm, requests(6), TrajectoryConfig(**settings), run_dir), editor
+
+
+def test_stream_regime_trajectory_steps_lower_the_loss_with_finite_gradients(tiny_llama, tmp_path, fixture_corpus):
+    trainer, editor = _trajectory_trainer(tiny_llama, tmp_path / "run")
+    trainer._set_edit_lr()
+    assert all(float(p) == pytest.approx(0.3) for lr in editor.edit_lr_parameters() for p in lr.detach())
+    records = [trainer.train_trajectory(0) for _ in range(6)]  # the same trajectory, six optimiser steps
+    assert all(torch.isfinite(torch.tensor([r["grad_norm"], r["loss"]])).all() and r["grad_norm"] > 0 for r in records)
+    for p in editor.parameters():
+        assert p.grad is None or bool(torch.isfinite(p.grad).all())
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert editor.keys.n_edits == 0 and len(editor.keys.kp) == len(editor.module_names)  # the trajectory's keys
+
+
+def test_pre_edit_reference_changes_only_the_later_edits_locality(tiny_llama, tmp_path, fixture_corpus):
+    losses = {}
+    for reference in ("unedited", "pre_edit"):
+        for length in (1, 2):
+            trainer, _ = _trajectory_trainer(tiny_llama, tmp_path / f"{reference}{length}", traj_len=length,
+                                             loc_reference=reference, meta_lr=1e-12, edit_lr_init=300.0,
+                                             nullspace=False)
+            trainer._set_edit_lr()  # large edits, so the model before the second edit differs
+            losses[reference, length] = trainer.train_trajectory(0)["last_loss"]
+    # the first edit's reference is the unedited model either way; the second's is not
+    assert losses["pre_edit", 1] == pytest.approx(losses["unedited", 1], rel=1e-6)
+    assert abs(losses["pre_edit", 2] - losses["unedited", 2]) > 1e-6 * abs(losses["unedited", 2])
+
+
+def test_cli_trajectory_options_reach_the_run(tiny_dirs, tmp_path, fixture_corpus):
+    import json
+
+    from test_lifelong import _write_requests
+
+    from hyperedit.cli import main
+    from hyperedit.editors import get_editor
+
+    data = tmp_path / "edits.jsonl"
+    _write_requests(data, 6)
+    assert main(["train", "-q", "--editor", "rledit", "--model", str(tiny_dirs["llama"]), "--train", str(data),
+                 "--layers", "2-3", "--rank", "4", "--steps", "1", "--n-edits", "1", "--traj-len", "3",
+                 "--back-depth", "2", "--gamma", "0.8", "--reg-coef", "0.01", "--loc-reference", "pre_edit",
+                 "--edit-lr-init", "0.002", "--set", "nullspace=true", "--set", "ridge_samples=5",
+                 "--set", "threshold_relative=true", "--set", "nullspace_threshold=0.001",
+                 "--out", str(tmp_path / "rl")]) == 0
+    meta = json.loads(next((tmp_path / "rl" / "checkpoints").glob("step-*/editor.json")).read_text())
+    train = meta["training"]["train_config"]
+    assert (train["loc_reference"], train["edit_lr_init"], train["gamma"], train["back_depth"], train["traj_len"]) == \
+        ("pre_edit", 0.002, 0.8, 2, 3)
+    assert meta["config"]["nullspace"] is True
+    editor = get_editor("rledit", checkpoint=str(tmp_path / "rl"))
+    assert editor.config.nullspace
+    lrs = torch.cat([p.detach().flatten() for p in editor.edit_lr_parameters()])
+    assert float((lrs - 0.002).abs().max()) < 0.002  # started at 0.002, one Adam step of at most meta_lr away
