@@ -253,3 +253,19 @@ def test_cli_trajectory_options_reach_the_run(tiny_dirs, tmp_path, fixture_corpu
     assert editor.config.nullspace
     lrs = torch.cat([p.detach().flatten() for p in editor.edit_lr_parameters()])
     assert float((lrs - 0.002).abs().max()) < 0.002  # started at 0.002, one Adam step of at most meta_lr away
+
+
+@pytest.mark.parametrize("reference", ["unedited", "pre_edit"])
+def test_frozen_prefix_trajectory_equals_full_passes(tiny_llama, tmp_path, fixture_corpus, reference):
+    out = {}
+    for cached in (True, False):
+        trainer, editor = _trajectory_trainer(tiny_llama, tmp_path / str(cached), fact_cache=cached, traj_len=3,
+                                              loc_reference=reference, nullspace=False, edit_lr_init=30.0)
+        assert (trainer.prefix_layer is not None) == cached
+        trainer._set_edit_lr()
+        record = trainer.train_trajectory(0)
+        out[cached] = record["loss"], [p.grad.clone() for p in editor.parameters() if p.grad is not None]
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-5)
+    assert len(out[True][1]) == len(out[False][1])
+    for a, b in zip(out[True][1], out[False][1]):
+        assert _relative_error(a, b) < 1e-3  # float32 passes from a cached hidden state vs the whole model

@@ -48,6 +48,7 @@ def run_trajectory(args) -> int:
                              reg_coef=args.reg_coef, meta_lr=args.meta_lr, lr_meta_lr=args.lr_meta_lr,
                              max_grad_norm=args.max_grad_norm, baseline=not args.no_baseline,
                              loc_reference=args.loc_reference, edit_lr_init=args.edit_lr_init,
+                             fact_cache=args.fact_cache,
                              ckpt_every=args.ckpt_every, seed=args.seed)
     pool, sources = load_pool(args.train, data_dir=args.data_dir, limit=args.limit_train)
     lm = load_model_from_args(args)

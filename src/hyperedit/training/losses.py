@@ -31,8 +31,10 @@ def locality_examples(requests: list[EditRequest]) -> list[tuple[str, str]]:
     return [(loc.prompt, loc.answer) for r in requests for loc in r.locality if loc.answer]
 
 
-def generalization_loss(adapter, pairs, delta: EditDelta, batch_size: int, backward: bool = True) -> float:
-    """Cross-entropy of the targets on the edited model; backward (unless not asked); the mean loss."""
+def generalization_loss(adapter, pairs, delta: EditDelta, batch_size: int, backward: bool = True,
+                        coef: float = 1.0) -> float:
+    """Cross-entropy of the targets on the edited model; ``coef`` times it backward (unless not
+    asked); returns the mean loss (without ``coef``)."""
     if not len(pairs):
         return 0.0
     total = 0.0
@@ -41,7 +43,7 @@ def generalization_loss(adapter, pairs, delta: EditDelta, batch_size: int, backw
             out = target_logits(adapter, batch)
             loss = out.per_example_mean(out.token_nll()).sum() / len(pairs)
             if backward:
-                loss.backward()
+                (coef * loss).backward()
             total += float(loss.detach())
     return total
 

@@ -25,18 +25,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ..delta import EditDelta
-from ..lm import iter_chunks, target_logits, trainable_weights
+from ..lm import trainable_weights
 from ..models.limits import check_request_lengths
 from ..requests import EditRequest
 from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
 from ..outputs import start_run_directory
+from ..prefix import compute_prefix, supports_prefix
 from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
-from .losses import locality_examples, rephrase_examples
+from .losses import generalization_loss, locality_examples, locality_loss, reference_log_probs, rephrase_examples
 from .metrics import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class TrajectoryConfig:
     baseline: bool = True
     loc_reference: str = "unedited"
     edit_lr_init: float | None = None
+    fact_cache: bool = True
     ckpt_every: int = 5
     keep_checkpoints: int = 2
     seed: int = 0
@@ -75,58 +76,38 @@ class TrajectoryConfig:
             raise ValueError("need 0 < gamma <= 1, meta_lr > 0, loc_coef >= 0, reg_coef >= 0")
 
 
-def _encode(adapter, pairs):
-    device = next(adapter.model.parameters()).device
-    return adapter.encode([p for p, _ in pairs], [t for _, t in pairs], device=device)
-
-
-@torch.no_grad()
-def reference_log_probs(adapter, requests: list[EditRequest], batch_size: int) -> list[torch.Tensor]:
-    """Log-probabilities of the current (unedited) model at the locality answer positions, per chunk."""
-    return [target_logits(adapter, _encode(adapter, chunk)).logits.float().log_softmax(-1)
-            for chunk in iter_chunks(locality_examples(requests), batch_size)]
-
-
 def backtracking_loss(adapter, history: list[list[EditRequest]], delta: EditDelta, *, back_depth: int, gamma: float,
                       loc_coef: float, batch_size: int = 16, references: dict | None = None,
-                      backward: bool = True) -> dict:
+                      backward: bool = True, examples: dict | None = None) -> dict:
     """The discounted memory-backtracking loss of the last batch in ``history`` (oldest first).
 
     ``sum_j gamma^j [CE(rephrase_{t-j}) + loc_coef KL(ref_{t-j} || edited)]`` for
     ``j = 0..min(back_depth, t)``, with ``delta`` applied (CE and KL are per-example means averaged
-    over each batch's examples). ``references`` caches the unedited log-probabilities by history
-    index (computed here, before applying ``delta``, when missing). With ``backward`` the loss is
-    backpropagated into whatever requires grad. Returns ``{"loss", "gen": [...], "loc": [...]}``.
+    over each batch's examples). ``examples`` maps a history index to its (rephrase, locality)
+    examples: (prompt, target) pairs or cached prefixes (``hyperedit.prefix``); missing entries are
+    made from the requests. ``references`` caches the KL references by history index (computed
+    here, before applying ``delta``, when missing: the unedited model, or the cached prefixes' final
+    states). With ``backward`` the loss is backpropagated into whatever requires grad.
+    Returns ``{"loss", "gen": [...], "loc": [...]}``.
     """
     references = {} if references is None else references
+    examples = {} if examples is None else examples
     t = len(history) - 1
     depth = range(min(back_depth, t) + 1)
     for j in depth:
+        if t - j not in examples:
+            examples[t - j] = (rephrase_examples(history[t - j]), locality_examples(history[t - j]))
         if t - j not in references and loc_coef:
-            references[t - j] = reference_log_probs(adapter, history[t - j], batch_size)
+            references[t - j] = reference_log_probs(adapter, examples[t - j][1], batch_size)
     gens, locs, total = [], [], 0.0
-    with delta.applied(adapter.model), torch.set_grad_enabled(backward):
-        for j in depth:
-            weight = gamma ** j
-            pairs = rephrase_examples(history[t - j])
-            gen = 0.0
-            for chunk in iter_chunks(pairs, batch_size):
-                out = target_logits(adapter, _encode(adapter, chunk))
-                loss = out.per_example_mean(out.token_nll()).sum() / len(pairs)
-                if backward:
-                    (weight * loss).backward()
-                gen += float(loss.detach())
-            loc = 0.0
-            pairs = locality_examples(history[t - j]) if loc_coef else []
-            for chunk, ref in zip(iter_chunks(pairs, batch_size), references.get(t - j, [])):
-                out = target_logits(adapter, _encode(adapter, chunk))
-                kl = F.kl_div(out.logits.float().log_softmax(-1), ref, log_target=True, reduction="none").sum(-1)
-                loss = out.per_example_mean(kl).sum() / len(pairs)
-                if backward:
-                    (weight * loc_coef * loss).backward()
-                loc += float(loss.detach())
-            gens.append(gen), locs.append(loc)
-            total += weight * (gen + loc_coef * loc)
+    for j in depth:
+        weight = gamma ** j
+        rephrase, locality = examples[t - j]
+        gen = generalization_loss(adapter, rephrase, delta, batch_size, backward=backward, coef=weight)
+        loc = locality_loss(adapter, locality, delta, batch_size, coef=weight * loc_coef, backward=backward,
+                            references=references[t - j]) if loc_coef else 0.0
+        gens.append(gen), locs.append(loc)
+        total += weight * (gen + loc_coef * loc)
     return {"loss": total, "gen": gens, "loc": locs}
 
 
@@ -151,6 +132,9 @@ class TrajectoryTrainer:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.step = 0
         editor.prepare(lm)  # ridge matrices / null-space bases of the solve, when its options need them
+        names = editor.module_names
+        self.prefix_layer = (min(lm.adapter.layer_of(n) for n in names)
+                             if config.fact_cache and supports_prefix(lm.adapter) else None)
         self.optimizer = torch.optim.Adam(editor.parameter_groups(config.meta_lr, config.lr_meta_lr or config.meta_lr))
 
     def run(self, resume: bool = False) -> list[dict]:
@@ -185,6 +169,7 @@ class TrajectoryTrainer:
                    for t in range(cfg.traj_len)]
         cumulative: dict[str, torch.Tensor] = {}
         references: dict = {}
+        examples = {t: self._examples(batch) for t, batch in enumerate(history)}
         self.optimizer.zero_grad(set_to_none=True)
         editor.train_mode(True)
         editor.begin_trajectory()
@@ -194,12 +179,12 @@ class TrajectoryTrainer:
             with prior.applied(self.lm.model):
                 cache = editor.cache(self.lm, history[t])
                 if cfg.loc_reference == "pre_edit" and cfg.loc_coef:
-                    references[t] = reference_log_probs(adapter, history[t], editor.config.lm_batch_size)
+                    references[t] = reference_log_probs(adapter, examples[t][1], editor.config.lm_batch_size)
             editor.update_normalizers(cache)
             proposal = editor.trajectory_propose(cache)
             total = add_shifts(cumulative, proposal.shifts)
             kw = dict(back_depth=cfg.back_depth, gamma=cfg.gamma, loc_coef=cfg.loc_coef,
-                      batch_size=editor.config.lm_batch_size, references=references)
+                      batch_size=editor.config.lm_batch_size, references=references, examples=examples)
             with trainable_weights(adapter, names) as weights:
                 out = backtracking_loss(adapter, history[:t + 1], EditDelta.from_in_out(adapter, total, editor=editor.name), **kw)
                 grads = {n: adapter.param_to_in_out(n, w.grad).float().clone() if w.grad is not None
@@ -221,6 +206,21 @@ class TrajectoryTrainer:
             record["advantage_vs_all"] = sum(advantages) / len(advantages)
         log.info("trajectory %d: loss %.4f |g| %.3g (%.1fs)", index + 1, record["loss"], norm, record["seconds"])
         return record
+
+    def _examples(self, batch: list[EditRequest]) -> tuple:
+        """(rephrase, locality) examples of one edit's batch. With ``fact_cache`` (models that
+        ``hyperedit.prefix`` supports) their hidden states entering the lowest edited layer are
+        computed once, since no shift of the trajectory reaches below it, and every loss pass of
+        the trajectory runs only the layers from there up; the unedited locality distribution
+        comes with them (``loc_reference="unedited"``)."""
+        rephrase, locality = rephrase_examples(batch), locality_examples(batch)
+        if self.prefix_layer is None:
+            return rephrase, locality
+        adapter, size = self.lm.adapter, self.editor.config.lm_batch_size
+        final = self.config.loc_reference == "unedited"
+        return (compute_prefix(adapter, rephrase, self.prefix_layer, size, desc="rephrase prefixes").by_length(),
+                compute_prefix(adapter, locality, self.prefix_layer, size, final=final,
+                               desc="locality prefixes").by_length() if locality else locality)
 
     def _set_edit_lr(self) -> None:
         """``edit_lr_init``: every per-module edit lr starts at this value (a fresh run only)."""
