@@ -12,7 +12,8 @@ unedited model, per touched module m:
   It is the relative change of the module's output on text the stream should leave alone; a
   shift confined to the null space of such keys has drift but no interference.
 
-Writes ``benchmarks/results/lifelong_drift.{json,md}``: one record per run, the run's own result
+Writes ``benchmarks/results/lifelong_drift.{json,md}`` (``--out NAME``: ``NAME.{json,md}``): one record
+per run, the run's own result
 record (the schema fields of DEVELOPERS.md; ``command`` is the stream's) with ``drift`` added.
 """
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="lifelong_drift",
+                   help="result name: writes benchmarks/results/OUT.{json,md} (default: lifelong_drift)")
     args = p.parse_args(argv)
     lm = load_model(args.model)
     runs = []
@@ -83,10 +86,11 @@ def main(argv=None) -> int:
         lines.append(f"| {run} | {record['editor']} | {record['dataset']} | {record['n_edits']} | {d['modules']} | "
                      f"{d['mean_rel_drift']:.3f} | {d['mean_rel_interference']:.3f} | {d['max_rel_interference']:.3f} | "
                      f"{m['ES']:.3f} / {m['GS']:.3f} / {m['LS']:.3f} |")
-    command = "python benchmarks/lifelong_drift.py " + " ".join(args.runs)
+    command = "python benchmarks/lifelong_drift.py " + " ".join(args.runs) + (
+        f" --out {args.out}" if args.out != "lifelong_drift" else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "lifelong_drift.json", json.dumps(records, indent=2) + "\n")
-    atomic_write_text(RESULTS / "lifelong_drift.md",
+    atomic_write_text(RESULTS / f"{args.out}.json", json.dumps(records, indent=2) + "\n")
+    atomic_write_text(RESULTS / f"{args.out}.md",
                       "# Weight drift and interference of the lifelong streams\n\n"
                       "drift = ||dW|| / ||W||; interference = ||K dW|| / ||K W|| over the keys K of held-out text "
                       f"(general-task prompts, {HELD_OUT_PER_TASK} per task); means over the touched modules.\n\n"
