@@ -79,3 +79,37 @@ def all_reduce_sum_(tensors: list[torch.Tensor], world: World) -> None:
         return
     for tensor in tensors:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def all_reduce_floats(values: Sequence[float], world: World) -> list[float]:
+    """The sums over the ranks of a few Python numbers (float64), e.g. losses or counts."""
+    if world.size <= 1:
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def all_reduce_gradients_(parameters, world: World) -> None:
+    """Sum every parameter's ``.grad`` over the ranks, in place.
+
+    A parameter with a gradient on some ranks only gets zeros added on the others; one with no
+    gradient on any rank keeps ``None`` (an optimiser then skips it, as it does in one process).
+    """
+    if world.size <= 1:
+        return
+    parameters = list(parameters)
+    present = torch.tensor([p.grad is not None for p in parameters], dtype=torch.int64)
+    dist.all_reduce(present, op=dist.ReduceOp.SUM)
+    for p, count in zip(parameters, present.tolist()):
+        if count == 0:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def barrier(world: World) -> None:
+    """Wait until every rank got here (e.g. until rank 0 has written a file the others read)."""
+    if world.size > 1:
+        dist.barrier()

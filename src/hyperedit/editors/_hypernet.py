@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..delta import EditDelta
-from ..distributed import all_reduce_sum_, current_world, shard
+from ..distributed import World, all_reduce_sum_, current_world, shard
 from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, iter_chunks
 from ..nets import HyperNets
@@ -263,15 +263,26 @@ class HyperEditor:
         raise NotImplementedError
 
     def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
-                 grad_shifts: dict[str, torch.Tensor]) -> None:
+                 grad_shifts: dict[str, torch.Tensor], replicated: bool = True) -> None:
+        """Add to the hypernetwork's ``.grad`` the gradient of a loss whose dL/dS is ``grad_shifts``.
+
+        In a data-parallel step ``cache`` is this rank's share of the tokens and the ranks' gradients
+        are summed afterwards; terms that every rank computes identically from the reduced sums
+        (MALMEN's dL/dlambda) are added only where ``replicated`` is true (one rank).
+        """
         raise NotImplementedError
 
-    def predict(self, cache: Cache) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(accumulator, shifts) for an in-memory cache, without gradients (meta-training step 2)."""
+    def predict(self, cache: Cache, world: World | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(accumulator, shifts) for an in-memory cache, without gradients (meta-training step 2).
+
+        With a data-parallel ``world``, ``cache`` is this rank's share and the accumulated sums are
+        all-reduced before the solve, so every rank gets the shifts of the whole batch.
+        """
         acc = self.new_accumulator()
         with torch.no_grad():
             for name in self.module_names:
                 self.accumulate(acc, name, *cache[name])
+            all_reduce_sum_(accumulator_tensors(acc, self.module_names), world or World())
             return acc, self.finish(acc)
 
     # ----- persistence ----------------------------------------------------------------------
