@@ -118,14 +118,25 @@ def test_a_two_rank_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_dir
     assert _records(killed) == _records(tmp_path / "whole")
 
 
+def facts_with_rephrasing_and_locality() -> list[dict]:
+    return [{**f, "rephrasings": [f"the city where {f['prompt'].split()[0]} was born:"],
+             "locality": [{"prompt": "paris is the capital of", "answer": "france"}]} for f in FACTS]
+
+
+def assert_same_metrics(got: dict, expected: dict) -> None:
+    """Every metric present in both, equal up to float32 rounding (accuracies are then identical)."""
+    assert got.keys() == expected.keys()
+    assert all(v is not None for v in (expected["ES"], expected["GS"], expected["LS"]))
+    for key, value in expected.items():
+        assert got[key] == (None if value is None else pytest.approx(value, rel=1e-5, abs=1e-6)), key
+
+
 def test_batch_eval_on_two_ranks_gives_the_one_rank_metrics(tiny_dirs, tiny_llama, tmp_path):
     checkpoint = tmp_path / "editor"
     config = MalmenConfig(layers=[0, 2], rank=8, lr_init=1e-2, solve_dtype="float64")
     MalmenEditor.create(config, tiny_llama, seed=3).save(checkpoint)
     requests = tmp_path / "facts.jsonl"
-    requests.write_text("".join(json.dumps({**f, "rephrasings": [f"the city where {f['prompt'].split()[0]} was born:"],
-                                            "locality": [{"prompt": "paris is the capital of", "answer": "france"}]})
-                                + "\n" for f in FACTS))
+    requests.write_text("".join(json.dumps(f) + "\n" for f in facts_with_rephrasing_and_locality()))
 
     def evaluate(*extra):
         cmd = [sys.executable, "-m", "hyperedit", "eval", "-q", "--model", str(tiny_dirs["llama"]),
@@ -137,9 +148,7 @@ def test_batch_eval_on_two_ranks_gives_the_one_rank_metrics(tiny_dirs, tiny_llam
 
     one, two = evaluate(), evaluate("--nproc", "2")
     assert one["n_edits"] == two["n_edits"] == 7
-    assert one["metrics"].keys() == two["metrics"].keys()
-    for key, value in one["metrics"].items():
-        assert two["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert_same_metrics(two["metrics"], one["metrics"])
     assert one["delta_norm"] > 0
     assert two["delta_norm"] == pytest.approx(one["delta_norm"], rel=1e-5)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..errors import HyperEditError
 from ..outputs import check_paths
-from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_nproc_arg, add_overwrite_arg, dataset_label,
-                      editor_from_args, input_paths, join_ranks, load_model_from_args, relaunch_ranks, result_outputs,
-                      seed_everything)
+from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_nproc_arg, add_overwrite_arg,
+                      add_placement_args, dataset_label, editor_from_args, input_paths, join_ranks,
+                      load_model_from_args, relaunch_ranks, result_outputs, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (1 keeps timings steady on a shared machine)")
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     add_nproc_arg(p)
+    add_placement_args(p)
     p.set_defaults(func=run)
 
 

@@ -83,11 +83,14 @@ def resolve_layers(adapter, layers: list[int] | None) -> list[int]:
     return list(layers)
 
 
-def cache_requests(adapter, requests: Sequence[EditRequest], names: list[str], token: str) -> Cache:
-    """Keys and value gradients (float32) of the edit loss on ``requests``, in one LM pass."""
+def cache_requests(adapter, requests: Sequence[EditRequest], names: list[str], token: str,
+                   device: torch.device | str | None = None) -> Cache:
+    """Keys and value gradients (float32) of the edit loss on ``requests``, in one LM pass; on
+    ``device`` (the hypernetwork's) when given, as a model placed over several devices yields them
+    on the devices of their layers."""
     raw = cache_keys_and_value_grads(adapter, [r.prompt for r in requests], [r.target for r in requests],
                                      names, chunk_size=max(1, len(requests)), token=token)
-    return {name: (k.float(), g.float()) for name, (k, g) in raw.items()}
+    return {name: (k.float().to(device), g.float().to(device)) for name, (k, g) in raw.items()}
 
 
 def scale_shifts(shifts: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
@@ -238,7 +241,7 @@ class HyperEditor:
         acc = self.new_accumulator()
         chunks = list(iter_chunks(shard(list(requests), world), self.config.lm_batch_size))
         for chunk in progress(chunks, desc=f"{self.name} edit", unit="chunk"):
-            cache = cache_requests(adapter, chunk, names, self.config.token)
+            cache = cache_requests(adapter, chunk, names, self.config.token, lm.device)
             with torch.no_grad():
                 for name in names:
                     self.accumulate(acc, name, *cache[name])
