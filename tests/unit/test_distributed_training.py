@@ -25,8 +25,11 @@ from test_training import _write_requests
 TIMINGS = ("seconds", "cpu_seconds", "edit_seconds", "cpu_seconds_all_ranks", "ranks")
 
 
-def _train(model: Path, data: Path, out: Path, editor: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hyperedit", "train", "-q", "--editor", editor, "--model", str(model),
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+
+
+def _train(model: Path, data: Path, out: Path, editor: str, *extra: str, launcher: tuple = (sys.executable,)) -> list[str]:
+    return [*launcher, "-m", "hyperedit", "train", "-q", "--editor", editor, "--model", str(model),
             "--train", str(data), "--out", str(out), "--layers", "0-1", "--rank", "8", "--n-edits", "8",
             "--val-size", "6", "--val-every", "0", "--meta-lr", "1e-3", "--lr-init", "1e-2", "--threads", "1",
             "--seed", "4", "--set", "lm_batch_size=3", *extra]
@@ -89,16 +92,17 @@ def _tiny(tiny_dirs):
 
 
 def test_a_two_rank_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_dirs, tmp_path):
+    """Launched by torchrun itself, as on a cluster (``--nproc`` does the same through a parent)."""
     data = tmp_path / "facts.jsonl"
     _write_requests(data)
-    steps = ["--steps", "8", "--ckpt-every", "2", "--nproc", "2"]
+    steps = ["--steps", "8", "--ckpt-every", "2"]
     model = tiny_dirs["llama"]
-    _run_ok(_train(model, data, tmp_path / "whole", "malmen", *steps))
+    _run_ok(_train(model, data, tmp_path / "whole", "malmen", *steps, launcher=TORCHRUN_2))
 
     killed = tmp_path / "killed"
-    # its own session: the launcher, torchrun and both ranks are killed together, as by a crash
-    proc = subprocess.Popen(_train(model, data, killed, "malmen", *steps), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    # its own session: torchrun and both ranks are killed together, as by a crash
+    proc = subprocess.Popen(_train(model, data, killed, "malmen", *steps, launcher=TORCHRUN_2), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         latest = killed / "LATEST"
@@ -109,7 +113,7 @@ def test_a_two_rank_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_dir
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (killed / "LATEST").read_text().strip() != "step-000008"
-    _run_ok(_train(model, data, killed, "malmen", *steps, "--resume"))
+    _run_ok(_train(model, data, killed, "malmen", *steps, "--resume", launcher=TORCHRUN_2))
 
     whole, resumed = _weights(tmp_path / "whole", 8), _weights(killed, 8)
     assert whole.keys() == resumed.keys()
