@@ -432,7 +432,7 @@ class MetaTrainer:
         def write(folder: Path) -> None:
             self.editor.save(folder, extra_meta={"training": {"step": self.step, **self._identity()}})
             write_trainer_state(folder, self.step, self.optimizer,
-                                {**self._identity(), "run_config": asdict(self.config)})
+                                {**self._identity(), "run_config": asdict(self.config), "ranks": self.world.size})
 
         path = self.store.save(self.step, write)
         log.info("checkpoint %s", path)
@@ -448,6 +448,9 @@ class MetaTrainer:
         if meta.get("threads") != torch.get_num_threads():
             log.warning("resuming with %d threads, the run used %s: results may differ in the last bits",
                         torch.get_num_threads(), meta.get("threads"))
+        if meta.get("ranks", 1) != self.world.size:
+            log.warning("resuming on %d rank(s), the run used %s: sums are added in another order, so results "
+                        "may differ in the last bits", self.world.size, meta.get("ranks", 1))
         self.editor.nets.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         tensors = load_file(str(folder / TRAINER_TENSORS))
         load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
