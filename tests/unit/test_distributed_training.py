@@ -48,13 +48,15 @@ def _records(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in MetricsLog(run / "metrics.jsonl").read()]
 
 
-@pytest.mark.parametrize("editor, solve", [("malmen", "float64"), ("mend", None)])
-def test_a_training_step_on_two_ranks_equals_the_same_batch_on_one(tiny_dirs, tmp_path, editor, solve):
+@pytest.mark.parametrize("editor, options", [("malmen", ["--set", "solve_dtype=float64"]),
+                                             ("mend", ["--no-fact-cache"])])
+def test_a_training_step_on_two_ranks_equals_the_same_batch_on_one(tiny_dirs, tmp_path, editor, options):
     """Calibration, one step and the final validation: the ranks share every batch; the sums they
-    reduce are added in another order than in one process, so float32 rounding is all that differs."""
+    reduce are added in another order than in one process, so float32 rounding is all that differs.
+    MALMEN reads the fact caches (rank 0 builds them), MEND recomputes everything each step."""
     data = tmp_path / "facts.jsonl"
     _write_requests(data)
-    extra = ["--steps", "1", *(["--set", f"solve_dtype={solve}"] if solve else [])]
+    extra = ["--steps", "1", *options]
     one, two = tmp_path / "one", tmp_path / "two"
     _run_ok(_train(tiny_dirs["llama"], data, one, editor, *extra))
     _run_ok(_train(tiny_dirs["llama"], data, two, editor, *extra, "--nproc", "2"))
@@ -77,7 +79,8 @@ def test_a_training_step_on_two_ranks_equals_the_same_batch_on_one(tiny_dirs, tm
         assert x.keys() == y.keys()
         for key, value in x.items():
             if isinstance(value, float):
-                assert y[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (x["split"], key)
+                # absolute: a KL near 0 is a difference of float32 log-probabilities of size ~ln(vocab)
+                assert y[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (x["split"], key)
             else:
                 assert y[key] == value, (x["split"], key)
     train = next(r for r in ra if r["split"] == "train")
@@ -167,3 +170,15 @@ def test_eval_nproc_is_refused_up_front_outside_batch_mode(tiny_dirs, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--mode batch" in err[0]
     assert not list(tmp_path.glob("r.*"))
+
+
+def test_train_nproc_is_refused_up_front_for_trajectory_training(tiny_dirs, tmp_path, capsys):
+    from hyperedit.cli import main
+
+    data = tmp_path / "facts.jsonl"
+    _write_requests(data)
+    code = main(["train", "--editor", "rledit", "--model", str(tiny_dirs["llama"]), "--train", str(data),
+                 "--out", str(tmp_path / "run"), "--nproc", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "rledit does not split" in err[0]
+    assert not (tmp_path / "run").exists()
