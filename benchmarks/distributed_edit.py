@@ -104,7 +104,8 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
                __file__, "--worker", "--facts", str(args.facts), "--data", args.data, "--model", args.model,
-               "--out", str(out), "--solve-dtype", args.solve_dtype] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+               "--out", str(out), "--solve-dtype", args.solve_dtype]
+        cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
         log.info("%d rank(s): %s", ranks, " ".join(cmd))
         loads = _run_sampling_load(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "HYPEREDIT_PROGRESS": "0"})
         info = json.loads((out / "ranks.json").read_text())

@@ -109,7 +109,8 @@ def main() -> None:
     command, records, weights, steps_of = current_command(), [], {}, {}
     passed = ["--facts", str(args.facts), "--steps", str(args.steps), "--model", args.model, "--train", args.train,
               "--limit-train", str(args.limit_train), "--val-size", str(args.val_size), "--seed", str(args.seed),
-              "--cache-dir", args.cache_dir, "--solve-dtype", args.solve_dtype] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+              "--cache-dir", args.cache_dir, "--solve-dtype", args.solve_dtype]
+    passed += ["--checkpoint", args.checkpoint] if args.checkpoint else []
     for ranks in [int(r) for r in args.ranks.split(",")]:
         out = Path(args.runs) / f"ranks{ranks}"
         start_run_directory(out, "training-run", overwrite=True)  # an earlier run of this benchmark
@@ -129,7 +130,8 @@ def main() -> None:
             split="train", mode="batch", n_edits=args.facts, metrics={},
             edit_time_s=sum(r["seconds"] for r in timed) / len(timed),
             peak_rss_mb=max(r["peak_rss_mb"] for r in per_rank), command=command, seed=args.seed, ranks=ranks,
-            threads_per_rank=1, solve_dtype=args.solve_dtype, step_seconds=[r["seconds"] for r in steps], step_cpu_s_all_ranks=cpu,
+            threads_per_rank=1, solve_dtype=args.solve_dtype, step_seconds=[r["seconds"] for r in steps],
+            step_cpu_s_all_ranks=cpu,
             cpu_s_per_step=round(sum(cpu_timed) / len(cpu_timed), 3),
             cpu_s_per_fact_step=round(sum(cpu_timed) / len(cpu_timed) / args.facts, 4),
             losses=[{k: r[k] for k in ("gen_loss", "loc_loss", "lambda", "lr", "grad_norm")} for r in steps],
@@ -159,7 +161,8 @@ def main() -> None:
              "differing by more than a thousandth of it) and the losses and lambda of every step with the "
              "fewest-ranks run. Adam divides each gradient element by its own running RMS, so elements whose "
              "gradient is essentially zero (e.g. of zero-initialised matrices) are moved by rounding noise: "
-             "those few differ visibly, the rest agree to float32 rounding. The machine is shared by other jobs: the 1-minute load "
+             "those few differ visibly, the rest agree to float32 rounding. The machine is shared by other jobs: "
+             "the 1-minute load "
              "average sampled every 10 s during each run says how busy its 2 cores were.\n\n"
              "| ranks | step time (s) | CPU s per step (all ranks) | CPU s per fact-step | peak RSS per rank (MB) "
              "| load avg mean / max | max weight diff (steps) | share of weights differing | "

@@ -28,7 +28,8 @@ TIMINGS = ("seconds", "cpu_seconds", "edit_seconds", "cpu_seconds_all_ranks", "r
 TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 
 
-def _train(model: Path, data: Path, out: Path, editor: str, *extra: str, launcher: tuple = (sys.executable,)) -> list[str]:
+def _train(model: Path, data: Path, out: Path, editor: str, *extra: str,
+           launcher: tuple = (sys.executable,)) -> list[str]:
     return [*launcher, "-m", "hyperedit", "train", "-q", "--editor", editor, "--model", str(model),
             "--train", str(data), "--out", str(out), "--layers", "0-1", "--rank", "8", "--n-edits", "8",
             "--val-size", "6", "--val-every", "0", "--meta-lr", "1e-3", "--lr-init", "1e-2", "--threads", "1",

@@ -238,7 +238,8 @@ class MetaTrainer:
         for name, total in zip(names, squares):
             net, index = self.editor.nets.net_for(name)
             ridge_trace = self.editor.ridge_trace(name) if hasattr(self.editor, "ridge_trace") else net.d_in
-            net.log_lambda.data[index] = float(torch.tensor(total / ridge_trace, dtype=torch.float64).clamp_min(1e-12).log())
+            scale = torch.tensor(total / ridge_trace, dtype=torch.float64)
+            net.log_lambda.data[index] = float(scale.clamp_min(1e-12).log())
         log.info("initial e^lambda (tr(K^T K)/tr(R) of the first batch): %s", ", ".join(
             f"{float(net.log_lambda[i].detach().exp()):.3g}" for name in self.editor.module_names
             for net, i in [self.editor.nets.net_for(name)]))
@@ -307,7 +308,8 @@ class MetaTrainer:
         record = {**record, "grad_norm": float(grad_norm), "lr": float(lrs.mean()), "lambda": float(lams.mean()),
                   "seconds": round(time.perf_counter() - start, 3), "cpu_seconds": round(cpu, 3)}
         if self.world.size > 1:  # the CPU time of the whole step, over every rank
-            record.update(ranks=self.world.size, cpu_seconds_all_ranks=round(all_reduce_floats([cpu], self.world)[0], 3))
+            total_cpu = all_reduce_floats([cpu], self.world)[0]
+            record.update(ranks=self.world.size, cpu_seconds_all_ranks=round(total_cpu, 3))
         return record
 
     def step_gradients(self, step: int) -> dict:
@@ -416,7 +418,8 @@ class MetaTrainer:
         return self._reduced_means({
             "ES": [s.accuracy for s in es],
             "GS": per_request([s.accuracy for s in gs], facts.rephrase_offsets),
-            "LS": per_request([agreement(r, s.predicted) for r, s in zip(self._reference, ls)], facts.locality_offsets)})
+            "LS": per_request([agreement(r, s.predicted) for r, s in zip(self._reference, ls)],
+                              facts.locality_offsets)})
 
     # ----- checkpoints ---------------------------------------------------------------------------
     def _identity(self) -> dict:
