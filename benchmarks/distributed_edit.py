@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -40,8 +41,9 @@ def worker(args) -> None:
         editor = get_editor("malmen", checkpoint=args.checkpoint, lm=lm)
     else:
         editor = MalmenEditor.create(MalmenConfig(solve_dtype=args.solve_dtype), lm, seed=0)
+    cpu_before = _cpu_seconds()
     delta, seconds, peak = peak_rss_during(editor.edit, lm, requests)
-    mine = {"rank": world.rank, "edit_time_s": seconds, "peak_rss_mb": peak}
+    mine = {"rank": world.rank, "edit_time_s": seconds, "peak_rss_mb": peak, "cpu_s": _cpu_seconds() - cpu_before}
     stats = [mine] * world.size
     if world.size > 1:
         dist.all_gather_object(stats, mine)
@@ -49,6 +51,25 @@ def worker(args) -> None:
         out = Path(args.out)
         delta.save(out / "delta")
         (out / "ranks.json").write_text(json.dumps({"n": len(requests), "ranks": stats}, indent=2))
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_sampling_load(cmd: list[str], env: dict) -> list[float]:
+    """Run ``cmd`` to the end, sampling the 1-minute load average every 10 s (the machine may be shared)."""
+    process, loads = subprocess.Popen(cmd, env=env), [os.getloadavg()[0]]
+    while True:
+        try:
+            code = process.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            loads.append(os.getloadavg()[0])
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+    return loads
 
 
 def _relative_difference(a, b) -> float:
@@ -65,6 +86,7 @@ def main() -> None:
     parser.add_argument("--solve-dtype", default="float64", choices=["float32", "float64"],
                         help="precision of the accumulated sums and the solve (untrained editor)")
     parser.add_argument("--runs", default="runs/distributed_edit")
+    parser.add_argument("--name", default="distributed_edit", help="results file name under benchmarks/results")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -82,9 +104,10 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
                __file__, "--worker", "--facts", str(args.facts), "--data", args.data, "--model", args.model,
-               "--out", str(out), "--solve-dtype", args.solve_dtype] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+               "--out", str(out), "--solve-dtype", args.solve_dtype]
+        cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
         log.info("%d rank(s): %s", ranks, " ".join(cmd))
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "HYPEREDIT_PROGRESS": "0"})
+        loads = _run_sampling_load(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "HYPEREDIT_PROGRESS": "0"})
         info = json.loads((out / "ranks.json").read_text())
         deltas[ranks] = EditDelta.load(out / "delta")
         per_rank = sorted(info["ranks"], key=lambda r: r["rank"])
@@ -93,19 +116,26 @@ def main() -> None:
             dataset=args.data.split(":")[0], split=args.data.split(":")[-1], mode="batch", n_edits=info["n"],
             metrics={}, edit_time_s=max(r["edit_time_s"] for r in per_rank),
             peak_rss_mb=max(r["peak_rss_mb"] for r in per_rank), command=command, seed=0, ranks=ranks,
-            threads_per_rank=1, solve_dtype=args.solve_dtype, per_rank=[{k: round(v, 2) for k, v in r.items()} for r in per_rank]))
+            threads_per_rank=1, solve_dtype=args.solve_dtype,
+            load_avg_1min_mean_max=[round(sum(loads) / len(loads), 2), round(max(loads), 2)],
+            per_rank=[{k: round(v, 2) for k, v in r.items()} for r in per_rank]))
     base = deltas[min(deltas)]
     for record in records:
         record["max_rel_diff_vs_fewest_ranks"] = _relative_difference(deltas[record["ranks"]], base)
     rows = "\n".join(f"| {r['ranks']} | {r['edit_time_s']:.1f} | "
                      f"{', '.join(str(p['peak_rss_mb']) for p in r['per_rank'])} | "
+                     f"{', '.join(str(p.get('cpu_s', '-')) for p in r['per_rank'])} | "
+                     f"{r['load_avg_1min_mean_max'][0]} / {r['load_avg_1min_mean_max'][1]} | "
                      f"{r['max_rel_diff_vs_fewest_ranks']:.2e} |" for r in records)
     notes = ("One MALMEN edit of all facts; each rank runs one CPU thread. `edit_time_s` and `peak_rss_mb` "
              "are the largest over the ranks; the difference is the largest shift difference against the "
-             "delta of the fewest ranks, relative to that module's largest shift.\n\n"
-             "| ranks | edit time (s) | peak RSS per rank (MB) | max relative difference |\n|---|---|---|---|\n"
+             "delta of the fewest ranks, relative to that module's largest shift. The machine is shared: the "
+             "1-minute load average, sampled every 10 s during each run, says how busy it was (2 cores; "
+             "the run itself accounts for up to its number of ranks).\n\n"
+             "| ranks | edit time (s) | peak RSS per rank (MB) | CPU s per rank | load avg (1 min) mean / max "
+             "| max relative difference |\n|---|---|---|---|---|---|\n"
              + rows)
-    paths = write_results(records, "distributed_edit", title="Distributed MALMEN edit: 1 vs N ranks", notes=notes)
+    paths = write_results(records, args.name, title="Distributed MALMEN edit: 1 vs N ranks", notes=notes)
     log.info("wrote %s", ", ".join(map(str, paths)))
 
 

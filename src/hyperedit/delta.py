@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import DeltaMismatchError, HyperEditError
 from .models.adapters import ModelAdapter
+from .models.placement import check_on_device
 from .outputs import write_directory
 
 SHIFTS_FILE = "shifts.safetensors"
@@ -84,6 +85,7 @@ class EditDelta:
         if self.is_applied:
             raise HyperEditError("delta is already applied; revert it first")
         self.check_fits(model)
+        check_on_device(model, list(self.shifts))
         modules = dict(model.named_modules())
         self._backup = {}
         for name, shift in self.shifts.items():

@@ -19,6 +19,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template")
 
 
+def add_placement_args(parser: argparse.ArgumentParser) -> None:
+    """``--device-map`` and its companions: one model over several GPUs (edit, eval)."""
+    group = parser.add_argument_group("model placement over several devices (docs/distributed.md)")
+    group.add_argument("--device-map", metavar="MAP",
+                       help="auto, balanced, balanced_low_0, sequential (accelerate) or a JSON file "
+                            "{module: GPU index | cpu | disk}; replaces --device")
+    group.add_argument("--max-memory", metavar="SPEC", help="with --device-map: e.g. 0=20GiB,1=20GiB,cpu=60GiB")
+    group.add_argument("--offload-folder", metavar="DIR", help="with --device-map: where disk-offloaded weights go")
+
+
 def add_editor_args(parser: argparse.ArgumentParser, default: str | None = "ft") -> None:
     group = parser.add_argument_group("editor")
     group.add_argument("--editor", default=default, required=default is None,
@@ -133,7 +143,16 @@ def seed_everything(seed: int) -> None:
 def load_model_from_args(args):
     from ..models import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype, chat_template=args.chat_template)
+    from ..models.placement import parse_device_map, parse_max_memory
+
+    device_map = parse_device_map(getattr(args, "device_map", None))
+    if device_map is None and (getattr(args, "max_memory", None) or getattr(args, "offload_folder", None)):
+        raise HyperEditError("--max-memory and --offload-folder go with --device-map")
+    if device_map is not None and getattr(args, "nproc", 1) > 1:
+        raise HyperEditError("--device-map places one model over several devices; it does not combine with --nproc")
+    return load_model(args.model, device=args.device, dtype=args.dtype, chat_template=args.chat_template,
+                      device_map=device_map, max_memory=parse_max_memory(getattr(args, "max_memory", None)),
+                      offload_folder=getattr(args, "offload_folder", None))
 
 
 def editor_from_args(args, lm):

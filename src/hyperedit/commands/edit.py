@@ -7,8 +7,8 @@ from pathlib import Path
 from ..errors import HyperEditError
 from ..outputs import Output, check_paths, write_directory
 from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_nproc_arg, add_overwrite_arg,
-                      editor_from_args, emit_json, input_paths, join_ranks, load_model_from_args, relaunch_ranks,
-                      seed_everything)
+                      add_placement_args, editor_from_args, emit_json, input_paths, join_ranks, load_model_from_args,
+                      relaunch_ranks, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--save-model", help="also write the edited model to this directory")
     add_overwrite_arg(p, "an earlier delta (--out) or model directory (--save-model)")
     add_nproc_arg(p)
+    add_placement_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     p.set_defaults(func=run)

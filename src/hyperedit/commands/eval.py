@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ..errors import HyperEditError
 from ..outputs import check_paths
-from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_overwrite_arg, dataset_label, editor_from_args,
-                      input_paths, load_model_from_args, result_outputs, seed_everything)
+from ._common import (add_data_dir_arg, add_editor_args, add_model_args, add_nproc_arg, add_overwrite_arg,
+                      add_placement_args, dataset_label, editor_from_args, input_paths, join_ranks,
+                      load_model_from_args, relaunch_ranks, result_outputs, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 keeps timings steady on a shared machine)")
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
+    add_nproc_arg(p)
+    add_placement_args(p)
     p.set_defaults(func=run)
 
 
@@ -50,6 +53,8 @@ def run(args) -> int:
 
     if args.n_edits < 1:
         raise HyperEditError("--n-edits must be at least 1")
+    if args.nproc > 1 and args.mode != "batch":
+        raise HyperEditError(f"--nproc: only --mode batch splits one edit over ranks (not --mode {args.mode})")
     check_paths(result_outputs("--out", args.out), input_paths(args), overwrite=args.overwrite)
     if args.threads:
         import torch
@@ -59,8 +64,18 @@ def run(args) -> int:
     requests = load_requests(args.data, data_dir=args.data_dir, limit=args.n_edits, offset=args.offset)
     if len(requests) < args.n_edits:
         log.warning("%s has only %d requests after offset %d", args.data, len(requests), args.offset)
+    if args.nproc > 1:
+        if len(requests) < args.nproc:
+            raise HyperEditError(f"--nproc {args.nproc}: only {len(requests)} requests to share")
+        return relaunch_ranks(args)
+    world = join_ranks(args)
     lm = load_model_from_args(args)
     editor = editor_from_args(args, lm)
+    if world.size > 1 and args.mode != "batch":
+        raise HyperEditError(f"several ranks: only --mode batch splits one edit over ranks (not --mode {args.mode})")
+    if not world.is_main:  # the other ranks only compute their share of the edit; rank 0 measures
+        editor.edit(lm, requests)
+        return 0
     dataset, split = dataset_label(args.data)
     common = dict(dataset=dataset, split=split, command=current_command(), seed=args.seed,
                   eval_batch_size=args.eval_batch_size, fluency=args.fluency)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ._common import add_data_dir_arg, add_model_args, add_overwrite_arg, emit_json, load_model_from_args
+from ..errors import HyperEditError
+from ._common import (add_data_dir_arg, add_model_args, add_nproc_arg, add_overwrite_arg, emit_json, join_ranks,
+                      load_model_from_args, relaunch_ranks)
 from ._trajectory import TRAJECTORY_EDITORS, add_trajectory_args, run_trajectory
 from ._training_setup import check_run_paths, prepare_training, training_config
 
@@ -20,7 +22,9 @@ def register(sub) -> None:
                                    "Writes OUT/checkpoints/step-N/ (editor.safetensors + editor.json, usable with "
                                    "`hyperedit edit/eval --checkpoint OUT`), OUT/LATEST and OUT/metrics.jsonl. "
                                    "A killed run continues from its last checkpoint with --resume and ends with "
-                                   "the same weights as an uninterrupted run (same options, same thread count).")
+                                   "the same weights as an uninterrupted run (same options, same thread count). "
+                                   "--nproc N (or a torchrun launch) trains data-parallel: each rank takes its "
+                                   "share of every step's facts; rank 0 writes the run (docs/distributed.md).")
     add_model_args(p)
     add_data_dir_arg(p)
     p.add_argument("--editor", choices=TRAINABLE, default="malmen")
@@ -58,12 +62,21 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="torch CPU threads (keep the same value when resuming)")
     p.add_argument("--json", action="store_true", help="print the final validation record as JSON")
+    add_nproc_arg(p)
     add_trajectory_args(p)  # rledit, hiedit: training over editing trajectories
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    check_run_paths(args)
+    if args.nproc > 1:  # options and --out are checked here, once, before any rank starts
+        check_run_paths(args)
+        return relaunch_ranks(args)
+    world = join_ranks(args)
+    if world.size > 1 and args.editor in TRAJECTORY_EDITORS:
+        raise HyperEditError(f"{args.editor}: trajectory training runs in one process (its edits are sequential); "
+                             f"data-parallel training is for malmen and mend")
+    if world.is_main:
+        check_run_paths(args)
     if args.editor in TRAJECTORY_EDITORS:
         return run_trajectory(args)
     from ..training import MetaTrainConfig, MetaTrainer, load_pool, split_validation
@@ -86,6 +99,8 @@ def run(args) -> int:
              len(train), len(val), ", ".join(editor.module_names))
     trainer = MetaTrainer(editor, lm, train, val, train_config, Path(args.out), info)
     validations = trainer.run(resume=args.resume)
+    if not world.is_main:
+        return 0
     final = validations[-1] if validations else {}
     if args.json:
         emit_json(final)

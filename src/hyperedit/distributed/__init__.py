@@ -3,6 +3,8 @@
 ``world``: which rank this process is, sharding of the facts, sum-reductions of accumulators.
 ``launch``: ``--nproc N`` re-runs the same command under torchrun.
 """
-from .world import World, all_reduce_sum_, current_world, init_from_environment, shard
+from .world import (World, all_reduce_floats, all_reduce_gradients_, all_reduce_sum_, barrier, current_world,
+                    init_from_environment, shard)
 
-__all__ = ["World", "all_reduce_sum_", "current_world", "init_from_environment", "shard"]
+__all__ = ["World", "all_reduce_floats", "all_reduce_gradients_", "all_reduce_sum_", "barrier", "current_world",
+           "init_from_environment", "shard"]

@@ -53,6 +53,8 @@ def init_from_environment(device: str = "cpu") -> World:
         raise HyperEditError("this PyTorch build has no torch.distributed; run without --nproc")
     if not dist.is_initialized():
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
+        if backend == "nccl":  # one GPU per rank; nccl's collectives run on the current device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
         atexit.register(dist.destroy_process_group)
     world = current_world()
@@ -79,3 +81,44 @@ def all_reduce_sum_(tensors: list[torch.Tensor], world: World) -> None:
         return
     for tensor in tensors:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def all_reduce_floats(values: Sequence[float], world: World) -> list[float]:
+    """The sums over the ranks of a few Python numbers (float64), e.g. losses or counts."""
+    if world.size <= 1:
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def all_reduce_gradients_(parameters, world: World) -> None:
+    """Sum every parameter's ``.grad`` over the ranks, in place.
+
+    A parameter with a gradient on some ranks only gets zeros added on the others; one with no
+    gradient on any rank keeps ``None`` (an optimiser then skips it, as it does in one process).
+    """
+    if world.size <= 1:
+        return
+    parameters = list(parameters)
+    present = torch.tensor([p.grad is not None for p in parameters], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(present, op=dist.ReduceOp.SUM)
+    for p, count in zip(parameters, present.tolist()):
+        if count == 0:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def _collective_device() -> torch.device:
+    """Where small tensors made for a collective must live: the current GPU under nccl, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier(world: World) -> None:
+    """Wait until every rank got here (e.g. until rank 0 has written a file the others read)."""
+    if world.size > 1:
+        dist.barrier()

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..delta import EditDelta
-from ..distributed import all_reduce_sum_, current_world, shard
+from ..distributed import World, all_reduce_sum_, current_world, shard
 from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, iter_chunks
 from ..nets import HyperNets
@@ -88,11 +88,14 @@ def resolve_layers(adapter, layers: list[int] | None) -> list[int]:
     return list(layers)
 
 
-def cache_requests(adapter, requests: Sequence[EditRequest], names: list[str], token: str) -> Cache:
-    """Keys and value gradients (float32) of the edit loss on ``requests``, in one LM pass."""
+def cache_requests(adapter, requests: Sequence[EditRequest], names: list[str], token: str,
+                   device: torch.device | str | None = None) -> Cache:
+    """Keys and value gradients (float32) of the edit loss on ``requests``, in one LM pass; on
+    ``device`` (the hypernetwork's) when given, as a model placed over several devices yields them
+    on the devices of their layers."""
     raw = cache_keys_and_value_grads(adapter, [r.prompt for r in requests], [r.target for r in requests],
                                      names, chunk_size=max(1, len(requests)), token=token)
-    return {name: (k.float(), g.float()) for name, (k, g) in raw.items()}
+    return {name: (k.float().to(device), g.float().to(device)) for name, (k, g) in raw.items()}
 
 
 def scale_shifts(shifts: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
@@ -248,7 +251,7 @@ class HyperEditor:
             raise HyperEditError("online_norm is not supported in a data-parallel run")
         held = []  # online_norm: every chunk's cache, accumulated after the normalisers saw them all
         for chunk in progress(chunks, desc=f"{self.name} edit", unit="chunk"):
-            cache = cache_requests(adapter, chunk, names, self.config.token)
+            cache = cache_requests(adapter, chunk, names, self.config.token, lm.device)
             if online:
                 self.update_normalizers(cache)
                 held.append(cache)
@@ -307,13 +310,24 @@ class HyperEditor:
         raise NotImplementedError
 
     def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
-                 grad_shifts: dict[str, torch.Tensor]) -> None:
+                 grad_shifts: dict[str, torch.Tensor], replicated: bool = True) -> None:
+        """Add to the hypernetwork's ``.grad`` the gradient of a loss whose dL/dS is ``grad_shifts``.
+
+        In a data-parallel step ``cache`` is this rank's share of the tokens and the ranks' gradients
+        are summed afterwards; terms that every rank computes identically from the reduced sums
+        (MALMEN's dL/dlambda) are added only where ``replicated`` is true (one rank).
+        """
         raise NotImplementedError
 
-    def predict(self, cache: Cache) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(accumulator, shifts) for an in-memory cache, without gradients (meta-training step 2)."""
+    def predict(self, cache: Cache, world: World | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(accumulator, shifts) for an in-memory cache, without gradients (meta-training step 2).
+
+        With a data-parallel ``world``, ``cache`` is this rank's share and the accumulated sums are
+        all-reduced before the solve, so every rank gets the shifts of the whole batch.
+        """
         acc = self.new_accumulator()
         self._accumulate_cache(acc, cache)
+        all_reduce_sum_(accumulator_tensors(acc, self.module_names), world or World())
         with torch.no_grad():
             return acc, self.finish(acc)
 

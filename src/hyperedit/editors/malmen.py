@@ -160,13 +160,14 @@ class MalmenEditor(HyperEditor):
         self.keys.n_edits += n_requests
 
     def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
-                 grad_shifts: dict[str, torch.Tensor]) -> None:
+                 grad_shifts: dict[str, torch.Tensor], replicated: bool = True) -> None:
         """Accumulate hypernetwork gradients of a loss whose gradient w.r.t. each shift is given.
 
         The solve is differentiated in closed form (reusing its factorisation; with ``nullspace``
         in U's coordinates, where the keys are K U and dL/dZ = U^T dL/dS); the hypernetwork is then
         re-run chunk by chunk with grad and ``<dL/dD, D_chunk>`` is backpropagated (no LM graph in
-        memory).
+        memory). dL/dlambda depends only on the (all-reduced) sums, so in a data-parallel step one
+        rank adds it (``replicated``); dL/dD is per token, each rank adds its share.
         """
         for name in self.module_names:
             keys, grads = cache[name]
@@ -181,7 +182,8 @@ class MalmenEditor(HyperEditor):
                 grad_d, grad_lam = ridge_solve_backward(keys.to(U.dtype) @ U, reduced, z,
                                                         U.T @ grad_shifts[name].to(U.dtype), log_lambda, None, factor)
             grad_d = grad_d.to(keys.dtype)
-            (grad_lam.to(net.log_lambda.dtype) * net.log_lambda[index]).backward()
+            if replicated:
+                (grad_lam.to(net.log_lambda.dtype) * net.log_lambda[index]).backward()
             for part in token_slices(keys.shape[0], self.config.net_batch_size):
                 d = net.value_diffs(keys[part], grads[part], index)
                 (grad_d[part] * d).sum().backward()

@@ -39,7 +39,7 @@ class MendEditor(HyperEditor):
         return {name: shift.detach().clone() for name, shift in acc.items()}
 
     def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
-                 grad_shifts: dict[str, torch.Tensor]) -> None:
+                 grad_shifts: dict[str, torch.Tensor], replicated: bool = True) -> None:
         """dL/dS is also dL/d(each rank-1 term): re-run the hypernetwork chunk by chunk with grad."""
         for name in self.module_names:
             keys, grads = cache[name]

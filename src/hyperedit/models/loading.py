@@ -54,6 +54,11 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the device of the input embeddings (the first one of a device map)."""
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        weight = getattr(embeddings, "weight", None)
+        if weight is not None and weight.device.type != "meta":
+            return weight.device
         return next(self.model.parameters()).device
 
 
@@ -211,10 +216,13 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 
 def load_model(name_or_path: str = "smollm2-135m", device: str | torch.device = "cpu", dtype="float32",
-               chat_template: bool = False) -> LoadedModel:
+               chat_template: bool = False, device_map: str | dict | None = None, max_memory: dict | None = None,
+               offload_folder: str | None = None) -> LoadedModel:
     """Load a model, its tokenizer and its adapter, in eval mode with every parameter frozen.
 
     ``name_or_path``: ``smollm2-135m`` (embedded default) or a local Hugging Face model directory.
+    ``device_map`` (with ``max_memory``, ``offload_folder``): place the model over several devices
+    instead of on ``device`` (``hyperedit.models.placement``).
     Anything wrong with the device or the directory (config, weights, tokenizer) is a one-line
     ``ModelLoadError``.
     """
@@ -232,7 +240,10 @@ def load_model(name_or_path: str = "smollm2-135m", device: str | torch.device = 
         raise ModelLoadError(f"{path} has a config.json but no weights ({' or '.join(_WEIGHT_FILES[::2])})")
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
-        model, info = auto.from_pretrained(path, dtype=torch_dtype, local_files_only=True, output_loading_info=True)
+        placement = ({} if device_map is None else
+                     {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder})
+        model, info = auto.from_pretrained(path, dtype=torch_dtype, local_files_only=True, output_loading_info=True,
+                                           **placement)
     except Exception as exc:  # noqa: BLE001 - corrupt or mismatched weights, shapes that contradict the config
         problem = ("tensor shapes do not match config.json" if "mismatched_sizes" in str(exc) else _one_line(exc))
         raise ModelLoadError(f"cannot load the weights in {path}: {problem}") from None
@@ -240,7 +251,8 @@ def load_model(name_or_path: str = "smollm2-135m", device: str | torch.device = 
     if missing:  # transformers would fill them with random values: silently wrong results
         raise ModelLoadError(f"the weights in {path} lack {len(missing)} tensor(s) the config needs, "
                              f"e.g. {missing[0]}")
-    model = model.to(device)
+    if device_map is None:
+        model = model.to(device)
     model.eval()
     model.requires_grad_(False)
     model.hyperedit_name = name_or_path if name_or_path in EMBEDDED else path.name

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed import World, all_reduce_floats, all_reduce_sum_
+
 
 class RunningMeanStd(nn.Module):
     """Standardise features with the mean and std of everything passed to ``update``.
@@ -22,14 +24,21 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("m2", torch.zeros(size, dtype=torch.float64))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Merge the rows of ``x`` (n, size) into the statistics."""
+    def update(self, x: torch.Tensor, world: World | None = None) -> None:
+        """Merge the rows of ``x`` (n, size) into the statistics.
+
+        With a data-parallel ``world`` each rank passes its share of the rows and every rank merges
+        the statistics of all of them (count, sum and squared deviations all-reduced).
+        """
+        world = world or World()
         x = x.detach().reshape(-1, self.size).to(torch.float64)
-        n = x.shape[0]
+        n, total_sum = all_reduce_floats([x.shape[0]], world)[0], x.sum(0)
+        all_reduce_sum_([total_sum], world)
         if n == 0:
             return
-        batch_mean = x.mean(0)
+        batch_mean = total_sum / n
         batch_m2 = ((x - batch_mean) ** 2).sum(0)
+        all_reduce_sum_([batch_m2], world)
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * (n / total)

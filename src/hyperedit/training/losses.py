@@ -32,16 +32,20 @@ def locality_examples(requests: list[EditRequest]) -> list[tuple[str, str]]:
 
 
 def generalization_loss(adapter, pairs, delta: EditDelta, batch_size: int, backward: bool = True,
-                        coef: float = 1.0) -> float:
+                        coef: float = 1.0, total_examples: int | None = None) -> float:
     """Cross-entropy of the targets on the edited model; ``coef`` times it backward (unless not
-    asked); returns the mean loss (without ``coef``)."""
+    asked); returns the mean loss (without ``coef``).
+
+    ``total_examples``: the divisor of the mean when ``pairs`` are one rank's share of a
+    data-parallel batch (the batch's number of examples; the ranks' losses then add up)."""
     if not len(pairs):
         return 0.0
+    count = total_examples or len(pairs)
     total = 0.0
     with delta.applied(adapter.model), passes_for(adapter, pairs), torch.set_grad_enabled(backward):
         for batch in encoded_batches(adapter, pairs, batch_size):
             out = target_logits(adapter, batch)
-            loss = out.per_example_mean(out.token_nll()).sum() / len(pairs)
+            loss = out.per_example_mean(out.token_nll()).sum() / count
             if backward:
                 (coef * loss).backward()
             total += float(loss.detach())
@@ -60,12 +64,14 @@ def reference_log_probs(adapter, pairs, batch_size: int) -> list[torch.Tensor]:
 
 
 def locality_loss(adapter, pairs, delta: EditDelta, batch_size: int, coef: float = 1.0,
-                  backward: bool = True, references: list[torch.Tensor] | None = None) -> float:
+                  backward: bool = True, references: list[torch.Tensor] | None = None,
+                  total_examples: int | None = None) -> float:
     """``coef * KL(unedited || edited)`` over the answer positions of unrelated prompts; backward
     (unless not asked); returns the mean KL (without ``coef``). ``references``: precomputed
-    ``reference_log_probs`` (else computed here)."""
+    ``reference_log_probs`` (else computed here); ``total_examples`` as in ``generalization_loss``."""
     if not len(pairs) or (coef == 0 and backward):
         return 0.0
+    count = total_examples or len(pairs)
     if references is None:
         references = reference_log_probs(adapter, pairs, batch_size)
     total = 0.0
@@ -74,7 +80,7 @@ def locality_loss(adapter, pairs, delta: EditDelta, batch_size: int, coef: float
             out = target_logits(adapter, batch)
             log_probs = out.logits.float().log_softmax(-1)
             kl = F.kl_div(log_probs, reference, log_target=True, reduction="none").sum(-1)
-            loss = out.per_example_mean(kl).sum() / len(pairs)
+            loss = out.per_example_mean(kl).sum() / count
             if backward:
                 (coef * loss).backward()
             total += float(loss.detach())

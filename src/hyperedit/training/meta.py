@@ -16,6 +16,16 @@ step then runs only the hypernetwork and the edited layers + head; validation li
 and LS on the cached texts: teacher-forced token accuracy, LS against the unedited argmax on the
 locality prompts that have an answer). After each validation the editor with the best mean of
 ES, GS and LS so far is kept in ``OUT/best``.
+
+Data parallel (launched by torchrun, ``hyperedit.distributed``): every rank draws the same batch
+(a function of seed and step) and takes its contiguous share of it. The normaliser statistics,
+MALMEN's ``K^T K`` and ``K^T D`` (MEND's summed shifts), the loss counts and values and dL/dS are
+all-reduced, so every rank solves the same system; the losses are divided by the batch's example
+counts, so the ranks' hypernetwork gradients add up to the one-process gradient and are summed
+(dL/dlambda, computed identically everywhere, is added by rank 0 only). Clipping and Adam then run
+identically on every rank. Validation is split the same way (metric sums reduced). Only rank 0
+writes the run directory (checkpoints, metrics, fact caches); the others wait at a barrier and
+read the caches it wrote.
 """
 from __future__ import annotations
 
@@ -30,6 +40,9 @@ from safetensors.torch import load_file
 
 from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
 from ..delta import EditDelta
+from ..distributed import (all_reduce_floats, all_reduce_gradients_, all_reduce_sum_, barrier, current_world,
+                           shard)
+from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, trainable_weights
 from ..models.limits import check_request_lengths
 from ..outputs import start_run_directory, write_directory
@@ -98,6 +111,10 @@ class MetaTrainer:
         self.info = dict(info or {})
         self.store = CheckpointStore(self.run_dir, keep=config.keep_checkpoints)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.world = current_world()
+        if config.n_edits < self.world.size or (val and len(val) < self.world.size):
+            raise HyperEditError(f"{self.world.size} ranks need at least as many facts per step and validation "
+                                 f"requests (n_edits {config.n_edits}, validation {len(val)})")
         self.step = 0
         nets = editor.nets
         lr_params = [p for n, p in nets.named_parameters() if n.endswith(".lr")]
@@ -116,7 +133,9 @@ class MetaTrainer:
     # ----- the loop ---------------------------------------------------------------------------
     def run(self, resume: bool = False) -> list[dict]:
         """Train up to ``config.steps``; returns the validation records of this run's log."""
-        start_run_directory(self.run_dir, "training-run", resume=resume)
+        if self.world.is_main:
+            start_run_directory(self.run_dir, "training-run", resume=resume)
+        barrier(self.world)
         latest = self.store.latest()
         if latest is not None:
             self._load(latest)
@@ -124,10 +143,11 @@ class MetaTrainer:
             log.warning("nothing to resume in %s: starting a new run", self.run_dir)
         self.editor.prepare(self.lm)
         self.prepare_caches()
-        scores = [self._score(r) for r in self.metrics.read() if r.get("split") == "val"]
-        self.best_score = max((v for v in scores if v is not None), default=None)
+        if self.world.is_main:
+            scores = [self._score(r) for r in self.metrics.read() if r.get("split") == "val"]
+            self.best_score = max((v for v in scores if v is not None), default=None)
         if self.step == 0:
-            self.metrics.rewind(-1)
+            self._rewind_log(-1)
             if self.config.calibrate_lr:
                 self.calibrate()
             if self.val and self.config.val_every:
@@ -136,7 +156,7 @@ class MetaTrainer:
         while self.step < cfg.steps:
             record = self.train_step(self.step)
             self.step += 1
-            self.metrics.append({"step": self.step, "split": "train", **record})
+            self._append_log({"step": self.step, "split": "train", **record})
             log.info("step %d/%d gen %.3f loc %.4f |g| %.3g (%.1fs)", self.step, cfg.steps, record["gen_loss"],
                      record["loc_loss"], record["grad_norm"], record["seconds"])
             last = self.step == cfg.steps
@@ -144,7 +164,15 @@ class MetaTrainer:
                 self._validate()
             if self.step % cfg.ckpt_every == 0 or last:
                 self._save()
-        return [r for r in self.metrics.read() if r.get("split") == "val"]
+        return [r for r in self.metrics.read() if r.get("split") == "val"] if self.world.is_main else []
+
+    def _append_log(self, record: dict) -> None:
+        if self.world.is_main:
+            self.metrics.append(record)
+
+    def _rewind_log(self, step: int) -> None:
+        if self.world.is_main:
+            self.metrics.rewind(step)
 
     # ----- inputs of a step: cached or computed -------------------------------------------------
     def prepare_caches(self) -> None:
@@ -159,15 +187,28 @@ class MetaTrainer:
         folder = None if cfg.cache_dir == "" else Path(cfg.cache_dir or self.run_dir)
         ecfg, names = self.editor.config, self.editor.module_names
         path = (lambda name: None if folder is None else folder / name)
-        self.facts = load_or_build(path("train-cache.safetensors"), adapter, self.train, names, ecfg.token,
-                                   ecfg.lm_batch_size)
-        if self.val:
-            self.val_facts = load_or_build(path("val-cache.safetensors"), adapter, self.val, names, ecfg.token,
-                                           ecfg.lm_batch_size, prompts=True)
+
+        def build() -> None:
+            self.facts = load_or_build(path("train-cache.safetensors"), adapter, self.train, names, ecfg.token,
+                                       ecfg.lm_batch_size)
+            if self.val:
+                self.val_facts = load_or_build(path("val-cache.safetensors"), adapter, self.val, names, ecfg.token,
+                                               ecfg.lm_batch_size, prompts=True)
+
+        if folder is None or self.world.is_main:  # in memory: every rank builds its own
+            build()
+        barrier(self.world)
+        if folder is not None and not self.world.is_main:  # rank 0 wrote the files: read them
+            build()
 
     def batch_indices(self, step: int) -> list[int]:
-        """Indices (into the training requests) of the batch of ``step``."""
-        return batch_for_step(list(range(len(self.train))), step, self.config.n_edits, self.config.seed)
+        """Indices (into the training requests) of this rank's share of the batch of ``step``."""
+        batch = batch_for_step(list(range(len(self.train))), step, self.config.n_edits, self.config.seed)
+        return shard(batch, self.world)
+
+    def global_counts(self, *counts: int) -> list[int]:
+        """Counts of this rank's share summed over the ranks (the divisors of the batch's mean losses)."""
+        return [int(c) for c in all_reduce_floats(counts, self.world)]
 
     def step_inputs(self, indices: list[int]):
         """(keys/value-gradient cache, generalisation examples, locality examples) of a batch."""
@@ -187,16 +228,18 @@ class MetaTrainer:
 
     def _update_normalizers(self, cache: dict) -> None:
         for name in self.editor.module_names:
-            self.editor.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1))
+            self.editor.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1), self.world)
 
     def _init_lambda(self, cache: dict) -> None:
         """e^lambda[m] = tr(K^T K) / tr(R) of module m's keys in ``cache`` (``lambda_init="trace"``;
         R the ridge matrix, tr(I) = d_in), so the ridge starts at the scale of the keys."""
-        for name in self.editor.module_names:
-            keys = cache[name][0].double()
+        names = self.editor.module_names
+        squares = all_reduce_floats([float(cache[name][0].double().pow(2).sum()) for name in names], self.world)
+        for name, total in zip(names, squares):
             net, index = self.editor.nets.net_for(name)
-            ridge_trace = self.editor.ridge_trace(name) if hasattr(self.editor, "ridge_trace") else keys.shape[1]
-            net.log_lambda.data[index] = float(((keys * keys).sum() / ridge_trace).clamp_min(1e-12).log())
+            ridge_trace = self.editor.ridge_trace(name) if hasattr(self.editor, "ridge_trace") else net.d_in
+            scale = torch.tensor(total / ridge_trace, dtype=torch.float64)
+            net.log_lambda.data[index] = float(scale.clamp_min(1e-12).log())
         log.info("initial e^lambda (tr(K^T K)/tr(R) of the first batch): %s", ", ".join(
             f"{float(net.log_lambda[i].detach().exp()):.3g}" for name in self.editor.module_names
             for net, i in [self.editor.nets.net_for(name)]))
@@ -217,17 +260,20 @@ class MetaTrainer:
         if cfg.lambda_init == "trace":
             self._init_lambda(cache)
         references = reference_log_probs(adapter, loc_pairs, bs)
+        n_gen, n_loc = self.global_counts(len(gen_pairs), len(loc_pairs))
         scores: dict[int, float] = {}
 
         def score(i: int) -> float:
             lr = editor.config.lr_init * 10 ** (i / 2)
             for net in editor.nets.nets.values():
                 net.lr.data.fill_(lr)
-            _, shifts = editor.predict(cache)
+            _, shifts = editor.predict(cache, self.world)
             delta = EditDelta.from_in_out(adapter, shifts, editor=editor.name)
-            gen = generalization_loss(adapter, gen_pairs, delta, bs, backward=False)
-            loc = locality_loss(adapter, loc_pairs, delta, bs, backward=False, references=references)
-            self.metrics.append({"step": 0, "split": "calibration", "lr": lr, "gen_loss": gen, "loc_loss": loc})
+            gen = generalization_loss(adapter, gen_pairs, delta, bs, backward=False, total_examples=n_gen)
+            loc = locality_loss(adapter, loc_pairs, delta, bs, backward=False, references=references,
+                                total_examples=n_loc)
+            gen, loc = all_reduce_floats([gen, loc], self.world)
+            self._append_log({"step": 0, "split": "calibration", "lr": lr, "gen_loss": gen, "loc_loss": loc})
             return gen + cfg.loc_coef * loc
 
         for i in range(-2, 3):
@@ -252,14 +298,19 @@ class MetaTrainer:
         start, cpu_start = time.perf_counter(), time.process_time()
         self.optimizer.zero_grad(set_to_none=True)
         record = self.step_gradients(step)
+        all_reduce_gradients_(self.editor.nets.parameters(), self.world)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.editor.nets.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         nets = self.editor.nets.nets.values()
         lrs = torch.cat([net.lr.detach() for net in nets])
         lams = torch.cat([net.log_lambda.detach().exp() for net in nets])
-        return {**record, "grad_norm": float(grad_norm), "lr": float(lrs.mean()), "lambda": float(lams.mean()),
-                "seconds": round(time.perf_counter() - start, 3),
-                "cpu_seconds": round(time.process_time() - cpu_start, 3)}
+        cpu = time.process_time() - cpu_start
+        record = {**record, "grad_norm": float(grad_norm), "lr": float(lrs.mean()), "lambda": float(lams.mean()),
+                  "seconds": round(time.perf_counter() - start, 3), "cpu_seconds": round(cpu, 3)}
+        if self.world.size > 1:  # the CPU time of the whole step, over every rank
+            total_cpu = all_reduce_floats([cpu], self.world)[0]
+            record.update(ranks=self.world.size, cpu_seconds_all_ranks=round(total_cpu, 3))
+        return record
 
     def step_gradients(self, step: int) -> dict:
         """Steps 1-6 of a training step: the hypernetwork's ``.grad`` (added to) and the losses."""
@@ -270,18 +321,22 @@ class MetaTrainer:
         with trainable_weights(adapter, names) as weights:
             cache, gen_pairs, loc_pairs = self.step_inputs(self.batch_indices(step))
             self._update_normalizers(cache)
-            acc, shifts = editor.predict(cache)
+            acc, shifts = editor.predict(cache, self.world)
             delta = EditDelta.from_in_out(adapter, shifts, editor=editor.name)
             for w in weights:
                 w.grad = None
-            gen = generalization_loss(adapter, gen_pairs, delta, ecfg.lm_batch_size)
-            loc = locality_loss(adapter, loc_pairs, delta, ecfg.lm_batch_size, cfg.loc_coef)
+            n_gen, n_loc, n_tokens = self.global_counts(len(gen_pairs), len(loc_pairs),
+                                                        next(iter(cache.values()))[0].shape[0])
+            gen = generalization_loss(adapter, gen_pairs, delta, ecfg.lm_batch_size, total_examples=n_gen)
+            loc = locality_loss(adapter, loc_pairs, delta, ecfg.lm_batch_size, cfg.loc_coef, total_examples=n_loc)
             grad_shifts = {}
             for name, w in zip(names, weights):
                 grad = w.grad if w.grad is not None else torch.zeros_like(w)
                 grad_shifts[name] = adapter.param_to_in_out(name, grad).float().clone()
-        editor.backward(cache, acc, shifts, grad_shifts)
-        return {"gen_loss": gen, "loc_loss": loc, "n_tokens": int(next(iter(cache.values()))[0].shape[0]),
+        all_reduce_sum_(list(grad_shifts.values()), self.world)
+        gen, loc = all_reduce_floats([gen, loc], self.world)
+        editor.backward(cache, acc, shifts, grad_shifts, replicated=self.world.is_main)
+        return {"gen_loss": gen, "loc_loss": loc, "n_tokens": n_tokens,
                 "shift_norm": float(sum(s.norm() for s in shifts.values()) / len(shifts))}
 
     # ----- validation ------------------------------------------------------------------------------
@@ -292,11 +347,11 @@ class MetaTrainer:
         record = {"step": self.step, "split": "val", "n_edits": len(self.val),
                   "seconds": round(time.perf_counter() - start, 3),
                   **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}}
-        self.metrics.append(record)
+        self._append_log(record)
         log.info("validation at step %d: ES %.3f GS %.3f LS %.3f", self.step, record.get("ES") or 0,
                  record.get("GS") or 0, record.get("LS") or 0)
         score = self._score(record)
-        if score is not None and (self.best_score is None or score > self.best_score):
+        if self.world.is_main and score is not None and (self.best_score is None or score > self.best_score):
             self.best_score = score
             with write_directory(self.run_dir / BEST_DIR, "editor-state") as tmp:
                 self.editor.save(tmp, extra_meta={"training": {"step": self.step, **self._identity()},
@@ -309,19 +364,31 @@ class MetaTrainer:
         values = [record.get(k) for k in ("ES", "GS", "LS")]
         return None if any(v is None for v in values) else sum(values) / 3
 
+    def _reduced_means(self, columns: dict[str, list]) -> dict:
+        """Means over all ranks of per-request values (None: no value), each rank holding its share."""
+        local = [(sum(v for v in values if v is not None), sum(v is not None for v in values))
+                 for values in columns.values()]
+        totals = all_reduce_floats([x for pair in local for x in pair], self.world)
+        return {key: (totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else None)
+                for i, key in enumerate(columns)}
+
     def _validate_full(self) -> dict:
-        """Through ``editor.edit`` and ``hyperedit.eval.evaluate`` (no caches)."""
+        """Through ``editor.edit`` and ``hyperedit.eval.evaluate`` (no caches); with several ranks,
+        the edit splits the requests itself and each rank scores its share of them."""
         from ..eval import evaluate, locality_reference
 
-        adapter = self.lm.adapter
+        adapter, mine = self.lm.adapter, shard(self.val, self.world)
         if self._reference is None:
-            self._reference = locality_reference(adapter, self.val)
+            self._reference = locality_reference(adapter, mine)
         start = time.perf_counter()
         delta = self.editor.edit(self.lm, self.val)
         seconds = time.perf_counter() - start
         with delta.applied(self.lm.model):
-            metrics, _ = evaluate(adapter, self.val, self._reference)
-        return {**metrics, "edit_seconds": round(seconds, 3)}
+            metrics, rows = evaluate(adapter, mine, self._reference)
+        if self.world.size == 1:
+            return {**metrics, "edit_seconds": round(seconds, 3)}
+        keys = [k for k in ("ES", "GS", "LS", "LS_data") if k in rows[0]]
+        return {**self._reduced_means({k: [row[k] for row in rows] for k in keys}), "edit_seconds": round(seconds, 3)}
 
     def _validate_cached(self) -> dict:
         """ES/GS: teacher-forced target accuracy on prompts/rephrasings; LS: agreement with the
@@ -329,12 +396,12 @@ class MetaTrainer:
         from ..eval.metrics import agreement, mean, score_examples
 
         adapter, facts, bs = self.lm.adapter, self.val_facts, self.editor.config.lm_batch_size
-        everything = list(range(len(self.val)))
+        everything = shard(list(range(len(self.val))), self.world)  # this rank's share
         loc = facts.locality_examples(everything)
         if self._reference is None:
             self._reference = [s.predicted for s in score_examples(adapter, loc, bs)]
         self.editor.nets.eval()
-        _, shifts = self.editor.predict(facts.edit_cache(everything))
+        _, shifts = self.editor.predict(facts.edit_cache(everything), self.world)
         delta = EditDelta.from_in_out(adapter, shifts, editor=self.editor.name)
         with delta.applied(self.lm.model):
             es = score_examples(adapter, facts.prompt_examples(everything), bs)
@@ -346,12 +413,13 @@ class MetaTrainer:
             buckets = [[] for _ in everything]
             for owner, v in zip(owners, values):
                 buckets[owner].append(v)
-            return mean(mean(b) for b in buckets)
+            return [mean(b) for b in buckets]
 
-        return {"ES": mean(s.accuracy for s in es),
-                "GS": per_request([s.accuracy for s in gs], facts.rephrase_offsets),
-                "LS": per_request([agreement(r, s.predicted) for r, s in zip(self._reference, ls)],
-                                  facts.locality_offsets)}
+        return self._reduced_means({
+            "ES": [s.accuracy for s in es],
+            "GS": per_request([s.accuracy for s in gs], facts.rephrase_offsets),
+            "LS": per_request([agreement(r, s.predicted) for r, s in zip(self._reference, ls)],
+                              facts.locality_offsets)})
 
     # ----- checkpoints ---------------------------------------------------------------------------
     def _identity(self) -> dict:
@@ -361,10 +429,13 @@ class MetaTrainer:
                 **self.info}
 
     def _save(self) -> None:
+        if not self.world.is_main:  # every rank holds the same weights; rank 0 writes them
+            return
+
         def write(folder: Path) -> None:
             self.editor.save(folder, extra_meta={"training": {"step": self.step, **self._identity()}})
             write_trainer_state(folder, self.step, self.optimizer,
-                                {**self._identity(), "run_config": asdict(self.config)})
+                                {**self._identity(), "run_config": asdict(self.config), "ranks": self.world.size})
 
         path = self.store.save(self.step, write)
         log.info("checkpoint %s", path)
@@ -380,10 +451,13 @@ class MetaTrainer:
         if meta.get("threads") != torch.get_num_threads():
             log.warning("resuming with %d threads, the run used %s: results may differ in the last bits",
                         torch.get_num_threads(), meta.get("threads"))
+        if meta.get("ranks", 1) != self.world.size:
+            log.warning("resuming on %d rank(s), the run used %s: sums are added in another order, so results "
+                        "may differ in the last bits", self.world.size, meta.get("ranks", 1))
         self.editor.nets.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         tensors = load_file(str(folder / TRAINER_TENSORS))
         load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
         restore_rng_state(tensors, meta["rng"])
         self.step = int(meta["step"])
-        self.metrics.rewind(self.step)
+        self._rewind_log(self.step)
         log.info("resumed from %s (step %d)", folder, self.step)
