@@ -206,12 +206,13 @@ def test_stream_regime_trajectory_steps_lower_the_loss_with_finite_gradients(tin
     trainer, editor = _trajectory_trainer(tiny_llama, tmp_path / "run")
     trainer._set_edit_lr()
     assert all(float(p) == pytest.approx(0.3) for lr in editor.edit_lr_parameters() for p in lr.detach())
-    records = [trainer.train_trajectory(0) for _ in range(6)]  # the same trajectory, six optimiser steps
+    records = [trainer.train_step(0) for _ in range(6)]  # the same trajectory, six optimiser steps
     assert all(torch.isfinite(torch.tensor([r["grad_norm"], r["loss"]])).all() and r["grad_norm"] > 0 for r in records)
     for p in editor.parameters():
         assert p.grad is None or bool(torch.isfinite(p.grad).all())
     assert records[-1]["loss"] < records[0]["loss"]
-    assert editor.keys.n_edits == 0 and len(editor.keys.kp) == len(editor.module_names)  # the trajectory's keys
+    trainer.train_trajectory(0)  # a step restores the editor state it started from; a trajectory keeps its keys
+    assert editor.keys.n_edits == 0 and len(editor.keys.kp) == len(editor.module_names)
 
 
 def test_pre_edit_reference_changes_only_the_later_edits_locality(tiny_llama, tmp_path, fixture_corpus):
@@ -222,7 +223,7 @@ def test_pre_edit_reference_changes_only_the_later_edits_locality(tiny_llama, tm
                                              loc_reference=reference, meta_lr=1e-12, edit_lr_init=300.0,
                                              nullspace=False)
             trainer._set_edit_lr()  # large edits, so the model before the second edit differs
-            losses[reference, length] = trainer.train_trajectory(0)["last_loss"]
+            losses[reference, length] = trainer.train_step(0)["last_loss"]
     # the first edit's reference is the unedited model either way; the second's is not
     assert losses["pre_edit", 1] == pytest.approx(losses["unedited", 1], rel=1e-6)
     assert abs(losses["pre_edit", 2] - losses["unedited", 2]) > 1e-6 * abs(losses["unedited", 2])
@@ -263,7 +264,7 @@ def test_frozen_prefix_trajectory_equals_full_passes(tiny_llama, tmp_path, fixtu
                                               loc_reference=reference, nullspace=False, edit_lr_init=30.0)
         assert (trainer.prefix_layer is not None) == cached
         trainer._set_edit_lr()
-        record = trainer.train_trajectory(0)
+        record = trainer.train_step(0)
         out[cached] = record["loss"], [p.grad.clone() for p in editor.parameters() if p.grad is not None]
     assert out[True][0] == pytest.approx(out[False][0], rel=1e-5)
     assert len(out[True][1]) == len(out[False][1])

@@ -173,7 +173,33 @@ def test_eval_nproc_is_refused_up_front_outside_batch_mode(tiny_dirs, tmp_path, 
     assert not list(tmp_path.glob("r.*"))
 
 
-def test_train_nproc_is_refused_up_front_for_trajectory_training(tiny_dirs, tmp_path, capsys):
+@pytest.mark.parametrize("editor, options", [("rledit", []), ("hiedit", ["--set", "top_k=1"])])
+def test_a_trajectory_step_on_two_ranks_equals_two_trajectories_on_one(tiny_dirs, tmp_path, editor, options):
+    """Each rank runs one of the step's two trajectories; one process runs both. The gradients,
+    the normaliser rows and the logged losses are sums over trajectories, so only the order of
+    float additions differs."""
+    data = tmp_path / "facts.jsonl"
+    _write_requests(data)
+    extra = ["--steps", "1", "--traj-len", "2", "--back-depth", "1", "--n-edits", "2", "--trajectories-per-step", "2",
+             *options]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run_ok(_train(tiny_dirs["llama"], data, one, editor, *extra))
+    _run_ok(_train(tiny_dirs["llama"], data, two, editor, *extra, "--nproc", "2"))
+
+    a, b = _weights(one, 1), _weights(two, 1)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    counts = [v for k, v in a.items() if k.endswith("normalizer.count")]
+    assert counts and all(float(c) > 0 for c in counts)  # the normalisers saw both trajectories' rows
+
+    [ra], [rb] = _records(one), _records(two)
+    assert ra.keys() == rb.keys() and ra["grad_norm"] > 0
+    for key in ("loss", "last_loss", "grad_norm", "shift_norm"):
+        assert rb[key] == pytest.approx(ra[key], rel=1e-5), key
+
+
+def test_train_nproc_needs_a_trajectory_per_rank(tiny_dirs, tmp_path, capsys):
     from hyperedit.cli import main
 
     data = tmp_path / "facts.jsonl"
@@ -181,5 +207,5 @@ def test_train_nproc_is_refused_up_front_for_trajectory_training(tiny_dirs, tmp_
     code = main(["train", "--editor", "rledit", "--model", str(tiny_dirs["llama"]), "--train", str(data),
                  "--out", str(tmp_path / "run"), "--nproc", "2"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "rledit does not split" in err[0]
+    assert code == 2 and len(err) == 1 and "--trajectories-per-step 2" in err[0]
     assert not (tmp_path / "run").exists()

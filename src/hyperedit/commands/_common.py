@@ -69,19 +69,21 @@ SPLITTABLE_EDITORS = ("malmen", "mend")  # their edits are sums over facts (hype
 
 def add_nproc_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
-                        help="data-parallel ranks on this machine, launched with torchrun (malmen, mend); "
+                        help="data-parallel ranks on this machine, launched with torchrun (malmen, mend; train: also "
+                             "rledit, hiedit); "
                              "default 1 (docs/distributed.md)")
 
 
-def relaunch_ranks(args) -> int:
-    """``--nproc N`` in the parent: run the same command as N ranks under torchrun."""
+def relaunch_ranks(args, splittable: tuple[str, ...] = SPLITTABLE_EDITORS) -> int:
+    """``--nproc N`` in the parent: run the same command as N ranks under torchrun (``splittable``:
+    the editors whose work this command can share over ranks)."""
     from ..distributed.launch import launched_by_torchrun, relaunch
 
     if args.nproc < 1:
         raise HyperEditError("--nproc must be at least 1")
-    if getattr(args, "editor", None) not in SPLITTABLE_EDITORS:
-        raise HyperEditError(f"--nproc: {args.editor} does not split its facts over ranks; "
-                             f"use {' or '.join(SPLITTABLE_EDITORS)}")
+    if getattr(args, "editor", None) not in splittable:
+        raise HyperEditError(f"--nproc: {args.editor} does not split its work over ranks; "
+                             f"use {' or '.join(splittable)}")
     if launched_by_torchrun():
         raise HyperEditError("--nproc inside a torchrun launch: give the number of ranks to torchrun only")
     return relaunch(args.nproc, args.argv)

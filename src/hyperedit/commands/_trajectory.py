@@ -20,7 +20,10 @@ TRAJECTORY_EDITORS = ("rledit", "hiedit")
 def add_trajectory_args(parser) -> None:
     """The options of trajectory training (used only with --editor rledit|hiedit)."""
     g = parser.add_argument_group("trajectory training (rledit, hiedit)")
-    g.add_argument("--traj-len", type=int, default=10, help="edits per trajectory (one optimiser step)")
+    g.add_argument("--traj-len", type=int, default=10, help="edits per trajectory")
+    g.add_argument("--trajectories-per-step", type=int, default=1, metavar="N",
+                   help="trajectories whose mean gradient makes one optimiser step; with --nproc, the ranks "
+                        "share them (N >= ranks; docs/distributed.md)")
     g.add_argument("--back-depth", type=int, default=10, help="earlier edits in the backtracking loss")
     g.add_argument("--gamma", type=float, default=0.95, help="discount of earlier edits' losses")
     g.add_argument("--reg-coef", type=float, default=1e-4, help="weight of ||S||^2")
@@ -44,6 +47,7 @@ def run_trajectory(args) -> int:
     entry, editor_config = prepare_training(args)
     source = _warm_start_source(args, editor_config)
     config = training_config(TrajectoryConfig, steps=args.steps, traj_len=args.traj_len, n_edits=args.n_edits,
+                             trajectories_per_step=args.trajectories_per_step,
                              back_depth=args.back_depth, gamma=args.gamma, loc_coef=args.loc_coef,
                              reg_coef=args.reg_coef, meta_lr=args.meta_lr, lr_meta_lr=args.lr_meta_lr,
                              max_grad_norm=args.max_grad_norm, baseline=not args.no_baseline,
@@ -64,8 +68,10 @@ def run_trajectory(args) -> int:
              ", ".join(editor.module_names))
     trainer = TrajectoryTrainer(editor, lm, pool, config, Path(args.out), info)
     records = trainer.run(resume=args.resume)
+    if not trainer.world.is_main:
+        return 0
     last = records[-1] if records else {}
-    print(f"trained {args.editor} for {trainer.step} trajectories -> {args.out} (last loss {last.get('loss', float('nan')):.3f})")
+    print(f"trained {args.editor} for {trainer.step} steps -> {args.out} (last loss {last.get('loss', float('nan')):.3f})")
     print(f"use it: hyperedit lifelong --editor {args.editor} --checkpoint {args.out} --run-dir RUN --model {args.model}")
     return 0
 

@@ -24,7 +24,8 @@ def register(sub) -> None:
                                    "A killed run continues from its last checkpoint with --resume and ends with "
                                    "the same weights as an uninterrupted run (same options, same thread count). "
                                    "--nproc N (or a torchrun launch) trains data-parallel: each rank takes its "
-                                   "share of every step's facts; rank 0 writes the run (docs/distributed.md).")
+                                   "share of every step's facts (rledit, hiedit: of its trajectories); rank 0 "
+                                   "writes the run (docs/distributed.md).")
     add_model_args(p)
     add_data_dir_arg(p)
     p.add_argument("--editor", choices=TRAINABLE, default="malmen")
@@ -69,12 +70,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     if args.nproc > 1:  # options and --out are checked here, once, before any rank starts
+        if args.editor in TRAJECTORY_EDITORS and args.trajectories_per_step < args.nproc:
+            raise HyperEditError(f"--nproc {args.nproc}: {args.editor} shares whole trajectories over ranks; "
+                                 f"give --trajectories-per-step {args.nproc} or more")
         check_run_paths(args)
-        return relaunch_ranks(args)
+        return relaunch_ranks(args, TRAINABLE)
     world = join_ranks(args)
-    if world.size > 1 and args.editor in TRAJECTORY_EDITORS:
-        raise HyperEditError(f"{args.editor}: trajectory training runs in one process (its edits are sequential); "
-                             f"data-parallel training is for malmen and mend")
     if world.is_main:
         check_run_paths(args)
     if args.editor in TRAJECTORY_EDITORS:

@@ -272,10 +272,11 @@ class HyperEditor:
             for name in self.module_names:
                 self.accumulate(acc, name, *cache[name])
 
-    def update_normalizers(self, cache: Cache) -> None:
-        """Merge a cache's ``[k; g]`` rows into each module's running normaliser (float64, deterministic)."""
+    def update_normalizers(self, cache: Cache, world: World | None = None) -> None:
+        """Merge a cache's ``[k; g]`` rows into each module's running normaliser (float64, deterministic);
+        with a data-parallel ``world``, the rows of every rank's cache."""
         for name in self.module_names:
-            self.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1))
+            self.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1), world)
 
     # ----- sequential state (lifelong streams) ----------------------------------------------
     def stream_state(self) -> tuple[dict[str, torch.Tensor], dict]:

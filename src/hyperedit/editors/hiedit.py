@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..delta import EditDelta
+from ..distributed import World
 from ..errors import HyperEditError
 from ..nets.policy import LayerPolicy
 from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, scale_shifts
@@ -131,9 +132,9 @@ class HiEditEditor:
     def cache(self, lm, requests) -> dict:
         return cache_requests(lm.adapter, list(requests), self.module_names, self.config.token)
 
-    def update_normalizers(self, cache: dict) -> None:
-        self.low.update_normalizers(cache)
-        self.policy.update_normalizers({n: torch.cat(cache[n], dim=-1) for n in self.module_names})
+    def update_normalizers(self, cache: dict, world: World | None = None) -> None:
+        self.low.update_normalizers(cache, world)
+        self.policy.update_normalizers({n: torch.cat(cache[n], dim=-1) for n in self.module_names}, world)
 
     def prepare(self, lm) -> None:
         self.low.prepare(lm)

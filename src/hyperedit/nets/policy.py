@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed import World
 from .normalizer import RunningMeanStd
 from .shapes import group_by_shape, shape_of
 
@@ -72,11 +73,12 @@ class LayerPolicy(nn.Module):
     def module_names(self) -> list[str]:
         return list(self.module_shapes)
 
-    def update_normalizers(self, features: dict[str, torch.Tensor]) -> None:
-        """Merge each module's ``[k; g]`` rows into its shape group's statistics."""
+    def update_normalizers(self, features: dict[str, torch.Tensor], world: World | None = None) -> None:
+        """Merge each module's ``[k; g]`` rows into its shape group's statistics (with a
+        data-parallel ``world``, every rank's rows)."""
         for name in self.module_names:
             key, _ = self.route[name]
-            self.encoders[key].normalizer.update(features[name])
+            self.encoders[key].normalizer.update(features[name], world)
 
     def scores(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Gate values in (0, 1), one per candidate module: ``features[name]`` is (n_tokens, d_in + d_out)."""

@@ -15,6 +15,15 @@ stream regime (long trajectories, ``back_depth``, ``gamma``, ``reg_coef``, an in
 (plus the regulariser) into its networks, the LM graph being freed first (memory separation).
 Network gradients accumulate over the trajectory; then clip and one Adam step. Checkpoints and
 resume reuse ``hyperedit.checkpoints`` (a killed run resumes to the same weights).
+
+An optimiser step may run ``trajectories_per_step`` trajectories (each drawn from the seed, the
+step and its index in the step): their gradients are summed, divided by their number, clipped and
+applied in one Adam step. Every trajectory of a step starts from the editor state of the step's
+start (normaliser statistics); the rows all of them saw are merged into the normalisers at the end
+of the step. That makes the step a sum over independent trajectories, so a data-parallel run
+(``torchrun``; ``hyperedit.distributed``) gives each rank a contiguous share of them, all-reduces
+the gradients, the normaliser rows and the logged losses, and equals one process running them all
+(up to the order of float additions). Rank 0 alone writes the run directory.
 """
 from __future__ import annotations
 
@@ -28,6 +37,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..delta import EditDelta
+from ..distributed import all_reduce_floats, all_reduce_gradients_, barrier, current_world, shard
+from ..errors import HyperEditError
 from ..lm import trainable_weights
 from ..models.limits import check_request_lengths
 from ..requests import EditRequest
@@ -50,6 +61,7 @@ class TrajectoryConfig:
     steps: int = 50
     traj_len: int = 10
     n_edits: int = 1
+    trajectories_per_step: int = 1
     back_depth: int = 10
     gamma: float = 0.95
     loc_coef: float = 0.6
@@ -70,8 +82,10 @@ class TrajectoryConfig:
             raise ValueError(f"loc_reference must be one of {', '.join(LOC_REFERENCES)}")
         if self.edit_lr_init is not None and not self.edit_lr_init > 0:
             raise ValueError("edit_lr_init must be > 0")
-        if min(self.steps, self.traj_len, self.n_edits, self.ckpt_every) < 1 or self.back_depth < 0:
-            raise ValueError("steps, traj_len, n_edits, ckpt_every must be >= 1 and back_depth >= 0")
+        if min(self.steps, self.traj_len, self.n_edits, self.trajectories_per_step, self.ckpt_every) < 1 \
+                or self.back_depth < 0:
+            raise ValueError("steps, traj_len, n_edits, trajectories_per_step, ckpt_every must be >= 1 "
+                             "and back_depth >= 0")
         if not 0 < self.gamma <= 1 or self.meta_lr <= 0 or self.loc_coef < 0 or self.reg_coef < 0:
             raise ValueError("need 0 < gamma <= 1, meta_lr > 0, loc_coef >= 0, reg_coef >= 0")
 
@@ -130,6 +144,10 @@ class TrajectoryTrainer:
         self.info = dict(info or {})
         self.store = CheckpointStore(self.run_dir, keep=config.keep_checkpoints)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.world = current_world()
+        if config.trajectories_per_step < self.world.size:
+            raise HyperEditError(f"{self.world.size} ranks need at least as many trajectories per step "
+                                 f"(trajectories_per_step {config.trajectories_per_step})")
         self.step = 0
         editor.prepare(lm)  # ridge matrices / null-space bases of the solve, when its options need them
         names = editor.module_names
@@ -138,42 +156,88 @@ class TrajectoryTrainer:
         self.optimizer = torch.optim.Adam(editor.parameter_groups(config.meta_lr, config.lr_meta_lr or config.meta_lr))
 
     def run(self, resume: bool = False) -> list[dict]:
-        """Train up to ``config.steps`` trajectories; returns the log records."""
+        """Train up to ``config.steps`` optimiser steps; returns the log records (rank 0; others: [])."""
         from tqdm.auto import tqdm
 
-        start_run_directory(self.run_dir, "training-run", resume=resume)
+        main = self.world.is_main
+        if main:
+            start_run_directory(self.run_dir, "training-run", resume=resume)
+        barrier(self.world)
         latest = self.store.latest()
         if latest is not None:
             self._load(latest)
         else:
-            self.metrics.rewind(-1)
+            if main:
+                self.metrics.rewind(-1)
             self._set_edit_lr()
-        bar = tqdm(total=self.config.steps, initial=self.step, desc=f"train {self.editor.name}", unit="traj")
+        bar = tqdm(total=self.config.steps, initial=self.step, desc=f"train {self.editor.name}", unit="step",
+                   disable=not main)
         while self.step < self.config.steps:
-            record = self.train_trajectory(self.step)
+            record = self.train_step(self.step)
             self.step += 1
-            self.metrics.append({"step": self.step, **record})
+            if main:
+                self.metrics.append({"step": self.step, **record})
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             if self.step % self.config.ckpt_every == 0 or self.step == self.config.steps:
                 self._save()
         bar.close()
-        return self.metrics.read()
+        return self.metrics.read() if main else []
 
-    def train_trajectory(self, index: int) -> dict:
-        """One trajectory (``traj_len`` edits), gradients accumulated, one optimiser step."""
-        cfg, editor, adapter = self.config, self.editor, self.lm.adapter
+    def train_step(self, step: int) -> dict:
+        """One optimiser step: this rank's share of the step's trajectories, their gradients summed
+        over the ranks and divided by ``trajectories_per_step``, clipped, one Adam step; returns
+        the log record (means over the step's trajectories, reduced over the ranks)."""
+        cfg, editor, world = self.config, self.editor, self.world
         start = time.perf_counter()
+        count = cfg.trajectories_per_step
+        start_state = editor.stream_state()
+        self.optimizer.zero_grad(set_to_none=True)
+        records, rows = [], []
+        for j in shard(range(count), world):
+            editor.load_stream_state(*start_state)
+            record, seen = self.train_trajectory(step * count + j)
+            records.append(record), rows.extend(seen)
+        editor.load_stream_state(*start_state)  # then every trajectory's rows, from every rank
+        editor.update_normalizers({n: tuple(torch.cat([c[n][i] for c in rows]) for i in (0, 1))
+                                   for n in editor.module_names}, world)
+        parameters = list(editor.parameters())
+        all_reduce_gradients_(parameters, world)
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.div_(count)
+        norm = torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm)
+        self.optimizer.step()
+        out = {**self._step_means(records), "grad_norm": float(norm), "seconds": round(time.perf_counter() - start, 3)}
+        if world.size > 1:
+            out["ranks"] = world.size
+        log.info("step %d: loss %.4f |g| %.3g (%.1fs)", step + 1, out["loss"], norm, out["seconds"])
+        return out
+
+    def _step_means(self, records: list[dict]) -> dict:
+        """The means over all the step's trajectories (every rank's) of the trajectory records."""
+        keys = ("loss", "last_loss", "modules_touched", "shift_norm")
+        advantages = [r["advantage_vs_all"] for r in records if "advantage_vs_all" in r]
+        sums = all_reduce_floats([sum(r[k] for r in records) for k in keys] + [sum(advantages), len(advantages)],
+                                 self.world)
+        out = {k: v / self.config.trajectories_per_step for k, v in zip(keys, sums)}
+        if sums[-1]:
+            out["advantage_vs_all"] = sums[-2] / sums[-1]
+        return out
+
+    def train_trajectory(self, index: int) -> tuple[dict, list]:
+        """Trajectory ``index`` (``traj_len`` edits): its gradients are added to the editor's
+        ``.grad``; returns its record and the caches whose rows the normalisers saw."""
+        cfg, editor, adapter = self.config, self.editor, self.lm.adapter
         names = editor.module_names
         history = [batch_for_step(self.train, index * cfg.traj_len + t, cfg.n_edits, cfg.seed)
                    for t in range(cfg.traj_len)]
         cumulative: dict[str, torch.Tensor] = {}
         references: dict = {}
         examples = {t: self._examples(batch) for t, batch in enumerate(history)}
-        self.optimizer.zero_grad(set_to_none=True)
         editor.train_mode(True)
         editor.begin_trajectory()
-        losses, advantages, touched = [], [], []
+        losses, advantages, touched, seen = [], [], [], []
         for t in range(cfg.traj_len):
             prior = EditDelta.from_in_out(adapter, cumulative, editor=editor.name)
             with prior.applied(self.lm.model):
@@ -181,6 +245,7 @@ class TrajectoryTrainer:
                 if cfg.loc_reference == "pre_edit" and cfg.loc_coef:
                     references[t] = reference_log_probs(adapter, examples[t][1], editor.config.lm_batch_size)
             editor.update_normalizers(cache)
+            seen.append(cache)
             proposal = editor.trajectory_propose(cache)
             total = add_shifts(cumulative, proposal.shifts)
             kw = dict(back_depth=cfg.back_depth, gamma=cfg.gamma, loc_coef=cfg.loc_coef,
@@ -197,15 +262,12 @@ class TrajectoryTrainer:
             losses.append(out["loss"] + reg)
             touched.append(len(proposal.shifts))
             cumulative = total
-        norm = torch.nn.utils.clip_grad_norm_(editor.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
-        record = {"loss": sum(losses) / len(losses), "last_loss": losses[-1], "grad_norm": float(norm),
-                  "modules_touched": sum(touched) / len(touched), "seconds": round(time.perf_counter() - start, 3),
+        record = {"loss": sum(losses) / len(losses), "last_loss": losses[-1],
+                  "modules_touched": sum(touched) / len(touched),
                   "shift_norm": float(sum(s.norm() for s in cumulative.values()))}
         if advantages:
             record["advantage_vs_all"] = sum(advantages) / len(advantages)
-        log.info("trajectory %d: loss %.4f |g| %.3g (%.1fs)", index + 1, record["loss"], norm, record["seconds"])
-        return record
+        return record, seen
 
     def _examples(self, batch: list[EditRequest]) -> tuple:
         """(rephrase, locality) examples of one edit's batch. With ``fact_cache`` (models that
@@ -234,10 +296,15 @@ class TrajectoryTrainer:
     # ----- checkpoints -------------------------------------------------------------------------
     def _identity(self) -> dict:
         train = {k: v for k, v in asdict(self.config).items() if k != "steps"}  # a run may be extended
+        if train["trajectories_per_step"] == 1:  # the identity of runs made before the option existed
+            del train["trajectories_per_step"]
         return {"train_config": train, "editor_config": asdict(self.editor.config),
                 "editor": self.editor.name, **self.info}
 
     def _save(self) -> None:
+        if not self.world.is_main:  # every rank holds the same weights; rank 0 writes them
+            return
+
         def write(folder: Path) -> None:
             self.editor.save(folder, extra_meta={"training": {"step": self.step, **self._identity()}})
             write_trainer_state(folder, self.step, self.optimizer, self._identity())
@@ -254,5 +321,6 @@ class TrajectoryTrainer:
                              meta["optimizer"])
         restore_rng_state(tensors, meta["rng"])
         self.step = int(meta["step"])
-        self.metrics.rewind(self.step)
-        log.info("resumed from %s (trajectory %d)", folder, self.step)
+        if self.world.is_main:
+            self.metrics.rewind(self.step)
+        log.info("resumed from %s (step %d)", folder, self.step)
