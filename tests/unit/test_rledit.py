@@ -83,10 +83,21 @@ def test_backtracking_loss_matches_a_hand_computation(tiny_llama):
                                                       rel=1e-5, abs=1e-5 * abs(deep["loss"]))
 
 
-def _trainer(lm, run_dir, steps):
+def _trainer(lm, run_dir, steps, **options):
     editor = RLEditEditor.create(RLEditConfig(layers=[2, 3], rank=8, n_blocks=1, lr_init=1e-2), lm, seed=0)
-    cfg = TrajectoryConfig(steps=steps, traj_len=3, n_edits=1, back_depth=2, ckpt_every=1, meta_lr=1e-3)
+    cfg = TrajectoryConfig(steps=steps, **{**dict(traj_len=3, n_edits=1, back_depth=2, ckpt_every=1, meta_lr=1e-3),
+                                           **options})
     return TrajectoryTrainer(editor, lm, requests(6), cfg, run_dir), editor
+
+
+def test_resume_refuses_another_number_of_trajectories_per_step(tiny_llama, tmp_path):
+    from hyperedit.errors import HyperEditError
+
+    first, _ = _trainer(tiny_llama, tmp_path / "run", 1, traj_len=1)
+    first.run()
+    again, _ = _trainer(tiny_llama, tmp_path / "run", 2, traj_len=1, trajectories_per_step=2)
+    with pytest.raises(HyperEditError, match="trajectories_per_step"):
+        again.run(resume=True)
 
 
 def test_trajectory_training_moves_the_hypernet_and_resumes_exactly(tiny_dirs, tmp_path):
