@@ -47,9 +47,10 @@ def summarise(run: Path) -> dict:
     """Editor, settings, CPU time and validation history of one run (from its latest checkpoint)."""
     latest = (run / "LATEST").read_text().strip()
     trainer = json.loads((run / "checkpoints" / latest / "trainer.json").read_text())
+    model = json.loads((run / "checkpoints" / latest / "editor.json").read_text())["model"]["name"]
     records = _read(run / "metrics.jsonl")
     train = [r for r in records if r.get("split") == "train"]
-    return {"editor": trainer["editor"], "run": str(run), "steps": trainer["step"],
+    return {"editor": trainer["editor"], "model": model, "run": str(run), "steps": trainer["step"],
             "train_config": trainer["train_config"], "editor_config": trainer["editor_config"],
             "sources": trainer.get("sources"), "n_train": trainer.get("n_train"), "n_val": trainer.get("n_val"),
             "cpu_seconds_train_steps": round(sum(r.get("cpu_seconds", 0) for r in train), 1),
@@ -119,7 +120,8 @@ def best_validation(validation: list[dict]) -> dict | None:
 
 def report(summaries: list[dict], commands: list[str], name: str, tag: str = "") -> str:
     """Markdown: per run the settings, CPU time, calibrated lr and validation history."""
-    lines = ["# Meta-training of the hypernetwork editors (SmolLM2-135M)", "",
+    models = ", ".join(sorted({s["model"] for s in summaries}))
+    lines = [f"# Meta-training of the hypernetwork editors ({models})", "",
              f"Curves: `{name}.png`; full logs: `malmen_train_<editor>{tag}.jsonl`; settings: "
              f"`malmen_train_<editor>{tag}.json`.",
              ""]

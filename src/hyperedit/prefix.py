@@ -9,7 +9,9 @@ yields batches that ``hyperedit.lm.target_logits`` runs from ``layer`` up, insid
 ``frozen_prefix``: the layers below return their input unchanged.
 
 Only decoder-only families whose base model takes ``inputs_embeds`` as the hidden state itself
-(no added position embedding or scaling) are supported; ``supports_prefix`` says which.
+(no added position embedding or scaling) are supported; ``supports_prefix`` says which. Gemma 3
+qualifies: its embedding scale lives in the embedding module, and rotary positions and the
+sliding-window masks are rebuilt from the attention mask in every pass.
 Padding is on the right and attention causal, so an example's hidden states do not depend on the
 batch it was computed in (to float rounding).
 """
@@ -25,7 +27,7 @@ from .lm import iter_chunks, prediction_mask
 from .progress import progress
 
 # Families whose base model uses inputs_embeds unchanged as the first hidden state.
-PREFIX_FAMILIES = ("llama", "qwen2", "mistral")
+PREFIX_FAMILIES = ("llama", "qwen2", "mistral", "gemma3_text")
 
 
 def supports_prefix(adapter) -> bool:
@@ -109,13 +111,12 @@ class PrefixExamples:
 
     def reference_log_probs(self, adapter, batch_size: int) -> list[torch.Tensor]:
         """Unedited log-probabilities at the target-predicting positions, one tensor per batch."""
-        head = adapter.model.get_output_embeddings()
         out = []
         with torch.no_grad():
             for start in range(0, len(self), batch_size):
                 stop = min(len(self), start + batch_size)
                 rows = slice(int(self.final_offsets[start]), int(self.final_offsets[stop]))
-                out.append(head(self.final[rows]).float().log_softmax(-1))
+                out.append(adapter.head_logits(self.final[rows]).float().log_softmax(-1))
         return out
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:

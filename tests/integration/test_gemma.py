@@ -151,7 +151,8 @@ def test_hypernetwork_trains_and_edits(gemma, editor, tmp_path):
 @requires_gemma
 @pytest.mark.parametrize("editor,extra", [("rledit", []), ("hiedit", ["--set", "top_k=1"])])
 def test_lifelong_editors_train_and_edit(gemma, editor, extra, tmp_path):
-    """One trajectory of two edits (RLEdit, HiEdit over MALMEN), then an edit with the checkpoint."""
+    """One trajectory of two edits (RLEdit, HiEdit over MALMEN), an edit with the checkpoint, then
+    a lifelong stream of two edits, one at a time, through the command line."""
     from hyperedit.cli import main
     from hyperedit.editors import get_editor
 
@@ -162,3 +163,15 @@ def test_lifelong_editors_train_and_edit(gemma, editor, extra, tmp_path):
     delta = get_editor(editor, checkpoint=str(out), lm=gemma).edit(gemma, _requests([EIFFEL]))
     assert delta.shifts and all(torch.isfinite(s).all() for s in delta.shifts.values())
     assert all(name.endswith("mlp.down_proj") for name in delta.shifts)
+
+    stream = tmp_path / "stream.jsonl"
+    stream.write_text("".join(json.dumps({**fact, "rephrasings": [f"In short: {fact['prompt']}"],
+                                          "locality": [{"prompt": "The capital of Italy is", "answer": "Rome"}]}) + "\n"
+                              for fact in FACTS[:2]))
+    assert main(["lifelong", "-q", "--editor", editor, "--checkpoint", str(out), "--model", "gemma3-270m",
+                 "--data", str(stream), "--num-seq", "2", "--batch", "1", "--num-pre", "1", "--curve-every", "2",
+                 "--curve-sample", "1", "--general-per-task", "0", "--threads", "1", "--run-dir", str(tmp_path / "ll"),
+                 "--out", str(tmp_path / "res")]) == 0
+    record = json.loads((tmp_path / "res.json").read_text())[0]
+    assert (record["editor"], record["model"], record["mode"], record["n_edits"]) == (editor, "gemma3-270m", "lifelong", 2)
+    assert all(0.0 <= record["metrics"][key] <= 1.0 for key in ("ES", "GS", "LS"))

@@ -25,8 +25,15 @@ def _grads(trainer, step):
     return record, {n: p.grad.clone() for n, p in trainer.editor.nets.named_parameters() if p.grad is not None}
 
 
-def test_prefix_pass_gives_the_full_model_logits(tiny_llama):
-    adapter = tiny_llama.adapter
+@pytest.fixture(params=["llama", "gemma3"])
+def tiny_decoder(request):
+    """The families with a frozen-prefix pass: Llama, and Gemma 3 (scaled embeddings, sliding
+    window 4, a logit soft-cap) whose reference log-probabilities must go through the cap."""
+    return request.getfixturevalue(f"tiny_{request.param}")
+
+
+def test_prefix_pass_gives_the_full_model_logits(tiny_decoder):
+    adapter = tiny_decoder.adapter
     pairs = [(r.prompt, r.target) for r in synthetic_facts()[:7]] + [("the", "city of paris is in france")]
     examples = compute_prefix(adapter, pairs, layer=2, batch_size=3, final=True)
     with torch.no_grad():
@@ -41,14 +48,14 @@ def test_prefix_pass_gives_the_full_model_logits(tiny_llama):
 
 
 @pytest.mark.parametrize("editor_class,config_class", [(MalmenEditor, MalmenConfig), (MendEditor, MendConfig)])
-def test_cached_training_step_equals_the_uncached_step(tiny_llama, tmp_path, editor_class, config_class):
+def test_cached_training_step_equals_the_uncached_step(tiny_decoder, tmp_path, editor_class, config_class):
     facts = synthetic_facts()[:40]
-    editor = editor_class.create(config_class(layers=[2, 3], rank=4, lm_batch_size=5, lr_init=1e-1), tiny_llama,
+    editor = editor_class.create(config_class(layers=[2, 3], rank=4, lm_batch_size=5, lr_init=1e-1), tiny_decoder,
                                  seed=1)
     trainers = {}
     for cached in (False, True):
         config = MetaTrainConfig(steps=1, n_edits=12, val_size=0, fact_cache=cached, cache_dir="", calibrate_lr=False)
-        trainers[cached] = MetaTrainer(copy.deepcopy(editor), tiny_llama, facts, [], config, tmp_path / str(cached))
+        trainers[cached] = MetaTrainer(copy.deepcopy(editor), tiny_decoder, facts, [], config, tmp_path / str(cached))
         trainers[cached].prepare_caches()
     assert trainers[False].facts is None and trainers[True].facts is not None
     for step in (0, 3):  # the second after one update, so normaliser statistics differ from zero
