@@ -131,7 +131,7 @@ def compare(records: list[dict], args) -> None:
     for name in args.baselines.split(","):
         for r in json.loads((RESULTS / f"{name}.json").read_text()):
             if r["editor"] in wanted and r["mode"] == "batch" and (r["dataset"], r["split"]) in datasets:
-                rows.append(r)
+                rows.append({k: r[k] for k in SUMMARY_FIELDS if k in r} | {"source": f"{name}.json"})
     both = sorted(records + rows, key=lambda r: (r["dataset"], r["editor"], r["n_edits"]))
     name = f"{args.out}_vs_baselines"
     write_results(both, name, title="Hypernetwork editors against MEMIT and MetaKE(MEMIT)",
@@ -147,8 +147,12 @@ editing process, is steadier); peak_rss_mb is the process peak during the edit (
 peak_rss_increase_mb the part above the RSS just before it. ft: `ft_steps` in the JSON."""
 
 
+# the fields a baseline row keeps in the comparison (not its per-request lists)
+SUMMARY_FIELDS = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s", "peak_rss_mb",
+                  "command", "seed", "date", "config")
 BASELINE_NOTES = """MEMIT and MetaKE(MEMIT) rows come from the locate-then-edit benchmark (its own command in the
-JSON); they score every edited request, at the sizes measured there, and were not re-run."""
+JSON, its file in `source`); they score every edited request, at the sizes measured there, and
+were not re-run."""
 
 
 def plot(records: list[dict], path: Path) -> None:
