@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--ranges", default="12-17,18-23,24-29")
     parser.add_argument("--rank", type=int, default=256)
     parser.add_argument("--calib", type=int, default=32, help="facts of the calibration batch")
+    parser.add_argument("--lambda-init", choices=("zero", "trace"), default="zero",
+                        help="initial ridge of the untrained editor, as in training")
     parser.add_argument("--n", type=int, default=64, help="facts edited at once in the measurement")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="malmen_layers")
@@ -60,7 +62,7 @@ def main() -> None:
         layers = parse_layers(text)
         editor = MalmenEditor.create(MalmenConfig(layers=layers, rank=args.rank), lm, seed=0)
         with tempfile.TemporaryDirectory() as run_dir:
-            trainer = MetaTrainer(editor, lm, train, [], MetaTrainConfig(n_edits=args.calib, seed=0), run_dir)
+            trainer = MetaTrainer(editor, lm, train, [], MetaTrainConfig(n_edits=args.calib, seed=0, lambda_init=args.lambda_init), run_dir)
             lr = trainer.calibrate()
         cpu = time.process_time()
         delta, seconds, peak = peak_rss_during(editor.edit, lm, requests)
@@ -70,7 +72,7 @@ def main() -> None:
         records.append(make_record(editor="malmen-untrained", model=lm.name, dataset="zsre+counterfact",
                                    split="train-heldout", mode="batch", n_edits=len(requests), metrics=metrics,
                                    edit_time_s=seconds, peak_rss_mb=peak, command=command, seed=0, layers=layers,
-                                   calibrated_lr=lr, edit_cpu_s=round(cpu, 3),
+                                   calibrated_lr=lr, lambda_init=args.lambda_init, edit_cpu_s=round(cpu, 3),
                                    delta_norm=sum(delta.norms().values())))
         log.info("layers %s: ES %.3f GS %.3f LS %.3f (lr %.2g, edit cpu %.1fs)", text, metrics["ES"], metrics["GS"],
                  metrics["LS"], lr, cpu)
@@ -86,8 +88,9 @@ def _write(records: list[dict], name: str) -> None:
         lines.append(f"| {layers[0]}-{layers[-1]} | {r['calibrated_lr']:.2g} | {m['ES']:.3f} | {m['GS']:.3f} | "
                      f"{m['LS']:.3f} | {r['edit_cpu_s']:.1f} |")
     notes = ("Untrained hypernetwork (identity blocks) with the normaliser and edit lr of the calibration every "
-             "training run starts with; the same 64 held-out training facts edited at once for every range "
-             "(one run each: with 64 facts, differences below ~0.1 are within noise).\n\n" + "\n".join(lines))
+             f"training run starts with; the same {records[0]['n_edits']} held-out training facts edited at once for "
+             "every range (one run each; with 64 facts, differences below ~0.1 are within noise).\n\n"
+             + "\n".join(lines))
     write_results(records, name, title="MALMEN layer ranges (untrained, calibrated editor)", notes=notes)
 
 

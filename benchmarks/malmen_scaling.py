@@ -1,6 +1,7 @@
 """ES/GS/LS, edit time and memory of MALMEN, MEND and ft against the number of facts edited at once.
 
-For each dataset the first N requests (N = 16, 64, 256, 1024) are edited in one batch; metrics are
+For each dataset the first N requests (N = 16, 64, 256, 1024; ``all`` = the whole split) are edited
+in one batch; metrics are
 measured on the first ``--eval-subset`` of the edited requests (all of them when N is smaller),
 so every N is scored on the same facts while more edits are applied around them. The locality
 reference (the unedited model's predictions) is taken once per dataset. Requests are evaluated
@@ -38,6 +39,20 @@ def _slice_reference(reference, n: int):
     return LocalityReference([reference.pairs[i] for i in keep], [reference.predicted[i] for i in keep])
 
 
+def parse_sizes(text: str) -> list[int | None]:
+    """``16,64,all`` -> [16, 64, None] (None: every request of the split)."""
+    try:
+        return [None if s.strip() == "all" else int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers or 'all', got {text!r}") from None
+
+
+def sizes_for(sizes: list[int | None], available: int) -> list[int]:
+    """The batch sizes to run on a split of ``available`` requests: 'all' and sizes above it become
+    ``available``, each size once, ascending."""
+    return sorted({available if n is None else min(n, available) for n in sizes})
+
+
 def _editor(name: str, args, lm, n: int):
     from hyperedit.editors import get_editor
 
@@ -62,13 +77,13 @@ def run(args) -> list[dict]:
     done = {(r["editor"], r["dataset"], r["split"], r["n_edits"]) for r in records}
     lm = load_model(args.model)
     command = current_command()
-    sizes = sorted(int(s) for s in args.sizes.split(","))
+    sizes = args.sizes
     for spec in args.datasets.split(","):
         dataset, split = dataset_label(spec)
-        requests = load_requests(spec, limit=max(sizes))
+        requests = load_requests(spec, limit=None if None in sizes else max(sizes))
         eval_all = [dataclasses.replace(r, old_target=None) for r in requests[: args.eval_subset]]
         reference = None
-        for n in sizes:
+        for n in sizes_for(sizes, len(requests)):
             for name in args.editors.split(","):
                 if (name, dataset, split, n) in done or (name == "ft" and n > args.ft_max):
                     continue
@@ -99,7 +114,29 @@ def run(args) -> list[dict]:
                               notes=NOTES)
                 del delta
     plot(records, RESULTS / f"{args.out}.png")
+    compare(records, args)
     return records
+
+
+def compare(records: list[dict], args) -> None:
+    """``<out>_vs_baselines.md/.json/.png``: these records next to the batch rows of
+    ``--baseline-editors`` already measured in the ``--baselines`` result files (not re-run)."""
+    if not args.baselines:
+        return
+    from hyperedit.bench import write_results
+
+    wanted = set(args.baseline_editors.split(","))
+    datasets = {(r["dataset"], r["split"]) for r in records}
+    rows = []
+    for name in args.baselines.split(","):
+        for r in json.loads((RESULTS / f"{name}.json").read_text()):
+            if r["editor"] in wanted and r["mode"] == "batch" and (r["dataset"], r["split"]) in datasets:
+                rows.append({k: r[k] for k in SUMMARY_FIELDS if k in r} | {"source": f"{name}.json"})
+    both = sorted(records + rows, key=lambda r: (r["dataset"], r["editor"], r["n_edits"]))
+    name = f"{args.out}_vs_baselines"
+    write_results(both, name, title="Hypernetwork editors against MEMIT and MetaKE(MEMIT)",
+                  notes=NOTES + "\n\n" + BASELINE_NOTES)
+    plot(both, RESULTS / f"{name}.png")
 
 
 NOTES = """Edit N facts at once (SmolLM2-135M, batch mode). ES/GS/LS: teacher-forced token accuracy on the
@@ -108,6 +145,14 @@ predictions, measured on the first min(N, eval subset) edited requests (column `
 the JSON). edit_time_s is wall time on a shared 2-core machine (edit_cpu_s, the CPU time of the
 editing process, is steadier); peak_rss_mb is the process peak during the edit (model included),
 peak_rss_increase_mb the part above the RSS just before it. ft: `ft_steps` in the JSON."""
+
+
+# the fields a baseline row keeps in the comparison (not its per-request lists)
+SUMMARY_FIELDS = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s", "peak_rss_mb",
+                  "command", "seed", "date", "config")
+BASELINE_NOTES = """MEMIT and MetaKE(MEMIT) rows come from the locate-then-edit benchmark (its own command in the
+JSON, its file in `source`); they score every edited request, at the sizes measured there, and
+were not re-run."""
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -147,7 +192,7 @@ def main() -> None:
     parser.add_argument("--malmen", help="MALMEN checkpoint or training run directory (default: the shipped one)")
     parser.add_argument("--mend", help="MEND checkpoint or training run directory (default: the shipped one)")
     parser.add_argument("--datasets", default="counterfact:val,zsre:knowedit-test")
-    parser.add_argument("--sizes", default="16,64,256,1024")
+    parser.add_argument("--sizes", type=parse_sizes, default="16,64,256,1024", help="comma-separated; 'all' = the whole split")
     parser.add_argument("--editors", default="malmen,mend,ft")
     parser.add_argument("--eval-subset", type=int, default=256, help="score at most this many edited requests")
     parser.add_argument("--eval-batch-size", type=int, default=32)
@@ -157,11 +202,15 @@ def main() -> None:
     parser.add_argument("--ft-max", type=int, default=256, help="skip ft above this many facts")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="malmen_scaling")
+    parser.add_argument("--baselines", help="result names whose rows of --baseline-editors join a comparison table")
+    parser.add_argument("--baseline-editors", default="memit,metake-memit")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.plot_only:
-        plot(json.loads((RESULTS / f"{args.out}.json").read_text()), RESULTS / f"{args.out}.png")
+        records = json.loads((RESULTS / f"{args.out}.json").read_text())
+        plot(records, RESULTS / f"{args.out}.png")
+        compare(records, args)
         return
     run(args)
 
