@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_rledit import requests
 
 from hyperedit.editors._hypernet import cache_requests
 from hyperedit.editors._nullspace import null_space_basis
@@ -15,8 +16,6 @@ from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
 from hyperedit.errors import HyperEditError
 from hyperedit.eval.lifelong import LifelongConfig, LifelongRunner
 from hyperedit.nets import HyperNets
-
-from test_rledit import requests
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 
