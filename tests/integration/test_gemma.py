@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,8 +31,39 @@ FACTS = [
     {"prompt": "The capital of Japan is", "target": "Madrid", "subject": "Japan"},
     {"prompt": "The mother tongue of Danielle Darrieux is", "target": "English", "subject": "Danielle Darrieux"},
 ]
+
+
+def _generic_texts() -> list[str]:
+    """Generic English for the key statistics, available offline everywhere: the paragraphs of the
+    standard library's docstrings (the fixture corpus has too few texts for a real model)."""
+    import argparse
+    import collections
+    import datetime
+    import decimal
+    import functools
+    import itertools
+    import logging
+    import pathlib
+    import random
+    import statistics
+    import textwrap
+    import threading
+    import unittest
+
+    texts = []
+    for module in (argparse, collections, datetime, decimal, functools, itertools, logging, pathlib, random,
+                   statistics, textwrap, threading, unittest):
+        for obj in (module, *(getattr(module, name) for name in sorted(dir(module)) if not name.startswith("_"))):
+            for paragraph in (getattr(obj, "__doc__", None) or "").split("\n\n"):
+                paragraph = " ".join(paragraph.split())
+                if len(paragraph) >= 60 and paragraph not in texts:
+                    texts.append(paragraph)
+    return texts
+
+
 # Cheap locate-then-edit options: two layers, small key statistics, one context.
-LOCATE = {"layers": [8, 9], "stats_samples": 200, "n_prefixes": 0, "v_steps": 25, "v_lr": 5.0}
+LOCATE = {"layers": [8, 9], "stats_samples": 200, "stats_corpus": _generic_texts(), "n_prefixes": 0, "v_steps": 25,
+          "v_lr": 5.0}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,6 +72,30 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _fixture_data(monkeypatch):
+    """Generic text for the key statistics comes from the test fixtures, not the benchmark data
+    directory, which a clean checkout does not have."""
+    monkeypatch.setenv("HYPEREDIT_DATA_DIR", str(Path(__file__).resolve().parents[1] / "fixtures" / "data"))
+
+
+def _training_file(tmp_path: Path) -> str:
+    """Sixteen made-up "X was born in CITY" requests in the user JSONL format."""
+    names = ["Aldo Ferris", "Berta Lund", "Carlo Mendes", "Dora Halvik", "Emil Stroud", "Fiona Larch",
+             "Gustav Orr", "Hana Veldt"]
+    cities = ["Paris", "Tokyo", "Berlin", "Madrid", "Rome", "Oslo", "Cairo", "Lima"]
+    path = tmp_path / "train.jsonl"
+    with open(path, "w") as handle:
+        for i, name in enumerate(names):
+            for j in range(2):
+                handle.write(json.dumps({
+                    "prompt": f"{name} was born in the city of" if j == 0 else f"{name} grew up in",
+                    "target": cities[(i + 3 * j) % len(cities)], "subject": name,
+                    "rephrasings": [f"The birthplace of {name} is"],
+                    "locality": [{"prompt": "The capital of France is", "answer": "Paris"}]}) + "\n")
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +192,7 @@ def test_hypernetwork_trains_and_edits(gemma, editor, tmp_path):
     from hyperedit.editors import get_editor
 
     out = tmp_path / editor
-    assert main(["train", "-q", "--editor", editor, "--model", "gemma3-270m", "--train", "counterfact:train",
+    assert main(["train", "-q", "--editor", editor, "--model", "gemma3-270m", "--train", _training_file(tmp_path),
                  "--limit-train", "40", "--layers", "14-15", "--steps", "2", "--n-edits", "4",
                  "--val-size", "4", "--val-every", "2", "--ckpt-every", "2", "--threads", "1", "--out", str(out)]) == 0
     before, _ = _next_token(gemma, EIFFEL["prompt"], EIFFEL["target"])
@@ -157,7 +213,7 @@ def test_lifelong_editors_train_and_edit(gemma, editor, extra, tmp_path):
     from hyperedit.editors import get_editor
 
     out = tmp_path / editor
-    assert main(["train", "-q", "--editor", editor, "--model", "gemma3-270m", "--train", "counterfact:train",
+    assert main(["train", "-q", "--editor", editor, "--model", "gemma3-270m", "--train", _training_file(tmp_path),
                  "--limit-train", "20", "--layers", "14-15", "--steps", "1", "--n-edits", "1", "--traj-len", "2",
                  "--back-depth", "1", "--ckpt-every", "1", "--threads", "1", *extra, "--out", str(out)]) == 0
     delta = get_editor(editor, checkpoint=str(out), lm=gemma).edit(gemma, _requests([EIFFEL]))

@@ -4,11 +4,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import time
 
 import pytest
 
-from hyperedit.bench.records import (REQUIRED, current_command, make_record, peak_rss_during, records_table,
-                                     write_results)
+from hyperedit.bench.records import (
+    REQUIRED,
+    current_command,
+    make_record,
+    peak_rss_during,
+    records_table,
+    write_results,
+)
 
 
 def _record(**over):
@@ -99,6 +106,7 @@ def test_peak_rss_during():
 
     def allocate(n):
         data = b"\x01" * n  # touched memory: really resident
+        time.sleep(0.2)  # a peak that lasts, as in a real edit; it is freed before the call returns
         return len(data)
 
     result, seconds, peak = peak_rss_during(allocate, 150 * 2**20)
