@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import mmap
 import sys
 import time
 
@@ -105,9 +106,13 @@ def test_peak_rss_during():
     before = _rss_mb()
 
     def allocate(n):
-        data = b"\x01" * n  # touched memory: really resident
-        time.sleep(0.2)  # a peak that lasts, as in a real edit; it is freed before the call returns
-        return len(data)
+        # Fresh pages from the kernel, each touched: really resident. (A bytes object could be served
+        # from memory the allocator already holds, e.g. after earlier memory-heavy tests.)
+        with mmap.mmap(-1, n) as pages:
+            for offset in range(0, n, mmap.PAGESIZE):
+                pages[offset] = 1
+            time.sleep(0.2)  # a peak that lasts, as in a real edit; it is unmapped before the call returns
+            return len(pages)
 
     result, seconds, peak = peak_rss_during(allocate, 150 * 2**20)
     assert result == 150 * 2**20

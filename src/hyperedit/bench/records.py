@@ -12,7 +12,6 @@ import os
 import resource
 import shlex
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -67,34 +66,19 @@ def peak_rss_during(fn: Callable, *args, **kwargs):
     """Run ``fn`` and return ``(result, seconds, peak_rss_mb)``.
 
     On Linux the peak-RSS counter is reset before the call (``/proc/self/clear_refs``), so the
-    figure is the peak during ``fn``; elsewhere it is the process peak so far. Some kernels update
-    that counter lazily and lose a peak whose memory is unmapped before it is read, so the current
-    RSS is also sampled every 20 ms on a thread and the larger figure is reported.
+    figure is the peak during ``fn``; elsewhere it is the process peak so far.
     """
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-    sampled = [_read_vm("VmRSS") or 0.0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            sampled[0] = max(sampled[0], _read_vm("VmRSS") or 0.0)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     start = time.perf_counter()
-    try:
-        result = fn(*args, **kwargs)
-    finally:
-        seconds = time.perf_counter() - start
-        done.set()
-        sampler.join()
+    result = fn(*args, **kwargs)
+    seconds = time.perf_counter() - start
     peak = _read_vm("VmHWM")
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return result, seconds, max(peak, sampled[0])
+    return result, seconds, peak
 
 
 def _fmt(value) -> str:
