@@ -54,8 +54,8 @@ def test_running_normaliser_matches_the_data_statistics_however_chunked():
         pieces.update(data[part])
     torch.testing.assert_close(whole.mean, data.mean(0))
     torch.testing.assert_close(whole.std, data.std(0))
-    torch.testing.assert_close(pieces.mean, whole.mean, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(pieces.std, whole.std, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pieces.mean, whole.mean, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(pieces.std, whole.std, rtol=1e-10, atol=1e-10)
     assert set(dict(whole.named_buffers())) == {"count", "mean", "m2"}
 
 
