@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", action="append", default=[], metavar="EDITOR=DIR")
     ap.add_argument("--pin-targets", action="store_true",
                     help="sequential: reuse targets computed on the unedited model (approximation, saves CPU)")
+    ap.add_argument("--target-chunk", type=int, default=64,
+                    help="--pin-targets: requests per chunk; the target cache is saved after each (resumable)")
     ap.add_argument("--target-cache", default=None,
                     help="file to load/save target vectors from/to (shared between runs on the same model)")
     ap.add_argument("--fluency", action="store_true")
@@ -148,10 +150,14 @@ def main() -> None:
     if args.pin_targets:  # all targets on the unedited model, before any edit is applied
         warm, _ = build_editor("memit", common, {}, None, lm)
         warm.target_cache = cache
-        info = warm.targets(lm, requests)
-        log.info("pinned targets: %d computed, %d cached", len(requests) - info.n_cached, info.n_cached)
-        if args.target_cache:
-            cache.save(args.target_cache)
+        computed = 0
+        for start in range(0, len(requests), args.target_chunk):
+            info = warm.targets(lm, requests[start:start + args.target_chunk])
+            computed += len(info.nll) - info.n_cached
+            if args.target_cache:
+                cache.save(args.target_cache)
+            log.info("pinned targets: %d of %d done (%d computed here)",
+                     min(len(requests), start + args.target_chunk), len(requests), computed)
     for i, name in enumerate(args.editors.split(",")):
         editor, options = build_editor(name, common, per, checkpoints.get(name), lm)
         if hasattr(editor, "target_cache"):

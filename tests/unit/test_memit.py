@@ -96,3 +96,21 @@ def test_target_cache_round_trips_through_a_file(tiny_llama, tmp_path):
     again = editor.targets(tiny_llama, FACTS)
     assert again.n_cached == 2 and torch.equal(again.z, first.z) and torch.equal(again.h, first.h)
     assert len(TargetCache().load(tmp_path / "missing.safetensors")) == 0
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_gemma3"])
+def test_targets_from_frozen_prefix_equal_full_passes(family, request):
+    """Steps that start at the block above the injection point (hidden states below computed once)
+    give the targets of full passes: same steps, vectors equal to float32 rounding."""
+    from hyperedit.editors._targets import compute_targets
+
+    lm = request.getfixturevalue(family)
+    cfg = LocateConfig(**{**TINY, "kl_factor": 0.5, "v_steps": 4, "v_stop_nll": 0.0})
+    facts = FACTS + [EditRequest(prompt="the capital city of spain", target="lisbon", subject="spain")]
+    prefixes = ["", "a short note. "]
+    full = compute_targets(lm, facts, 1, prefixes, cfg, progress=False, reuse_prefix=False)
+    cached = compute_targets(lm, facts, 1, prefixes, cfg, progress=False, reuse_prefix=True)
+    assert torch.equal(full.steps, cached.steps)
+    torch.testing.assert_close(cached.h, full.h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cached.z, full.z, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cached.nll, full.nll, rtol=1e-4, atol=1e-6)

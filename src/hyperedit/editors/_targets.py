@@ -7,11 +7,17 @@ weight decay and a norm clamp. All requests are optimised together (one forward 
 request x prefix per step, chunked); each request stops once its target NLL is below a threshold,
 so finished requests cost nothing. Nothing below ``z_layer`` requires grad.
 
+Nothing below the injection point changes either, so where the model family allows it the hidden
+states entering block ``z_layer + 1`` are computed once (``hyperedit.prefix``) and every step runs
+only the blocks above ``z_layer`` and the head at the target positions (same results to float
+rounding; on Gemma-3-270M with ``z_layer`` 9 of 18 a step costs about a third less).
+
 Optimisation is independent per request, so results can be cached per request (``TargetCache``)
 and shared between editors that edit the same model state with the same target options.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,6 +36,7 @@ from ..atomic import atomic_file
 from ..hooks import edit_output
 from ..lm import prediction_mask
 from ..models import LoadedModel
+from ..prefix import PrefixExamples, compute_prefix, frozen_prefix, supports_prefix
 from ..requests import EditRequest
 from ._locate import LocateConfig, layer_module, subject_position, subjects_or_last
 
@@ -125,6 +132,10 @@ def _options_key(cfg: LocateConfig, z_layer: int, prefixes: Sequence[str]) -> tu
 
 def _logits_at(lm: LoadedModel, batch: dict, mask: torch.Tensor) -> torch.Tensor:
     model = lm.model
+    if "inputs_embeds" in batch:  # a frozen-prefix batch: hidden states entering the first live block
+        hidden = model.base_model(inputs_embeds=batch["inputs_embeds"].to(model.dtype), attention_mask=batch["attention_mask"],
+                                  use_cache=False).last_hidden_state
+        return lm.adapter.head_logits(hidden[mask])
     if lm.adapter.spec.fast_logits:
         hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   use_cache=False).last_hidden_state
@@ -133,8 +144,12 @@ def _logits_at(lm: LoadedModel, batch: dict, mask: torch.Tensor) -> torch.Tensor
 
 
 def compute_targets(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, prefixes: Sequence[str],
-                    cfg: LocateConfig, cache: TargetCache | None = None, progress: bool = True) -> Targets:
-    """Target vectors for all requests (see module docstring); ``prefixes[0]`` must be ``""``."""
+                    cfg: LocateConfig, cache: TargetCache | None = None, progress: bool = True,
+                    reuse_prefix: bool = True) -> Targets:
+    """Target vectors for all requests (see module docstring); ``prefixes[0]`` must be ``""``.
+
+    ``reuse_prefix=False`` runs every step from the embeddings (the reference for the frozen-prefix
+    path; both give the same targets to float rounding)."""
     if not prefixes or prefixes[0] != "":
         raise ValueError('prefixes must start with the bare context ""')
     start = time.perf_counter()
@@ -155,7 +170,7 @@ def compute_targets(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: i
                 z[i], h[i], steps[i], nll[i], t = hit
                 cached_time += t
     if todo:
-        zt, ht, st, nt = _optimise(lm, [requests[i] for i in todo], z_layer, prefixes, cfg, progress)
+        zt, ht, st, nt = _optimise(lm, [requests[i] for i in todo], z_layer, prefixes, cfg, progress, reuse_prefix)
         z[todo], h[todo], steps[todo], nll[todo] = zt.cpu(), ht.cpu(), st, nt
         per = (time.perf_counter() - start) / len(todo)
         if cache is not None:
@@ -167,9 +182,28 @@ def compute_targets(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: i
                    cached_time_s=cached_time)
 
 
-def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, prefixes: Sequence[str],
-              cfg: LocateConfig, progress: bool):
+def _live_batches(lm: LoadedModel, rows: list, z_layer: int, reuse_prefix: bool, batch_size: int):
+    """``(batches, context)``: ``batches(chunk)`` encodes rows (by index) for one pass, ``context``
+    wraps that pass. With a frozen prefix the hidden states entering block ``z_layer + 1`` (the
+    unedited output of block ``z_layer``, where ``delta`` is added) are computed once here."""
     adapter, dev = lm.adapter, lm.device
+    live = z_layer + 1
+    if reuse_prefix and supports_prefix(adapter) and live < len(adapter.get_module(adapter.spec.layers)):
+        examples: PrefixExamples = compute_prefix(adapter, [(r[2], r[3]) for r in rows], live, batch_size,
+                                                  desc="target prefixes")
+
+        def batches(chunk):
+            return next(examples.subset([r[5] for r in chunk]).batches(len(chunk), dev))
+        return batches, lambda: frozen_prefix(adapter, live)
+
+    def encode(chunk):
+        return adapter.encode([r[2] for r in chunk], [r[3] for r in chunk], device=dev)
+    return encode, contextlib.nullcontext
+
+
+def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, prefixes: Sequence[str],
+              cfg: LocateConfig, progress: bool, reuse_prefix: bool = True):
+    dev = lm.device
     n, d, c = len(requests), lm.model.config.hidden_size, len(prefixes)
     subjects = subjects_or_last(requests)
     # rows: (request, kind, prompt, target, subject position); kind 0 = rewrite, 1 = essence (KL)
@@ -181,6 +215,8 @@ def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, pr
         if r.subject is not None and cfg.kl_factor > 0:
             text = f"{r.subject} is a"
             rows.append((j, 1, text, r.target, subject_position(lm, text, r.subject)))
+    rows = [row + (i,) for i, row in enumerate(rows)]  # (..., row index)
+    encode, passes = _live_batches(lm, rows, z_layer, reuse_prefix, cfg.batch_size)
     delta = torch.zeros(n, d, device=dev, requires_grad=True)
     m1, v1 = torch.zeros(n, d, device=dev), torch.zeros(n, d, device=dev)
     t = torch.zeros(n, device=dev)
@@ -197,7 +233,7 @@ def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, pr
         nll_sum = torch.zeros(n)
         for s in range(0, len(act_rows), cfg.batch_size):
             chunk = act_rows[s:s + cfg.batch_size]
-            batch = adapter.encode([r[2] for r in chunk], [r[3] for r in chunk], device=dev)
+            batch = encode(chunk)
             req = torch.tensor([r[0] for r in chunk], device=dev)
             pos = torch.tensor([r[4] for r in chunk], device=dev)
             arange = torch.arange(len(chunk), device=dev)
@@ -213,7 +249,7 @@ def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, pr
             kinds = torch.tensor([r[1] for r in chunk], device=dev)
             first = mask & (mask.cumsum(1) == 1)
             mask = torch.where((kinds == 1)[:, None], first, mask)
-            with edit_output(lm.model, block, inject):
+            with passes(), edit_output(lm.model, block, inject):
                 logits = _logits_at(lm, batch, mask).float()
             tok_row = arange[:, None].expand_as(mask)[mask]
             targets = batch["labels"][:, 1:][mask[:, :-1]]
