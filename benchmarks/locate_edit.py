@@ -135,6 +135,7 @@ def main() -> None:
     from hyperedit.bench import current_command, write_results
     from hyperedit.data import load_requests
     from hyperedit.editors._targets import TargetCache
+    from hyperedit.eval import locality_reference
     from hyperedit.eval.runner import run_batch, run_sequential
     from hyperedit.commands._common import dataset_label
     from hyperedit.models import load_model
@@ -147,6 +148,8 @@ def main() -> None:
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
     cache = TargetCache.for_model(lm.model, pin=args.pin_targets, path=args.target_cache)
     records = []
+    # batch mode: every editor edits the unedited model, so one locality reference serves them all
+    reference = locality_reference(lm.adapter, requests, args.eval_batch_size) if args.mode == "batch" else None
     if args.pin_targets:  # all targets on the unedited model, before any edit is applied
         warm, _ = build_editor("memit", common, {}, None, lm)
         warm.target_cache = cache
@@ -168,7 +171,7 @@ def main() -> None:
             record = run_batch(lm, rec, requests, dataset=dataset, split=split, command=command,
                                eval_batch_size=args.eval_batch_size, fluency=args.fluency,
                                pre_metrics=(i == 0 and not args.no_pre_metrics),
-                               keep_rows=args.keep_rows)
+                               keep_rows=args.keep_rows, reference=reference)
         else:
             size = len(requests) // args.batches
             batches = [requests[b * size:(b + 1) * size] for b in range(args.batches)]

@@ -138,3 +138,16 @@ def test_run_sequential_reverts_applied_batches_on_error(tiny_llama):
         run_sequential(tiny_llama, ShiftThenFailEditor(), [REQUESTS[:1], REQUESTS[1:2], [failing]],
                        dataset="unit", split="test", command="x")
     _assert_same(tiny_llama.model, snap)
+
+
+def test_run_batch_with_a_shared_locality_reference_gives_the_same_metrics(tiny_llama, ft):
+    """Several editors on one batch share the unedited model's locality reference: same metrics."""
+    from hyperedit.eval import locality_reference
+
+    reference = locality_reference(tiny_llama.adapter, REQUESTS, 32)
+    own = run_batch(tiny_llama, ft, REQUESTS, dataset="unit", split="test", pre_metrics=False)["metrics"]
+    shared = run_batch(tiny_llama, ft, REQUESTS, dataset="unit", split="test", pre_metrics=False,
+                       reference=reference)["metrics"]
+    assert set(own) == set(shared)
+    for key, value in own.items():
+        assert shared[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

@@ -23,12 +23,15 @@ def _config_dict(editor) -> dict:
     return asdict(config) if is_dataclass(config) else {}
 
 
-def _edit_and_evaluate(lm, editor, requests: list[EditRequest], eval_batch_size: int, fluency_n: int):
-    """Locality reference on the unedited model, edit, evaluate with the delta applied, revert.
+def _edit_and_evaluate(lm, editor, requests: list[EditRequest], eval_batch_size: int, fluency_n: int,
+                       reference=None):
+    """Locality reference on the unedited model (unless given), edit, evaluate with the delta applied,
+    revert.
 
     Returns ``(metrics, rows, delta, edit_seconds, peak_rss_mb)``; the model is as it was on return.
     """
-    reference = locality_reference(lm.adapter, requests, eval_batch_size)
+    if reference is None:
+        reference = locality_reference(lm.adapter, requests, eval_batch_size)
     delta, seconds, peak = peak_rss_during(editor.edit, lm, requests)
     with delta.applied(lm.model):
         metrics, rows = evaluate(lm.adapter, requests, reference, eval_batch_size, fluency_n)
@@ -43,13 +46,17 @@ def _pre_edit_metrics(adapter, requests, eval_batch_size: int, fluency_n: int) -
 
 def run_batch(lm, editor, requests: list[EditRequest], *, dataset: str, split: str, command: str | None = None,
               seed: int = 0, eval_batch_size: int = 32, fluency: bool = False, pre_metrics: bool = True,
-              keep_rows: bool = False) -> dict:
-    """Edit all ``requests`` at once, measure, revert; return one result record (mode ``batch``)."""
+              keep_rows: bool = False, reference=None) -> dict:
+    """Edit all ``requests`` at once, measure, revert; return one result record (mode ``batch``).
+
+    ``reference``: ``locality_reference`` of these requests on this (unedited) model, when several
+    editors are measured on the same batch (it is computed here otherwise)."""
     check_request_lengths(lm.adapter, requests)
     fluency_n = min(len(requests), 50) if fluency else 0
     before = _pre_edit_metrics(lm.adapter, requests, eval_batch_size, fluency_n) if pre_metrics else None
     log.info("editing %d requests with %s", len(requests), editor.name)
-    metrics, rows, delta, seconds, peak = _edit_and_evaluate(lm, editor, requests, eval_batch_size, fluency_n)
+    metrics, rows, delta, seconds, peak = _edit_and_evaluate(lm, editor, requests, eval_batch_size, fluency_n,
+                                                             reference)
     extra = {"config": _config_dict(editor), "metrics_pre_edit": before,
              "time_per_request_s": seconds / max(1, len(requests)), "delta_norm": sum(delta.norms().values())}
     if keep_rows:
