@@ -166,3 +166,25 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["edit", "--no-such-flag"])
     assert info.value.code == 2
+
+
+def test_measured_settings_of_an_embedded_model_fill_in_what_the_user_did_not_set(tiny_llama, caplog):
+    """An editor on Gemma-3-270M gets the layers and target step measured for it; --set wins;
+    the default model gets the editors' own defaults."""
+    import argparse
+    import dataclasses
+    import logging
+
+    from hyperedit.commands._common import editor_from_args
+
+    args = argparse.Namespace(editor="memit", checkpoint=None, config=None, overrides=["v_lr=2.0"])
+    gemma_named = dataclasses.replace(tiny_llama, name="gemma3-270m")
+    with caplog.at_level(logging.INFO):
+        editor = editor_from_args(args, gemma_named)
+    assert editor.config.layers == (6, 7, 8, 9) and editor.config.v_lr == 2.0
+    assert "settings measured for this model (layers=[6, 7, 8, 9])" in caplog.text
+    ft = editor_from_args(argparse.Namespace(editor="ft", checkpoint=None, config=None, overrides=[]), gemma_named)
+    assert ft.config.max_rel_norm == 0.015
+    default = editor_from_args(argparse.Namespace(editor="memit", checkpoint=None, config=None, overrides=[]),
+                               dataclasses.replace(tiny_llama, name="smollm2-135m"))
+    assert default.config.layers is None and default.config.v_lr == 1.0

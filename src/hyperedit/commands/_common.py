@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 from pathlib import Path
 
 from ..errors import HyperEditError
+
+log = logging.getLogger(__name__)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -158,9 +161,18 @@ def load_model_from_args(args):
 
 
 def editor_from_args(args, lm):
+    """The editor named on the command line; for an embedded model with measured settings
+    (``editors.presets``) those fill in the options the user did not give, and the log says so."""
     from ..editors import get_editor
+    from ..editors.presets import preset_options
 
-    return get_editor(args.editor, checkpoint=args.checkpoint, lm=lm, **parse_overrides(args))
+    options = parse_overrides(args)
+    preset = preset_options(args.editor, lm.name, options)
+    if preset:
+        shown = ", ".join(f"{k}={v}" for k, v in preset.items())
+        log.info("%s on %s: using the settings measured for this model (%s); --set overrides them",
+                 args.editor, lm.name, shown)
+    return get_editor(args.editor, checkpoint=args.checkpoint, lm=lm, **preset, **options)
 
 
 def emit_json(obj) -> None:
