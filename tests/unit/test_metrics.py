@@ -224,3 +224,28 @@ def test_fluency_metric(tiny_llama):
                           fluency_prompts=1)
     text = generate(tiny_llama.adapter, [PROMPTS[0]], max_new_tokens=30)[0]
     assert metrics["fluency"] == pytest.approx(ngram_entropy(text))
+
+
+def test_pairs_shared_by_locality_and_neighbourhood_scores_are_scored_once(tiny_gpt2, monkeypatch):
+    """CounterFact's neighbour prompt with the old object is both a locality pair and the
+    neighbourhood score's old pair: scored once, both metrics still the hand-computed values."""
+    import importlib
+
+    evaluate_module = importlib.import_module("hyperedit.eval.evaluate")  # the package exports a function of that name
+    lm = tiny_gpt2
+    prompt, para, neighbour = _pick(lm, 3)
+    top, low = _greedy_word(lm, prompt), _ranked_words(lm, prompt)[5]
+    r = EditRequest(prompt=prompt, target=low, old_target=top, rephrasings=[para, para],
+                    locality=[LocalityPrompt(neighbour, answer=top)])
+    reference = locality_reference(lm.adapter, [r])
+    scored = []
+    real = evaluate_module.score_examples
+    monkeypatch.setattr(evaluate_module, "score_examples",
+                        lambda adapter, pairs, *a, **k: scored.append(list(pairs)) or real(adapter, pairs, *a, **k))
+    metrics, _ = evaluate(lm.adapter, [r], reference)
+    # es, es_old, gs and gs_old once each (the repeated rephrasing too), nb_new, nb_old = the locality pair
+    assert len(scored) == 1 and len(scored[0]) == 6 == len(set(scored[0]))
+    nb_diff = _prob(lm, neighbour, top) - _prob(lm, neighbour, low)
+    assert metrics["neighborhood_magnitude"] == pytest.approx(nb_diff, rel=1e-4, abs=1e-7)
+    assert metrics["LS"] == 1.0  # unedited model against its own reference
+    assert metrics["LS_data"] == float(_greedy_word(lm, neighbour) == top)

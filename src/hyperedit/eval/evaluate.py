@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..models.adapters import ModelAdapter
 from ..models.limits import LOCALITY_CONTINUATION_TOKENS
 from ..requests import EditRequest
-from .metrics import PairScore, agreement, generate, mean, ngram_entropy, score_pairs
+from .metrics import PairScore, agreement, generate, mean, ngram_entropy, score_examples, score_pairs
 
 
 @dataclass
@@ -71,7 +71,8 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
                 if loc.answer is not None and loc.answer.strip() == r.old_target.strip():
                     add(i, loc.prompt, r.target, "nb_new")
                     add(i, loc.prompt, r.old_target, "nb_old")
-    scores = score_pairs(adapter, prompts, targets, batch_size)
+    loc_pairs = [(p, t) for _, p, t, _ in reference.pairs] if reference is not None else []
+    scores, loc_scores = _score_unique(adapter, list(zip(prompts, targets)), loc_pairs, batch_size)
     by_kind: dict[str, list[tuple[int, PairScore]]] = {}
     for i, what, s in zip(owner, kind, scores):
         by_kind.setdefault(what, []).append((i, s))
@@ -82,7 +83,6 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
     metrics = {"ES": mean(es), "GS": mean(gs)}
 
     if reference is not None and reference.pairs:
-        loc_scores = score_pairs(adapter, [p for _, p, _, _ in reference.pairs], [t for _, _, t, _ in reference.pairs], batch_size)
         ls = _per_request([(i, agreement(ref, s.predicted)) for (i, _, _, _), ref, s
                            in zip(reference.pairs, reference.predicted, loc_scores)], n)
         ls_data = _per_request([(i, s.accuracy) for (i, _, _, from_data), s in zip(reference.pairs, loc_scores) if from_data], n)
@@ -98,6 +98,16 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
         texts = generate(adapter, [r.prompt for r in requests[:fluency_prompts]], max_new_tokens=30)
         metrics["fluency"] = mean(ngram_entropy(t) for t in texts)
     return metrics, rows
+
+
+def _score_unique(adapter: ModelAdapter, pairs: list, loc_pairs: list, batch_size: int):
+    """Scores of ``pairs`` and ``loc_pairs``, each distinct (prompt, target) pair scored once:
+    CounterFact's neighbourhood prompts are scored with the old object both as locality pairs
+    and for the neighbourhood score, and paraphrases may repeat."""
+    everything = pairs + loc_pairs
+    unique = list(dict.fromkeys(everything))
+    scored = dict(zip(unique, score_examples(adapter, unique, batch_size)))
+    return [scored[p] for p in pairs], [scored[p] for p in loc_pairs]
 
 
 def _probability_scores(by_kind: dict, n: int) -> dict:
