@@ -105,7 +105,9 @@ def _score_unique(adapter: ModelAdapter, pairs: list, loc_pairs: list, batch_siz
     CounterFact's neighbourhood prompts are scored with the old object both as locality pairs
     and for the neighbourhood score, and paraphrases may repeat."""
     everything = pairs + loc_pairs
-    unique = list(dict.fromkeys(everything))
+    # distinct pairs, similar lengths batched together (less padding; each pair's score does not
+    # depend on its batch: right padding, causal attention)
+    unique = sorted(dict.fromkeys(everything), key=lambda pair: (len(pair[0]) + len(pair[1]), pair))
     scored = dict(zip(unique, score_examples(adapter, unique, batch_size)))
     return [scored[p] for p in pairs], [scored[p] for p in loc_pairs]
 
