@@ -63,12 +63,19 @@ def _edit_seconds(record: dict) -> str:
     return f"{record['edit_time_s']:,.0f}"
 
 
+def _settings(record: dict) -> str:
+    """Options given on the benchmark's command line (editor defaults otherwise)."""
+    options = {k: v for k, v in (record.get("options") or {}).items() if k != "inner"}
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+
+
 def comparison_table(rows: list[tuple[dict, dict | None]], model: str, baseline: str) -> str:
-    lines = [f"| data | n | editor | {model} ES / GS / LS | edit s | peak RSS MB | {baseline} ES / GS / LS (n, file) "
-             "| source |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| data | n | editor | settings | {model} ES / GS / LS | edit s | peak RSS MB | "
+             f"{baseline} ES / GS / LS (n, file) | source |", "|---|---|---|---|---|---|---|---|---|"]
     for rec, base in rows:
         base_cell = _triple(base) + (f" ({base['n_edits']}, {base['source']})" if base is not None else "")
-        lines.append(f"| {rec['dataset']}:{rec['split']} | {rec['n_edits']} | {rec['editor']} | {_triple(rec)} | "
+        lines.append(f"| {rec['dataset']}:{rec['split']} | {rec['n_edits']} | {rec['editor']} | {_settings(rec)} | "
+                     f"{_triple(rec)} | "
                      f"{_edit_seconds(rec)} | {rec['peak_rss_mb']:,.0f} | {base_cell} | {rec['source']} |")
     return "\n".join(lines) + "\n"
 
