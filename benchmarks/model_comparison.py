@@ -22,7 +22,7 @@ log = logging.getLogger("model_comparison")
 
 def load_records(paths: list[str], model: str) -> list[dict]:
     out = []
-    for path in paths:
+    for path in dict.fromkeys(paths):  # a file named twice (overlapping globs) counts once
         records = json.loads(Path(path).read_text())
         for record in records if isinstance(records, list) else []:
             if isinstance(record, dict) and record.get("model") == model and record.get("mode") == "batch":
