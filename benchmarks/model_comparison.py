@@ -42,11 +42,8 @@ def match(record: dict, candidates: list[dict]) -> dict | None:
             and abs(c["n_edits"] - n) <= 0.05 * n]
     if not same:
         return None
-    return min(same, key=lambda c: (c["n_edits"] != n, abs(c["n_edits"] - n), _neg_date(c)))
-
-
-def _neg_date(record: dict) -> tuple:
-    return tuple(-ord(ch) for ch in str(record.get("date", "")))
+    same.sort(key=lambda c: str(c.get("date", "")), reverse=True)  # among equally close: the newest
+    return min(same, key=lambda c: (c["n_edits"] != n, abs(c["n_edits"] - n)))
 
 
 def _triple(record: dict | None) -> str:
