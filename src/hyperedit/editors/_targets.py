@@ -131,16 +131,17 @@ def _options_key(cfg: LocateConfig, z_layer: int, prefixes: Sequence[str]) -> tu
 
 
 def _logits_at(lm: LoadedModel, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+    """Logits at the ``mask`` positions; a frozen-prefix batch carries ``inputs_embeds`` (the hidden
+    states entering the first live block) instead of ``input_ids``."""
     model = lm.model
-    if "inputs_embeds" in batch:  # a frozen-prefix batch: hidden states entering the first live block
-        hidden = model.base_model(inputs_embeds=batch["inputs_embeds"].to(model.dtype), attention_mask=batch["attention_mask"],
-                                  use_cache=False).last_hidden_state
-        return lm.adapter.head_logits(hidden[mask])
-    if lm.adapter.spec.fast_logits:
-        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  use_cache=False).last_hidden_state
-        return lm.adapter.head_logits(hidden[mask])
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[mask]
+    if "inputs_embeds" in batch:
+        inputs = {"inputs_embeds": batch["inputs_embeds"].to(model.dtype)}
+    elif lm.adapter.spec.fast_logits:
+        inputs = {"input_ids": batch["input_ids"]}
+    else:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[mask]
+    hidden = model.base_model(**inputs, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    return lm.adapter.head_logits(hidden[mask])
 
 
 def compute_targets(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, prefixes: Sequence[str],
