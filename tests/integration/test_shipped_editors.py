@@ -33,19 +33,20 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
-def test_shipped_malmen_is_used_without_checkpoint_and_flips_planted_facts(smollm2, caplog):
-    folder = shipped_folders("malmen").get("smollm2-135m")
-    assert folder is not None, "no MALMEN checkpoint shipped for smollm2-135m"
+@pytest.mark.parametrize("name", ["malmen", "mend"])
+def test_shipped_editor_is_used_without_checkpoint_and_flips_planted_facts(smollm2, caplog, name):
+    folder = shipped_folders(name).get("smollm2-135m")
+    assert folder is not None, f"no {name} checkpoint shipped for smollm2-135m"
     assert (folder / "editor.safetensors").stat().st_size <= 10 * 2 ** 20
     sidecar = json.loads((folder / SIDECAR).read_text())
     assert sidecar["command"].startswith("hyperedit train") and sidecar["validation"]["n_edits"] >= 1
     meta = json.loads((folder / "editor.json").read_text())
     identity = smollm2.adapter.identity()
     assert {k: meta["model"][k] for k in identity} == identity
-    assert shipped_checkpoint("malmen", smollm2) == folder
+    assert shipped_checkpoint(name, smollm2) == folder
 
     with caplog.at_level(logging.INFO, logger="hyperedit.editors.base"):
-        editor = get_editor("malmen", lm=smollm2)
+        editor = get_editor(name, lm=smollm2)
     assert "shipped" in caplog.text
     before, _ = evaluate(smollm2.adapter, PLANTED, None)
     reference = locality_reference(smollm2.adapter, PLANTED)
@@ -55,7 +56,8 @@ def test_shipped_malmen_is_used_without_checkpoint_and_flips_planted_facts(smoll
     assert before["ES"] < 0.5 and after["ES"] >= 0.75, (before, after)
 
 
-def test_another_model_gets_a_one_line_refusal(tiny_llama):
+@pytest.mark.parametrize("name", ["malmen", "mend"])
+def test_another_model_gets_a_one_line_refusal(tiny_llama, name):
     with pytest.raises(HyperEditError, match="shipped one is for smollm2-135m") as info:
-        get_editor("malmen", lm=tiny_llama)
+        get_editor(name, lm=tiny_llama)
     assert "\n" not in str(info.value)
