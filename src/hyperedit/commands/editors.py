@@ -11,10 +11,15 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..editors import editor_entry, editor_names
+    from ..editors._shipped import shipped_folders
 
     for name in editor_names():
         entry = editor_entry(name)
-        trained = " (trained: needs --checkpoint)" if entry.needs_checkpoint else ""
+        shipped = [model for model in shipped_folders(name) if model]
+        trained = ""
+        if entry.needs_checkpoint:
+            trained = (f" (trained: shipped for {', '.join(shipped)}; other models need --checkpoint)" if shipped
+                       else " (trained: needs --checkpoint)")
         print(f"{name:<12} {entry.summary}{trained}")
         for f in dataclasses.fields(entry.config_class):
             default = f.default if f.default is not dataclasses.MISSING else (
