@@ -1,10 +1,11 @@
 """Copy a trained hypernetwork editor into the package (``hyperedit/pretrained/<editor>-<model>/``).
 
-    python scripts/ship_editor.py RUN_DIR/best --command "hyperedit train ..."
+    python scripts/ship_editor.py RUN_DIR/best --command "hyperedit train ..." [--set nullspace=true]
 
-Writes ``editor.json`` + ``editor.safetensors`` (the checkpoint, unchanged) and ``training.json``
-(the training command, data, settings and the validation record the checkpoint was chosen by).
-Refuses a checkpoint over 10 MB.
+Writes ``editor.json`` + ``editor.safetensors`` (the checkpoint; ``--set`` changes runtime settings of
+its config, e.g. the direction control a stream was measured with) and ``training.json`` (the
+training command, data, settings, the settings changed and the validation record the checkpoint was
+chosen by). Refuses a checkpoint over 10 MB and settings the editor does not allow to change.
 """
 from __future__ import annotations
 
@@ -22,21 +23,42 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path, help="folder with editor.json and editor.safetensors")
     parser.add_argument("--command", required=True, help="the training command that produced it")
     parser.add_argument("--note", default="", help="anything else a reader needs (e.g. measured figures)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="runtime setting written into the shipped config (value parsed as JSON)")
     args = parser.parse_args()
     meta = json.loads((args.checkpoint / "editor.json").read_text())
+    settings = _runtime_settings(meta["editor"], args.settings)
+    meta["config"].update(settings)
     weights = args.checkpoint / "editor.safetensors"
     if weights.stat().st_size > MAX_BYTES:
         raise SystemExit(f"{weights}: {weights.stat().st_size} bytes, over the 10 MB limit of a shipped editor")
     target = PACKAGE / f"{meta['editor']}-{meta['model']['name']}"
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / "editor.safetensors")
-    shutil.copyfile(args.checkpoint / "editor.json", target / "editor.json")
+    (target / "editor.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     training = meta.get("training", {})
     sidecar = {"command": args.command, "data": {k: training.get(k) for k in ("sources", "data", "n_train", "n_val")},
                "train_config": training.get("train_config"), "step": training.get("step"),
-               "validation": meta.get("validation"), "note": args.note}
+               "validation": meta.get("validation"), "settings_changed": settings, "note": args.note}
     (target / "training.json").write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     print(f"shipped {meta['editor']} for {meta['model']['name']} -> {target}")
+
+
+def _runtime_settings(editor: str, items: list[str]) -> dict:
+    """``KEY=VALUE`` items -> settings, refusing any the editor fixes at training time."""
+    from hyperedit.editors import editor_entry
+
+    allowed = editor_entry(editor).config_class.RUNTIME
+    settings = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        if key not in allowed:
+            raise SystemExit(f"--set {key}: not a runtime setting of {editor} (allowed: {', '.join(allowed)})")
+        try:
+            settings[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            settings[key] = raw
+    return settings
 
 
 if __name__ == "__main__":

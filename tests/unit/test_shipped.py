@@ -1,7 +1,9 @@
 """Shipped editors: used without --checkpoint for the model they were trained for, never for another."""
 from __future__ import annotations
 
+import json
 import logging
+import sys
 
 import pytest
 
@@ -29,3 +31,36 @@ def test_shipped_checkpoint_is_used_only_for_its_model(tiny_llama, tiny_gpt2, tm
         get_editor("malmen")  # no model to check it against
     with pytest.raises(HyperEditError, match="pass a checkpoint"):
         get_editor("mend", lm=tiny_llama)  # nothing shipped for mend here
+
+
+def _ship_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "ship_editor.py"
+    spec = importlib.util.spec_from_file_location("ship_editor", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ship_script_writes_runtime_settings_and_refuses_trained_ones(tiny_llama, tmp_path, monkeypatch):
+    from hyperedit.editors.rledit import RLEditEditor
+
+    editor = RLEditEditor.create(RLEditEditor.config_class(layers=[2, 3], rank=4), tiny_llama, seed=0)
+    editor.save(tmp_path / "run")
+    script = _ship_script()
+    monkeypatch.setattr(script, "PACKAGE", tmp_path / "pretrained")
+    monkeypatch.setattr(sys, "argv", ["ship_editor.py", str(tmp_path / "run"), "--command", "hyperedit train x",
+                                      "--set", "nullspace=true", "--set", "nullspace_threshold=0.1"])
+    script.main()
+    name = tiny_llama.adapter.identity()["name"]
+    monkeypatch.setattr(_shipped, "SHIPPED_DIR", tmp_path / "pretrained")
+    shipped = get_editor("rledit", lm=tiny_llama)
+    assert shipped.config.nullspace is True and shipped.config.nullspace_threshold == 0.1
+    sidecar = json.loads((tmp_path / "pretrained" / f"rledit-{name}" / "training.json").read_text())
+    assert sidecar["settings_changed"] == {"nullspace": True, "nullspace_threshold": 0.1}
+
+    monkeypatch.setattr(sys, "argv", ["ship_editor.py", str(tmp_path / "run"), "--command", "x", "--set", "rank=8"])
+    with pytest.raises(SystemExit, match="rank: not a runtime setting"):
+        script.main()
