@@ -61,3 +61,18 @@ def test_another_model_gets_a_one_line_refusal(tiny_llama, name):
     with pytest.raises(HyperEditError, match="shipped one is for smollm2-135m") as info:
         get_editor(name, lm=tiny_llama)
     assert "\n" not in str(info.value)
+
+
+def test_shipped_rledit_carries_its_direction_control_and_edits(smollm2):
+    folder = shipped_folders("rledit").get("smollm2-135m")
+    assert folder is not None, "no RLEdit checkpoint shipped for smollm2-135m"
+    assert (folder / "editor.safetensors").stat().st_size <= 10 * 2 ** 20
+    sidecar = json.loads((folder / SIDECAR).read_text())
+    assert sidecar["command"].startswith("hyperedit train --editor rledit")
+    editor = get_editor("rledit", lm=smollm2, ridge_samples=200)  # a small C0 sample keeps the test short
+    assert editor.config.nullspace is True and sidecar["settings_changed"]["nullspace"] is True
+    before, _ = evaluate(smollm2.adapter, PLANTED, None)
+    delta = editor.edit(smollm2, PLANTED)
+    with delta.applied(smollm2.model):
+        after, _ = evaluate(smollm2.adapter, PLANTED, None)
+    assert after["ES"] > before["ES"], (before, after)
