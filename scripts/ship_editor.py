@@ -5,14 +5,21 @@
 Writes ``editor.json`` + ``editor.safetensors`` (the checkpoint; ``--set`` changes runtime settings of
 its config, e.g. the direction control a stream was measured with) and ``training.json`` (the
 training command, data, settings, the settings changed and the validation record the checkpoint was
-chosen by). Refuses a checkpoint over 10 MB and settings the editor does not allow to change.
+chosen by). ``--float16`` stores the weight matrices in float16 (normaliser statistics and
+per-module scalars stay as they are; loading casts back to the editor's dtype): only for an
+editor whose float16 copy was measured to edit as the original does
+(``benchmarks/shipped_precision.py``). Refuses a checkpoint over 10 MB and settings the editor
+does not allow to change.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
+
+from safetensors.torch import load_file, save
+
+from hyperedit.checkpoints import half_matrices
 
 MAX_BYTES = 10 * 2 ** 20
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "hyperedit" / "pretrained"
@@ -25,21 +32,25 @@ def main() -> None:
     parser.add_argument("--note", default="", help="anything else a reader needs (e.g. measured figures)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="runtime setting written into the shipped config (value parsed as JSON)")
+    parser.add_argument("--float16", action="store_true", help="store weight matrices in float16")
     args = parser.parse_args()
     meta = json.loads((args.checkpoint / "editor.json").read_text())
     settings = _runtime_settings(meta["editor"], args.settings)
     meta["config"].update(settings)
     weights = args.checkpoint / "editor.safetensors"
-    if weights.stat().st_size > MAX_BYTES:
-        raise SystemExit(f"{weights}: {weights.stat().st_size} bytes, over the 10 MB limit of a shipped editor")
+    payload = save(half_matrices(load_file(str(weights)))) if args.float16 else weights.read_bytes()
+    if len(payload) > MAX_BYTES:
+        raise SystemExit(f"{weights}: {len(payload)} bytes to ship, over the 10 MB limit of a shipped editor"
+                         + ("" if args.float16 else " (try --float16)"))
     target = PACKAGE / f"{meta['editor']}-{meta['model']['name']}"
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, target / "editor.safetensors")
+    (target / "editor.safetensors").write_bytes(payload)
     (target / "editor.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     training = meta.get("training", {})
     sidecar = {"command": args.command, "data": {k: training.get(k) for k in ("sources", "data", "n_train", "n_val")},
                "train_config": training.get("train_config"), "step": training.get("step"),
-               "validation": meta.get("validation"), "settings_changed": settings, "note": args.note}
+               "validation": meta.get("validation"), "settings_changed": settings,
+               "storage": "float16 matrices" if args.float16 else "as trained", "note": args.note}
     (target / "training.json").write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     print(f"shipped {meta['editor']} for {meta['model']['name']} -> {target}")
 

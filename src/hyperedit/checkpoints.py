@@ -171,3 +171,9 @@ def check_same_settings(run_dir: Path, saved: dict, current: dict, what: str = "
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
         raise HyperEditError(f"{run_dir} holds a {what} with other settings ({shown}); resume with the same "
                              "options or choose another --out")
+
+
+def half_matrices(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32 matrices -> float16 (a smaller stored editor); vectors, scalars and float64 statistics
+    unchanged. ``load_state_dict`` casts them back to the module's dtype on load."""
+    return {k: v.half() if v.dtype == torch.float32 and v.dim() >= 2 else v for k, v in tensors.items()}

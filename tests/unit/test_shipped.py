@@ -6,6 +6,7 @@ import logging
 import sys
 
 import pytest
+import torch
 
 from hyperedit.editors import _shipped, get_editor
 from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
@@ -64,3 +65,29 @@ def test_ship_script_writes_runtime_settings_and_refuses_trained_ones(tiny_llama
     monkeypatch.setattr(sys, "argv", ["ship_editor.py", str(tmp_path / "run"), "--command", "x", "--set", "rank=8"])
     with pytest.raises(SystemExit, match="rank: not a runtime setting"):
         script.main()
+
+
+def test_ship_script_float16_stores_half_matrices_that_edit_as_the_original(tiny_llama, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from hyperedit.requests import EditRequest
+
+    editor = MalmenEditor.create(MalmenConfig(layers=[2, 3], rank=4), tiny_llama, seed=0)
+    editor.save(tmp_path / "run")
+    script = _ship_script()
+    monkeypatch.setattr(script, "PACKAGE", tmp_path / "pretrained")
+    monkeypatch.setattr(sys, "argv", ["ship_editor.py", str(tmp_path / "run"), "--command", "hyperedit train x", "--float16"])
+    script.main()
+    folder = tmp_path / "pretrained" / f"malmen-{tiny_llama.adapter.identity()['name']}"
+    original, stored = load_file(str(tmp_path / "run" / "editor.safetensors")), load_file(str(folder / "editor.safetensors"))
+    assert set(original) == set(stored)
+    for key, value in original.items():
+        expected = torch.float16 if value.dtype == torch.float32 and value.dim() >= 2 else value.dtype
+        assert stored[key].dtype == expected, key
+    assert json.loads((folder / "training.json").read_text())["storage"] == "float16 matrices"
+
+    requests = [EditRequest(prompt="The capital of Norway is", target="Lisbon")]
+    full = editor.edit(tiny_llama, requests).shifts
+    half = get_editor("malmen", checkpoint=str(folder), lm=tiny_llama).edit(tiny_llama, requests).shifts
+    for name, shift in full.items():  # float16 keeps ~3 decimal digits of each matrix entry
+        assert torch.allclose(half[name], shift, rtol=2e-2, atol=2e-2 * float(shift.abs().max())), name
