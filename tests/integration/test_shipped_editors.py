@@ -56,21 +56,22 @@ def test_shipped_editor_is_used_without_checkpoint_and_flips_planted_facts(smoll
     assert before["ES"] < 0.5 and after["ES"] >= 0.75, (before, after)
 
 
-@pytest.mark.parametrize("name", ["malmen", "mend"])
+@pytest.mark.parametrize("name", ["malmen", "mend", "rledit", "hiedit"])
 def test_another_model_gets_a_one_line_refusal(tiny_llama, name):
     with pytest.raises(HyperEditError, match="shipped one is for smollm2-135m") as info:
         get_editor(name, lm=tiny_llama)
     assert "\n" not in str(info.value)
 
 
-def test_shipped_rledit_carries_its_direction_control_and_edits(smollm2):
-    folder = shipped_folders("rledit").get("smollm2-135m")
-    assert folder is not None, "no RLEdit checkpoint shipped for smollm2-135m"
+@pytest.mark.parametrize("name", ["rledit", "hiedit"])
+def test_shipped_lifelong_editor_carries_its_direction_control_and_edits(smollm2, name):
+    folder = shipped_folders(name).get("smollm2-135m")
+    assert folder is not None, f"no {name} checkpoint shipped for smollm2-135m"
     assert (folder / "editor.safetensors").stat().st_size <= 10 * 2 ** 20
     sidecar = json.loads((folder / SIDECAR).read_text())
-    assert sidecar["command"].startswith("hyperedit train --editor rledit")
-    editor = get_editor("rledit", lm=smollm2, ridge_samples=200)  # a small C0 sample keeps the test short
-    assert editor.config.nullspace is True and sidecar["settings_changed"]["nullspace"] is True
+    assert sidecar["command"].startswith(f"hyperedit train --editor {name}")
+    editor = get_editor(name, lm=smollm2, ridge_samples=200)  # a small C0 sample keeps the test short
+    assert editor.config.nullspace is True
     before, _ = evaluate(smollm2.adapter, PLANTED, None)
     delta = editor.edit(smollm2, PLANTED)
     with delta.applied(smollm2.model):
