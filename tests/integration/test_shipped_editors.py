@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from hyperedit.data import resolve_data_dir
 from hyperedit.editors import get_editor
 from hyperedit.editors._shipped import SIDECAR, shipped_checkpoint, shipped_folders
 from hyperedit.errors import HyperEditError
@@ -70,6 +71,10 @@ def test_shipped_lifelong_editor_carries_its_direction_control_and_edits(smollm2
     assert (folder / "editor.safetensors").stat().st_size <= 10 * 2 ** 20
     sidecar = json.loads((folder / SIDECAR).read_text())
     assert sidecar["command"].startswith(f"hyperedit train --editor {name}")
+    try:
+        resolve_data_dir()
+    except HyperEditError:
+        pytest.skip("the null space of a shipped lifelong editor needs the generic corpus of the benchmark data")
     editor = get_editor(name, lm=smollm2, ridge_samples=200)  # a small C0 sample keeps the test short
     assert editor.config.nullspace is True
     before, _ = evaluate(smollm2.adapter, PLANTED, None)
