@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     records = []
     for path in sorted(RESULTS.glob("lifelong_*.json")):
-        if path.stem in ("lifelong_summary", "lifelong_drift"):
+        if path.stem == "lifelong_summary" or path.stem.startswith("lifelong_drift"):
             continue
         records.extend({**r, "run": path.stem.removeprefix("lifelong_")} for r in json.loads(path.read_text()))
     if not records and not args.partial:
