@@ -56,19 +56,20 @@ def main() -> None:
 
 
 def _runtime_settings(editor: str, items: list[str]) -> dict:
-    """``KEY=VALUE`` items -> settings, refusing any the editor fixes at training time."""
+    """``KEY=VALUE`` items (parsed as the CLI's ``--set``) -> settings, refusing any the editor fixes
+    at training time."""
+    from hyperedit.commands._common import parse_overrides
     from hyperedit.editors import editor_entry
+    from hyperedit.errors import HyperEditError
 
     allowed = editor_entry(editor).config_class.RUNTIME
-    settings = {}
-    for item in items:
-        key, _, raw = item.partition("=")
+    try:
+        settings = parse_overrides(argparse.Namespace(overrides=items))
+    except HyperEditError as exc:
+        raise SystemExit(str(exc)) from None
+    for key in settings:
         if key not in allowed:
             raise SystemExit(f"--set {key}: not a runtime setting of {editor} (allowed: {', '.join(allowed)})")
-        try:
-            settings[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            settings[key] = raw
     return settings
 
 
