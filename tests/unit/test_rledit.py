@@ -168,3 +168,30 @@ def test_cli_init_from_takes_the_checkpoint_modules_and_refuses_another_kind(tin
                  "--out", str(tmp_path / "hi"), *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "malmen" in err[0] and "mend" in err[0]
+
+
+def test_meta_training_init_from_continues_the_checkpoint_without_recalibrating(tiny_dirs, tiny_llama, tmp_path):
+    import json
+
+    from test_lifelong import _write_requests
+
+    from hyperedit.cli import main
+    from hyperedit.editors.malmen import MalmenEditor
+
+    source = _trained_like_malmen(tiny_llama, tmp_path / "malmen", [2, 3])
+    data = tmp_path / "edits.jsonl"
+    _write_requests(data, 6)
+    meta_lr = 1e-3
+    assert main(["train", "-q", "--editor", "malmen", "--model", str(tiny_dirs["llama"]), "--train", str(data),
+                 "--out", str(tmp_path / "run"), "--layers", "0-3", "--steps", "1", "--n-edits", "2",
+                 "--val-size", "2", "--meta-lr", str(meta_lr), "--lambda-init", "trace",
+                 "--init-from", str(tmp_path / "malmen")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r.get("split") == "calibration"]
+    trained = MalmenEditor.from_checkpoint(tmp_path / "run")
+    assert trained.config.layers == [2, 3] and trained.config.rank == 4
+    # one Adam step moves every parameter by at most its step size from the checkpoint's value
+    # (lr, log_lambda included: no calibration or trace init replaced them)
+    start = dict(source.nets.named_parameters())
+    moved = max(float((p.detach() - start[n].detach()).abs().max()) for n, p in trained.nets.named_parameters())
+    assert 0 < moved <= meta_lr * 1.01

@@ -5,9 +5,13 @@ import from here, so neither imports the other's internals.
 """
 from __future__ import annotations
 
+import logging
+
 from ..errors import HyperEditError
 from ..outputs import Output, check_paths, start_run_directory
 from ._common import input_paths, parse_overrides, seed_everything
+
+log = logging.getLogger(__name__)
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -65,3 +69,32 @@ def editor_config_from_args(args, entry):
     options = {"layers": parse_layers(args.layers), "rank": args.rank, "n_blocks": args.n_blocks,
                "lr_init": args.lr_init, "lm_batch_size": args.lm_batch_size, **parse_overrides(args)}
     return make_config(entry.config_class, options)
+
+
+# The editor whose trained hypernetwork ``--init-from`` names, per trained editor; None: HiEdit's
+# low level (``--set low=...``).
+WARM_START_SOURCES = {"malmen": "malmen", "mend": "mend", "rledit": "malmen", "hiedit": None}
+
+
+def add_init_from_arg(group) -> None:
+    group.add_argument("--init-from", metavar="DIR",
+                       help="warm start: the hypernetwork starts as this trained editor's (malmen, mend: "
+                            "the same editor, e.g. to go on training a shipped one on more data; rledit, "
+                            "hiedit low=malmen: a MALMEN; hiedit low=mend: a MEND); its layers, rank and "
+                            "blocks are used")
+
+
+def warm_start_source(args, editor_config):
+    """The trained editor named by ``--init-from`` (or None); the hypernetwork shape options of
+    ``editor_config`` (layers, module kind, rank, blocks, token) are set to the checkpoint's."""
+    if not args.init_from:
+        return None
+    from ..editors import get_editor
+
+    wanted = WARM_START_SOURCES[args.editor] or editor_config.low
+    source = get_editor(wanted, checkpoint=args.init_from)
+    for key in ("layers", "module_kind", "rank", "n_blocks", "token"):
+        if getattr(editor_config, key) != getattr(source.config, key):
+            log.info("--init-from: %s = %s (the checkpoint's)", key, getattr(source.config, key))
+            setattr(editor_config, key, getattr(source.config, key))
+    return source

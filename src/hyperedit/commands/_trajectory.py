@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from ._common import load_model_from_args
-from ._training_setup import prepare_training, training_config
+from ._training_setup import prepare_training, training_config, warm_start_source
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,6 @@ def add_trajectory_args(parser) -> None:
                    help="every per-module edit lr starts at this value (after --init-from; not on --resume)")
     g.add_argument("--no-baseline", action="store_true",
                    help="hiedit: skip measuring the return of editing every candidate module")
-    g.add_argument("--init-from", metavar="DIR",
-                   help="warm start: the hypernetwork starts as this trained MALMEN (rledit, hiedit low=malmen) "
-                        "or MEND (hiedit low=mend) checkpoint; its layers, rank and blocks are used")
 
 
 def run_trajectory(args) -> int:
@@ -45,7 +42,7 @@ def run_trajectory(args) -> int:
     from ..training.trajectory import TrajectoryConfig, TrajectoryTrainer
 
     entry, editor_config = prepare_training(args)
-    source = _warm_start_source(args, editor_config)
+    source = warm_start_source(args, editor_config)
     config = training_config(TrajectoryConfig, steps=args.steps, traj_len=args.traj_len, n_edits=args.n_edits,
                              trajectories_per_step=args.trajectories_per_step,
                              back_depth=args.back_depth, gamma=args.gamma, loc_coef=args.loc_coef,
@@ -74,22 +71,3 @@ def run_trajectory(args) -> int:
     print(f"trained {args.editor} for {trainer.step} steps -> {args.out} (last loss {last.get('loss', float('nan')):.3f})")
     print(f"use it: hyperedit lifelong --editor {args.editor} --checkpoint {args.out} --run-dir RUN --model {args.model}")
     return 0
-
-
-WARM_START_SOURCES = {"rledit": "malmen", "hiedit": None}  # None: the source is HiEdit's low level
-
-
-def _warm_start_source(args, editor_config):
-    """The trained editor named by ``--init-from`` (or None); the hypernetwork shape options of
-    ``editor_config`` (layers, module kind, rank, blocks, token) are set to the checkpoint's."""
-    if not args.init_from:
-        return None
-    from ..editors import get_editor
-
-    wanted = WARM_START_SOURCES[args.editor] or editor_config.low
-    source = get_editor(wanted, checkpoint=args.init_from)
-    for key in ("layers", "module_kind", "rank", "n_blocks", "token"):
-        if getattr(editor_config, key) != getattr(source.config, key):
-            log.info("--init-from: %s = %s (the checkpoint's)", key, getattr(source.config, key))
-            setattr(editor_config, key, getattr(source.config, key))
-    return source

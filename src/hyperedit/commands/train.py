@@ -8,7 +8,8 @@ from ..errors import HyperEditError
 from ._common import (add_data_dir_arg, add_model_args, add_nproc_arg, add_overwrite_arg, emit_json, join_ranks,
                       load_model_from_args, relaunch_ranks)
 from ._trajectory import TRAJECTORY_EDITORS, add_trajectory_args, run_trajectory
-from ._training_setup import check_run_paths, prepare_training, training_config
+from ._training_setup import (add_init_from_arg, check_run_paths, prepare_training, training_config,
+                              warm_start_source)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def register(sub) -> None:
     t.add_argument("--ckpt-every", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="torch CPU threads (keep the same value when resuming)")
+    add_init_from_arg(t)
     p.add_argument("--json", action="store_true", help="print the final validation record as JSON")
     add_nproc_arg(p)
     add_trajectory_args(p)  # rledit, hiedit: training over editing trajectories
@@ -84,6 +86,7 @@ def run(args) -> int:
     from ..training.data import fingerprint
 
     entry, editor_config = prepare_training(args)
+    source = warm_start_source(args, editor_config)
     train_config = training_config(MetaTrainConfig, steps=args.steps, n_edits=args.n_edits, meta_lr=args.meta_lr,
                                    lr_meta_lr=args.lr_meta_lr, loc_coef=args.loc_coef,
                                    max_grad_norm=args.max_grad_norm, val_size=args.val_size,
@@ -96,6 +99,9 @@ def run(args) -> int:
     editor = entry.factory.create(editor_config, lm, seed=args.seed)
     info = {"sources": sources, "data": fingerprint(pool), "n_train": len(train), "n_val": len(val),
             "model_name": lm.name}
+    if source is not None:
+        _warm_start(editor, source, lm, train_config, args)
+        info["init_from"] = args.init_from
     log.info("training %s on %s (%d train, %d validation requests), modules %s", args.editor, "+".join(sources),
              len(train), len(val), ", ".join(editor.module_names))
     trainer = MetaTrainer(editor, lm, train, val, train_config, Path(args.out), info)
@@ -110,3 +116,17 @@ def run(args) -> int:
         print(f"trained {args.editor} for {trainer.step} steps -> {args.out} ({summary or 'no validation'})")
         print(f"use it: hyperedit eval --editor {args.editor} --checkpoint {args.out} --model {args.model}")
     return 0
+
+
+def _warm_start(editor, source, lm, train_config, args) -> None:
+    """Start from ``source``'s hypernetwork: its edit lr and ridge are trained values, so the lr
+    calibration and the trace init of the ridge, which would overwrite them, are off."""
+    source.check_model(lm)
+    train_config.calibrate_lr = False
+    if train_config.lambda_init != "zero":
+        log.info("--init-from: --lambda-init %s ignored, the ridge strength is the checkpoint's",
+                 train_config.lambda_init)
+        train_config.lambda_init = "zero"
+    if not args.resume:  # a resumed run restores its own weights
+        editor.warm_start(source)
+        log.info("hypernetwork initialised from the %s checkpoint %s", source.name, args.init_from)

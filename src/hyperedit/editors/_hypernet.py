@@ -205,6 +205,11 @@ class HyperEditor:
     def module_names(self) -> list[str]:
         return self.nets.module_names if self.nets is not None else []
 
+    def warm_start(self, source: "HyperEditor") -> None:
+        """Start training from ``source``'s trained hypernetwork over the same modules (weights,
+        normaliser statistics, edit ``lr`` and ridge strength)."""
+        self.nets.load_state_dict(source.nets.state_dict())
+
     def check_model(self, lm) -> None:
         """Raise HyperEditError unless ``lm`` is the kind of model this editor was trained for."""
         if self.nets is None:

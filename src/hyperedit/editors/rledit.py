@@ -87,10 +87,6 @@ class RLEditEditor(MalmenEditor):
         grad_shifts = {n: grads[n] + 2 * reg_coef * proposal.shifts[n] for n in self.module_names}
         self.backward(proposal.state["cache"], proposal.state["acc"], proposal.shifts, grad_shifts)
 
-    def warm_start(self, source: MalmenEditor) -> None:
-        """Start trajectory training from a trained MALMEN hypernetwork over the same modules."""
-        self.nets.load_state_dict(source.nets.state_dict())
-
     def load_weights(self, folder: str | Path) -> None:
         """Load network weights saved by ``save`` into this editor."""
         self.nets.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)))
