@@ -53,6 +53,7 @@ def summarise(run: Path) -> dict:
     return {"editor": trainer["editor"], "model": model, "run": str(run), "steps": trainer["step"],
             "train_config": trainer["train_config"], "editor_config": trainer["editor_config"],
             "sources": trainer.get("sources"), "n_train": trainer.get("n_train"), "n_val": trainer.get("n_val"),
+            "init_from": trainer.get("init_from"),
             "cpu_seconds_train_steps": round(sum(r.get("cpu_seconds", 0) for r in train), 1),
             "wall_seconds_train_steps": round(sum(r.get("seconds", 0) for r in train), 1),
             "run_config": trainer.get("run_config"),
@@ -133,7 +134,8 @@ def report(summaries: list[dict], commands: list[str], name: str, tag: str = "")
                   f"- layers {ecfg['layers'][0]}-{ecfg['layers'][-1]} ({ecfg['module_kind']}), rank {ecfg['rank']}, "
                   f"{ecfg['n_blocks']} blocks; {s['steps']} steps of {cfg['n_edits']} facts, meta_lr {cfg['meta_lr']}, "
                   f"lr_meta_lr {cfg['lr_meta_lr']}, loc_coef {cfg['loc_coef']}, max_grad_norm {cfg['max_grad_norm']}",
-                  f"- calibrated initial edit lr: {s['calibrated_lr']:.3g}",
+                  (f"- calibrated initial edit lr: {s['calibrated_lr']:.3g}" if s["calibrated_lr"] is not None else
+                   f"- started from the trained editor {s['init_from']} (no lr calibration)"),
                   f"- training steps: {s['cpu_seconds_train_steps'] / 60:.1f} CPU min "
                   f"({s['wall_seconds_train_steps'] / 60:.1f} wall min on the shared machine); validations and "
                   "calibration come on top", "",
