@@ -98,3 +98,13 @@ def warm_start_source(args, editor_config):
             log.info("--init-from: %s = %s (the checkpoint's)", key, getattr(source.config, key))
             setattr(editor_config, key, getattr(source.config, key))
     return source
+
+
+def apply_warm_start(editor, source, lm, args, info: dict) -> None:
+    """Check ``source`` fits ``lm``, record it in ``info`` and, unless resuming (a resumed run
+    restores its own weights), start ``editor`` from its hypernetwork."""
+    source.check_model(lm)
+    info["init_from"] = args.init_from
+    if not args.resume:
+        editor.warm_start(source)
+        log.info("hypernetwork initialised from the %s checkpoint %s", source.name, args.init_from)

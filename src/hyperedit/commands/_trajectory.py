@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from ._common import load_model_from_args
-from ._training_setup import prepare_training, training_config, warm_start_source
+from ._training_setup import apply_warm_start, prepare_training, training_config, warm_start_source
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,7 @@ def run_trajectory(args) -> int:
     editor = entry.factory.create(editor_config, lm, seed=args.seed)
     info = {"sources": sources, "data": fingerprint(pool), "model_name": lm.name}
     if source is not None:
-        source.check_model(lm)
-        info["init_from"] = args.init_from
-        if not args.resume:  # a resumed run restores its own weights
-            editor.warm_start(source)
-            log.info("hypernetwork initialised from the %s checkpoint %s", source.name, args.init_from)
+        apply_warm_start(editor, source, lm, args, info)
     log.info("trajectory training of %s on %s, candidate modules %s", args.editor, "+".join(sources),
              ", ".join(editor.module_names))
     trainer = TrajectoryTrainer(editor, lm, pool, config, Path(args.out), info)

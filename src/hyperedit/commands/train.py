@@ -8,7 +8,7 @@ from ..errors import HyperEditError
 from ._common import (add_data_dir_arg, add_model_args, add_nproc_arg, add_overwrite_arg, emit_json, join_ranks,
                       load_model_from_args, relaunch_ranks)
 from ._trajectory import TRAJECTORY_EDITORS, add_trajectory_args, run_trajectory
-from ._training_setup import (add_init_from_arg, check_run_paths, prepare_training, training_config,
+from ._training_setup import (add_init_from_arg, apply_warm_start, check_run_paths, prepare_training, training_config,
                               warm_start_source)
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ def run(args) -> int:
     info = {"sources": sources, "data": fingerprint(pool), "n_train": len(train), "n_val": len(val),
             "model_name": lm.name}
     if source is not None:
-        _warm_start(editor, source, lm, train_config, args)
-        info["init_from"] = args.init_from
+        _keep_trained_lr_and_ridge(train_config)
+        apply_warm_start(editor, source, lm, args, info)
     log.info("training %s on %s (%d train, %d validation requests), modules %s", args.editor, "+".join(sources),
              len(train), len(val), ", ".join(editor.module_names))
     trainer = MetaTrainer(editor, lm, train, val, train_config, Path(args.out), info)
@@ -118,15 +118,11 @@ def run(args) -> int:
     return 0
 
 
-def _warm_start(editor, source, lm, train_config, args) -> None:
-    """Start from ``source``'s hypernetwork: its edit lr and ridge are trained values, so the lr
-    calibration and the trace init of the ridge, which would overwrite them, are off."""
-    source.check_model(lm)
+def _keep_trained_lr_and_ridge(train_config) -> None:
+    """With ``--init-from`` the edit lr and ridge are trained values: the lr calibration and the
+    trace init of the ridge, which would overwrite them, are off."""
     train_config.calibrate_lr = False
     if train_config.lambda_init != "zero":
         log.info("--init-from: --lambda-init %s ignored, the ridge strength is the checkpoint's",
                  train_config.lambda_init)
         train_config.lambda_init = "zero"
-    if not args.resume:  # a resumed run restores its own weights
-        editor.warm_start(source)
-        log.info("hypernetwork initialised from the %s checkpoint %s", source.name, args.init_from)
