@@ -269,3 +269,14 @@ def test_frozen_prefix_trajectory_equals_full_passes(tiny_llama, tmp_path, fixtu
     assert len(out[True][1]) == len(out[False][1])
     for a, b in zip(out[True][1], out[False][1]):
         assert _relative_error(a, b) < 1e-3  # float32 passes from a cached hidden state vs the whole model
+
+
+def test_rounds_remember_the_keys_of_an_edit_once(tiny_llama, fixture_corpus):
+    once = _editor(MalmenEditor, MalmenConfig, tiny_llama, nullspace=True, solve_dtype="float64")
+    twice = _editor(MalmenEditor, MalmenConfig, tiny_llama, nullspace=True, solve_dtype="float64", rounds=2)
+    batch = requests(4)
+    once.edit(tiny_llama, batch)
+    twice.edit(tiny_llama, batch)
+    assert once.keys.n_edits == twice.keys.n_edits == 4
+    for name in once.module_names:
+        torch.testing.assert_close(twice.keys.get(name), once.keys.get(name), rtol=1e-12, atol=0.0)

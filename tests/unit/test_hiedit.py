@@ -133,3 +133,17 @@ def test_shift_scale_scales_only_the_chosen_shifts(tiny_llama, tmp_path):
     assert all(torch.allclose(half.shifts[n], 0.5 * full.shifts[n], rtol=1e-5, atol=1e-8) for n in full.shifts)
     with pytest.raises(HyperEditError, match="cannot override top_k"):
         get_editor("hiedit", checkpoint=str(tmp_path / "ck"), top_k=3)
+
+
+def test_rounds_edit_the_model_the_earlier_rounds_left(tiny_llama):
+    editor = _editor(tiny_llama, lr_init=0.5)
+    batch = requests(2)
+    first = editor.edit(tiny_llama, batch)
+    with first.applied(tiny_llama.model):
+        second = editor.edit(tiny_llama, batch)
+    editor.config.rounds = 2
+    both = editor.edit(tiny_llama, batch)
+    assert both.meta["n_candidates"] == 4 and set(both.shifts) == set(first.shifts) | set(second.shifts)
+    for name, shift in both.shifts.items():  # float32 round-off of two solves
+        expected = sum(d.shifts[name] for d in (first, second) if name in d.shifts)
+        assert float((shift - expected).norm() / expected.norm()) < 1e-5

@@ -174,3 +174,37 @@ def test_least_squares_keeps_each_facts_value_change_where_the_sum_interferes(ti
     ls_residual = float((keys @ ls_shift - diffs).norm() / diffs.norm())
     sum_residual = float((keys @ mend_shifts[name] - diffs).norm() / diffs.norm())
     assert ls_residual < 1e-3 < 0.1 < sum_residual
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("editor_class, config_class", EDITORS)
+def test_each_round_edits_the_model_the_earlier_rounds_left_and_adds_its_shifts(editor_class, config_class,
+                                                                               tiny_llama):
+    requests = facts(5)
+    editor = ready_editor(editor_class, config_class, tiny_llama, requests)
+    before = _state(tiny_llama.model)
+    first = editor.edit(tiny_llama, requests)
+    with first.applied(tiny_llama.model):
+        second = editor.edit(tiny_llama, requests)
+    editor.config.rounds = 2
+    both = editor.edit(tiny_llama, requests)
+    after = _state(tiny_llama.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert both.meta["config"]["rounds"] == 2 and both.meta["n_requests"] == 5
+    for name, shift in both.shifts.items():  # float32 round-off of two solves
+        assert _relative(second.shifts[name], first.shifts[name]) > 1e-2  # the second round is another step
+        assert _relative(shift, first.shifts[name] + second.shifts[name]) < 1e-5
+
+
+def test_rounds_is_a_runtime_option_and_checked(tiny_llama, tmp_path):
+    requests = facts(3)
+    ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests).save(tmp_path / "ckpt")
+    loaded = get_editor("malmen", checkpoint=str(tmp_path / "ckpt"), lm=tiny_llama, rounds=3)
+    assert loaded.config.rounds == 3
+    for bad, message in ((0, "rounds must be >= 1"), (1.5, "expected int")):
+        with pytest.raises(HyperEditError, match=message) as info:
+            get_editor("malmen", checkpoint=str(tmp_path / "ckpt"), rounds=bad)
+        assert "\n" not in str(info.value)

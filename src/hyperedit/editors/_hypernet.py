@@ -50,6 +50,9 @@ class HyperEditorConfig:
     ``online_norm`` (our extension for lifelong streams): each edit first merges its keys and value
     gradients into the hypernetwork's running normalisers, as trajectory training does, so the
     normalisers follow the model the stream has edited; their state is part of the stream state.
+    ``rounds`` (our extension): edit the same requests that many times, each round on the model
+    with the earlier rounds' shifts applied, and write the sum (see ``HyperEditor.edit``); each
+    round costs one more LM pass.
     """
 
     layers: list[int] | None = None
@@ -62,8 +65,9 @@ class HyperEditorConfig:
     net_batch_size: int = 4096
     shift_scale: float = 1.0
     online_norm: bool = False
+    rounds: int = 1
 
-    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale", "online_norm")  # may differ from the checkpoint's values
+    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale", "online_norm", "rounds")  # may differ from the checkpoint's values
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -78,6 +82,8 @@ class HyperEditorConfig:
             raise ValueError("lm_batch_size and net_batch_size must be >= 1")
         if not self.shift_scale > 0:
             raise ValueError("shift_scale must be > 0")
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
 
 
 def resolve_layers(adapter, layers: list[int] | None) -> list[int]:
@@ -117,6 +123,28 @@ def token_slices(n: int, size: int):
     """Slices covering range(n) in consecutive pieces of at most ``size``."""
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
+
+
+def edit_in_rounds(editor, lm, requests: Sequence[EditRequest]) -> EditDelta:
+    """The edit of a hypernetwork editor (``check_model``, ``edit_round``, ``config.rounds``);
+    the model is left unchanged.
+
+    With ``rounds`` > 1 each further round computes the shifts of the same requests on the model
+    with the earlier rounds' shifts applied (temporarily) and adds them: a fact the earlier rounds
+    wrote has a small gradient and is barely moved again, one they missed gets another step. Keys
+    are remembered (``nullspace``) and normalisers updated (``online_norm``) in the first round
+    only, so a stream's state changes once per edit.
+    """
+    editor.check_model(lm)
+    if not requests:
+        raise HyperEditError("no requests to edit")
+    shifts, meta = editor.edit_round(lm, requests, first=True)
+    for _ in range(1, editor.config.rounds):
+        with EditDelta.from_in_out(lm.adapter, shifts, editor=editor.name).applied(lm.model):
+            more, _ = editor.edit_round(lm, requests, first=False)
+        shifts = {name: shifts.get(name, 0) + more.get(name, 0) for name in {**shifts, **more}}
+    return EditDelta.from_in_out(lm.adapter, shifts, editor=editor.name, config=asdict(editor.config),
+                                 n_requests=len(requests), **meta)
 
 
 # ----- least squares: the normal equation and its closed-form gradient -------------------
@@ -232,7 +260,12 @@ class HyperEditor:
 
     # ----- editing -------------------------------------------------------------------------
     def edit(self, lm, requests: Sequence[EditRequest]) -> EditDelta:
-        """Shifts for all ``requests`` at once, streamed in chunks; the model is left unchanged.
+        """Shifts for all ``requests`` at once, in ``rounds``; the model is left unchanged."""
+        return edit_in_rounds(self, lm, requests)
+
+    def edit_round(self, lm, requests: Sequence[EditRequest], first: bool) -> tuple[dict[str, torch.Tensor], dict]:
+        """One round of ``edit``: (d_in, d_out) shifts of every module, streamed in chunks, and
+        extra delta metadata.
 
         In a data-parallel run (``hyperedit.distributed``) each rank takes its share of the
         requests and the accumulated sums are all-reduced before the solve, so every rank returns
@@ -240,9 +273,6 @@ class HyperEditor:
         """
         from ..progress import progress
 
-        self.check_model(lm)
-        if not requests:
-            raise HyperEditError("no requests to edit")
         world = current_world()
         if len(requests) < world.size:
             raise HyperEditError(f"{len(requests)} requests cannot be shared by {world.size} ranks")
@@ -251,7 +281,7 @@ class HyperEditor:
         self.prepare(lm)
         acc = self.new_accumulator()
         chunks = list(iter_chunks(shard(list(requests), world), self.config.lm_batch_size))
-        online = self.config.online_norm
+        online = self.config.online_norm and first
         if online and world.size > 1:
             raise HyperEditError("online_norm is not supported in a data-parallel run")
         held = []  # online_norm: every chunk's cache, accumulated after the normalisers saw them all
@@ -268,9 +298,9 @@ class HyperEditor:
         all_reduce_sum_(accumulator_tensors(acc, names), world)
         with torch.no_grad():
             shifts = scale_shifts(self.finish(acc), self.config.shift_scale)
-        self.remember_keys(acc, len(requests))
-        return EditDelta.from_in_out(adapter, shifts, editor=self.name, config=asdict(self.config),
-                                     n_requests=len(requests))
+        if first:
+            self.remember_keys(acc, len(requests))
+        return shifts, {}
 
     def _accumulate_cache(self, acc: dict, cache: Cache) -> None:
         with torch.no_grad():

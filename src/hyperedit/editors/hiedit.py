@@ -21,7 +21,7 @@ from ..delta import EditDelta
 from ..distributed import World
 from ..errors import HyperEditError
 from ..nets.policy import LayerPolicy
-from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, scale_shifts
+from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, edit_in_rounds, scale_shifts
 from .base import make_config, register_editor
 from .malmen import DirectionOptions, MalmenConfig, MalmenEditor
 from .mend import MendConfig, MendEditor
@@ -91,15 +91,19 @@ class HiEditEditor:
         return self.policy({n: torch.cat(cache[n], dim=-1) for n in self.module_names})
 
     def edit(self, lm, requests) -> EditDelta:
-        """Shifts of the policy's top-k modules only; the model is left unchanged."""
+        """Shifts of the policy's top-k modules, in ``rounds``; the model is left unchanged."""
+        return edit_in_rounds(self, lm, requests)
+
+    def check_model(self, lm) -> None:
         self.low.check_model(lm)
-        if not requests:
-            raise HyperEditError("no requests to edit")
+
+    def edit_round(self, lm, requests, first: bool) -> tuple[dict[str, torch.Tensor], dict]:
+        """Shifts of the policy's top-k modules only (one round of ``HyperEditor.edit``)."""
         self.policy.to(lm.device).eval()
         self.low.nets.to(lm.device).eval()
         self.low.prepare(lm)
         cache = cache_requests(lm.adapter, list(requests), self.module_names, self.config.token)
-        if self.config.online_norm:
+        if self.config.online_norm and first:
             self.update_normalizers(cache)
         with torch.no_grad():
             mask, _ = self.select(cache)
@@ -108,10 +112,9 @@ class HiEditEditor:
             for name in chosen:
                 self.low.accumulate(acc, name, *cache[name])
             shifts = scale_shifts(self.low.finish(acc), self.config.shift_scale)
-        # every candidate's keys are kept, chosen or not: a later edit of that module must keep them
-        self.low.remember_keys({n: [k.double().T @ k.double()] for n, (k, _) in cache.items()}, len(requests))
-        return EditDelta.from_in_out(lm.adapter, shifts, editor=self.name, config=asdict(self.config),
-                                     n_requests=len(requests), n_candidates=len(self.module_names))
+        if first:  # every candidate's keys are kept, chosen or not: a later edit of that module must keep them
+            self.low.remember_keys({n: [k.double().T @ k.double()] for n, (k, _) in cache.items()}, len(requests))
+        return shifts, {"n_candidates": len(self.module_names)}
 
     # ----- trajectory protocol (training.trajectory) -------------------------------------------
     def parameters(self):
