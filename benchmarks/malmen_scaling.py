@@ -57,7 +57,9 @@ def _editor(name: str, args, lm, n: int):
     from hyperedit.editors import get_editor
 
     if name in ("malmen", "mend"):
-        return get_editor(name, checkpoint=getattr(args, name), lm=lm), {}
+        from hyperedit.commands._common import parse_overrides
+
+        return get_editor(name, checkpoint=getattr(args, name), lm=lm, **parse_overrides(args)), {}
     steps = args.ft_steps if n <= args.ft_full_max else args.ft_steps_large
     return get_editor("ft", steps=steps), {"ft_steps": steps}
 
@@ -194,6 +196,8 @@ def main() -> None:
     parser.add_argument("--datasets", default="counterfact:val,zsre:knowedit-test")
     parser.add_argument("--sizes", type=parse_sizes, default="16,64,256,1024", help="comma-separated; 'all' = the whole split")
     parser.add_argument("--editors", default="malmen,mend,ft")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="runtime option of the MALMEN/MEND checkpoint, e.g. --set rounds=2; repeatable")
     parser.add_argument("--eval-subset", type=int, default=256, help="score at most this many edited requests")
     parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--ft-steps", type=int, default=25, help="ft steps up to --ft-full-max facts")
