@@ -279,4 +279,4 @@ def test_rounds_remember_the_keys_of_an_edit_once(tiny_llama, fixture_corpus):
     twice.edit(tiny_llama, batch)
     assert once.keys.n_edits == twice.keys.n_edits == 4
     for name in once.module_names:
-        torch.testing.assert_close(twice.keys.get(name), once.keys.get(name), rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(twice.keys.get(name), once.keys.get(name), rtol=1e-5, atol=1e-8)  # twice remembered would be 2x

@@ -51,7 +51,7 @@ class HyperEditorConfig:
     gradients into the hypernetwork's running normalisers, as trajectory training does, so the
     normalisers follow the model the stream has edited; their state is part of the stream state.
     ``rounds`` (our extension): edit the same requests that many times, each round on the model
-    with the earlier rounds' shifts applied, and write the sum (see ``HyperEditor.edit``); each
+    with the earlier rounds' shifts applied, and write the sum (see ``edit_in_rounds``); each
     round costs one more LM pass.
     """
 

@@ -98,7 +98,7 @@ class HiEditEditor:
         self.low.check_model(lm)
 
     def edit_round(self, lm, requests, first: bool) -> tuple[dict[str, torch.Tensor], dict]:
-        """Shifts of the policy's top-k modules only (one round of ``HyperEditor.edit``)."""
+        """Shifts of the policy's top-k modules only (one round of ``edit_in_rounds``)."""
         self.policy.to(lm.device).eval()
         self.low.nets.to(lm.device).eval()
         self.low.prepare(lm)
