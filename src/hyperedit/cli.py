@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # for commands that re-launch themselves
     _configure_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        if rc == 0 and "torch.distributed" in sys.modules:  # torchrun ranks leave together
+            from .distributed import leave_process_group
+
+            leave_process_group()
+        return rc
     except HyperEditError as exc:
         print(f"hyperedit: error: {exc}", file=sys.stderr)
         return 2

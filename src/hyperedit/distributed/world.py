@@ -35,6 +35,11 @@ class World:
         return self.rank == 0
 
 
+def _destroy_if_initialized() -> None:
+    if dist.is_initialized():  # not yet left by leave_process_group
+        dist.destroy_process_group()
+
+
 def current_world() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size())
@@ -56,10 +61,23 @@ def init_from_environment(device: str = "cpu") -> World:
         if backend == "nccl":  # one GPU per rank; nccl's collectives run on the current device
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
-        atexit.register(dist.destroy_process_group)
+        atexit.register(_destroy_if_initialized)
     world = current_world()
     log.debug("rank %d of %d", world.rank, world.size)
     return world
+
+
+def leave_process_group() -> None:
+    """Leave the process group together: wait for every rank, then tear gloo/nccl down.
+
+    Called after a command succeeded. A rank that tears its connections down while another is
+    still sending (e.g. rank 0 writing the last checkpoint) can abort in gloo's teardown
+    ("terminate called without an active exception"), failing a run that finished. On errors
+    the ``atexit`` teardown runs without the barrier, so a failing rank never waits on the others.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank_device(device: str, world: World) -> str:
