@@ -116,29 +116,72 @@ def iter_chunks(items: list, size: int):
         yield items[start:start + size]
 
 
+TOKEN_SITES = ("ans", "all", "subject")
+
+
+def subject_token_index(adapter: ModelAdapter, text: str, subject: str | None, start: int = 0) -> int:
+    """Index of the last token of ``subject`` (first occurrence at or after char ``start``) in the
+    tokenised (formatted) ``text``; the last token when ``subject`` is None. ValueError when the
+    subject does not occur."""
+    tok = adapter.tokenizer
+    formatted = adapter.format_prompt(text)
+    ids = tok(formatted, add_special_tokens=True)["input_ids"]
+    if subject is None:
+        return len(ids) - 1
+    where = text.find(subject, start)
+    if where < 0:
+        raise ValueError(f"subject {subject!r} not found in prompt {text!r}")
+    end = formatted.find(text) + where + len(subject)
+    if getattr(tok, "is_fast", False):
+        offsets = tok(formatted, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+        hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end]
+        if hits:
+            return hits[-1]
+    return max(len(tok(formatted[:end], add_special_tokens=True)["input_ids"]) - 1, 0)
+
+
+def site_mask(adapter: ModelAdapter, batch: dict, token: str, prompts: list[str],
+              subjects: list[str | None] | None) -> torch.Tensor:
+    """(batch, seq) bool: where an editor reads keys and value gradients. ``"ans"``: the positions
+    that predict a target token (where the loss is); ``"all"``: every non-padding token;
+    ``"subject"``: the last subject token of each prompt (MEMIT's key site; the last prompt token
+    when a request has no subject), one position per example."""
+    if token == "ans":
+        return prediction_mask(batch["labels"], adapter.is_seq2seq)
+    if token == "all":
+        return batch["attention_mask"].bool() if not adapter.is_seq2seq else batch["labels"] != -100
+    if adapter.is_seq2seq:
+        raise ValueError("token='subject' supports decoder-only models")
+    subjects = subjects if subjects is not None else [None] * len(prompts)
+    mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+    for i, (prompt, subject) in enumerate(zip(prompts, subjects)):
+        mask[i, subject_token_index(adapter, prompt, subject if subject and subject in prompt else None)] = True
+    return mask
+
+
 def cache_keys_and_value_grads(adapter: ModelAdapter, prompts: list[str], targets: list[str],
                                module_names: list[str], chunk_size: int = 16, token: str = "ans",
-                               device=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                               device=None, subjects: list[str | None] | None = None,
+                               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Keys (module inputs) and value gradients (dLoss/d module output) of the edit loss.
 
-    ``token="ans"`` keeps the positions that predict a target token (where the loss is), ``"all"``
-    every non-padding token. Returns ``{module: (K (n_tokens, d_in), G (n_tokens, d_out))}``; the
-    loss is the per-example mean target cross-entropy summed over examples, so each example's
-    gradient does not depend on how examples are chunked.
+    ``token`` picks the positions (``site_mask``; ``"subject"`` reads ``subjects``). Returns
+    ``{module: (K (n_rows, d_in), G (n_rows, d_out))}``; the loss is the per-example mean target
+    cross-entropy summed over examples, so each example's gradient does not depend on how examples
+    are chunked.
     """
     from .hooks import capture
 
-    if token not in ("ans", "all"):
-        raise ValueError("token must be 'ans' or 'all'")
+    if token not in TOKEN_SITES:
+        raise ValueError(f"token must be one of {', '.join(TOKEN_SITES)}")
     device = device or next(adapter.model.parameters()).device
-    pairs = list(zip(prompts, targets))
+    subjects = list(subjects) if subjects is not None else [None] * len(prompts)
+    rows = list(zip(prompts, targets, subjects))
     with trainable_weights(adapter, module_names), capture(adapter.model, module_names) as cap:
-        for chunk in iter_chunks(pairs, chunk_size):
-            batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
-            if token == "ans":
-                cap.mask = prediction_mask(batch["labels"], adapter.is_seq2seq)
-            else:
-                cap.mask = batch["attention_mask"].bool() if not adapter.is_seq2seq else batch["labels"] != -100
+        for chunk in iter_chunks(rows, chunk_size):
+            batch = adapter.encode([p for p, _, _ in chunk], [t for _, t, _ in chunk], device=device)
+            cap.mask = site_mask(adapter, batch, token, [p for p, _, _ in chunk], [s for _, _, s in chunk]).to(
+                batch["input_ids"].device)
             out = target_logits(adapter, batch)
             loss = out.per_example_mean(out.token_nll()).sum()
             loss.backward()

@@ -47,11 +47,13 @@ def test_prefix_pass_gives_the_full_model_logits(tiny_decoder):
     assert "forward" not in vars(adapter.get_module("model.layers.0"))
 
 
-@pytest.mark.parametrize("editor_class,config_class", [(MalmenEditor, MalmenConfig), (MendEditor, MendConfig)])
-def test_cached_training_step_equals_the_uncached_step(tiny_decoder, tmp_path, editor_class, config_class):
-    facts = synthetic_facts()[:40]
-    editor = editor_class.create(config_class(layers=[2, 3], rank=4, lm_batch_size=5, lr_init=1e-1), tiny_decoder,
-                                 seed=1)
+@pytest.mark.parametrize("editor_class,config_class,token", [(MalmenEditor, MalmenConfig, "ans"),
+                                                              (MendEditor, MendConfig, "ans"),
+                                                              (MalmenEditor, MalmenConfig, "subject")])
+def test_cached_training_step_equals_the_uncached_step(tiny_decoder, tmp_path, editor_class, config_class, token):
+    facts = [dataclasses.replace(r, subject=" ".join(r.prompt.split()[:2])) for r in synthetic_facts()[:40]]
+    editor = editor_class.create(config_class(layers=[2, 3], rank=4, lm_batch_size=5, lr_init=1e-1, token=token),
+                                 tiny_decoder, seed=1)
     trainers = {}
     for cached in (False, True):
         config = MetaTrainConfig(steps=1, n_edits=12, val_size=0, fact_cache=cached, cache_dir="", calibrate_lr=False)

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hyperedit.lm import (cache_keys_and_value_grads, iter_chunks, prediction_mask, target_logits,
-                          target_token_mask, trainable_weights)
+from hyperedit.lm import (cache_keys_and_value_grads, iter_chunks, prediction_mask, subject_token_index,
+                          target_logits, target_token_mask, trainable_weights)
 
 PROMPTS = ["the eiffel tower is located in the city of", "john plays", "the capital of japan is",
            "mary speaks", "the louvre museum is in"]
@@ -112,7 +112,31 @@ def test_cache_keys_and_value_grads_match_single_example(tiny_llama):
 def test_cache_rejects_bad_token(tiny_llama):
     with pytest.raises(ValueError, match="token"):
         cache_keys_and_value_grads(tiny_llama.adapter, PROMPTS, TARGETS, [tiny_llama.adapter.module_name(0)],
-                                   token="subject")
+                                   token="nowhere")
+
+
+def test_subject_site_reads_the_last_subject_token_of_each_prompt(tiny_llama):
+    """token="subject": one row per example, the keys and value gradients of the "all" site at the
+    last subject token (the last prompt token without a subject, or when it does not occur)."""
+    adapter = tiny_llama.adapter
+    subjects = ["eiffel tower", None, "japan", "mary", "not in the prompt"]
+    names = adapter.module_names([0, adapter.num_layers - 1])
+    site = cache_keys_and_value_grads(adapter, PROMPTS, TARGETS, names, chunk_size=2, token="subject",
+                                      subjects=subjects)
+    every = cache_keys_and_value_grads(adapter, PROMPTS, TARGETS, names, chunk_size=8, token="all")
+    lengths = adapter.encode(PROMPTS, TARGETS)["attention_mask"].sum(1).tolist()
+    starts = [sum(lengths[:i]) for i in range(len(PROMPTS))]
+    picked = []
+    for start, prompt, subject in zip(starts, PROMPTS, subjects):
+        picked.append(start + subject_token_index(adapter, prompt, subject if subject and subject in prompt else None))
+    assert picked[0] - starts[0] == len(tiny_llama.tokenizer("the eiffel tower")["input_ids"]) - 1
+    assert picked[1] - starts[1] == len(tiny_llama.tokenizer(PROMPTS[1])["input_ids"]) - 1
+    for name in names:
+        k, g = site[name]
+        assert k.shape[0] == g.shape[0] == len(PROMPTS)
+        torch.testing.assert_close(k, every[name][0][picked], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, every[name][1][picked], rtol=1e-5, atol=1e-6)
+        assert g.abs().sum() > 0
 
 
 def test_trainable_weights(tiny_llama):

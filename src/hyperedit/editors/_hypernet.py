@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from ..delta import EditDelta
 from ..distributed import World, all_reduce_sum_, current_world, shard
 from ..errors import HyperEditError
-from ..lm import cache_keys_and_value_grads, iter_chunks
+from ..lm import TOKEN_SITES, cache_keys_and_value_grads, iter_chunks
 from ..nets import HyperNets
 from ..requests import EditRequest
 from ._nullspace import KeyState
@@ -43,7 +43,10 @@ class HyperEditorConfig:
 
     ``layers``: edited layers (MLP ``module_kind`` projections); None means the last
     ``DEFAULT_NUM_LAYERS`` layers. ``rank``/``n_blocks`` shape the hypernetwork; ``lr_init`` is the
-    initial per-module learning rate. ``lm_batch_size`` requests per LM pass and
+    initial per-module learning rate. ``token``: where keys and value gradients are read
+    (``hyperedit.lm.site_mask``): ``ans`` (the positions predicting the target, the papers'
+    choice), ``all``, or ``subject`` (our extension: the last subject token, one row per fact, where
+    MEMIT reads its keys). ``lm_batch_size`` requests per LM pass and
     ``net_batch_size`` tokens per hypernetwork pass only change speed and memory, not results.
     ``shift_scale`` multiplies the shifts an edit writes (1.0: as trained). Training never uses
     it; it lets a stream apply a trained hypernetwork with smaller steps than it was trained for.
@@ -76,8 +79,8 @@ class HyperEditorConfig:
                 raise ValueError("layers must be a non-empty list of distinct layer indices")
         if self.rank < 1 or self.n_blocks < 0:
             raise ValueError("rank must be >= 1 and n_blocks >= 0")
-        if self.token not in ("ans", "all"):
-            raise ValueError("token must be 'ans' or 'all'")
+        if self.token not in TOKEN_SITES:
+            raise ValueError(f"token must be one of {', '.join(TOKEN_SITES)}")
         if self.lm_batch_size < 1 or self.net_batch_size < 1:
             raise ValueError("lm_batch_size and net_batch_size must be >= 1")
         if not self.shift_scale > 0:
@@ -100,7 +103,8 @@ def cache_requests(adapter, requests: Sequence[EditRequest], names: list[str], t
     ``device`` (the hypernetwork's) when given, as a model placed over several devices yields them
     on the devices of their layers."""
     raw = cache_keys_and_value_grads(adapter, [r.prompt for r in requests], [r.target for r in requests],
-                                     names, chunk_size=max(1, len(requests)), token=token)
+                                     names, chunk_size=max(1, len(requests)), token=token,
+                                     subjects=[r.subject for r in requests])
     return {name: (k.float().to(device), g.float().to(device)) for name, (k, g) in raw.items()}
 
 

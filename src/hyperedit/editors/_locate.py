@@ -16,6 +16,7 @@ import torch
 from ..delta import EditDelta
 from ..errors import HyperEditError
 from ..hooks import capture, edit_output, stop_after
+from ..lm import subject_token_index
 from ..models import LoadedModel
 from ..requests import EditRequest
 from ._nullspace import null_space_projector  # noqa: F401  (re-exported: AlphaEdit, MetaKE)
@@ -82,23 +83,12 @@ def layer_module(lm: LoadedModel, layer: int) -> str:
 
 # ----- tokens ---------------------------------------------------------------------------------
 def subject_position(lm: LoadedModel, text: str, subject: str | None, start: int = 0) -> int:
-    """Index of the last token of ``subject`` (first occurrence at or after char ``start``) in the
-    tokenised (formatted) ``text``; the last token when there is no subject."""
-    adapter, tok = lm.adapter, lm.tokenizer
-    formatted = adapter.format_prompt(text)
-    ids = tok(formatted, add_special_tokens=True)["input_ids"]
-    if subject is None:
-        return len(ids) - 1
-    where = text.find(subject, start)
-    if where < 0:
-        raise HyperEditError(f"subject {subject!r} not found in prompt {text!r}")
-    end = formatted.find(text) + where + len(subject)
-    if getattr(tok, "is_fast", False):
-        offsets = tok(formatted, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
-        hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end]
-        if hits:
-            return hits[-1]
-    return max(len(tok(formatted[:end], add_special_tokens=True)["input_ids"]) - 1, 0)
+    """Index of the last token of ``subject`` in the tokenised (formatted) ``text``
+    (``hyperedit.lm.subject_token_index``)."""
+    try:
+        return subject_token_index(lm.adapter, text, subject, start)
+    except ValueError as err:
+        raise HyperEditError(str(err)) from None
 
 
 def encode_prompts_right(lm: LoadedModel, texts: Sequence[str], device=None) -> dict[str, torch.Tensor]:

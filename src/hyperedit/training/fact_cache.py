@@ -132,14 +132,15 @@ def build_fact_cache(adapter, requests: list[EditRequest], names: list[str], tok
     counts = []
     for r in requests:
         labels = adapter.encode([r.prompt], [r.target])["labels"][0]
-        counts.append(int((labels != -100).sum()) if token == "ans" else int(labels.numel()))
+        counts.append({"ans": int((labels != -100).sum()), "subject": 1}.get(token, int(labels.numel())))
     lengths = [len(adapter.encode([r.prompt], [r.target])["input_ids"][0]) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: (lengths[i], i))
     per_request: list[dict | None] = [None] * len(requests)
     bar = progress(total=len(requests), desc="keys and value gradients", unit="fact")
     for chunk in iter_chunks(order, batch_size):
         raw = cache_keys_and_value_grads(adapter, [requests[i].prompt for i in chunk],
-                                         [requests[i].target for i in chunk], names, chunk_size=batch_size, token=token)
+                                         [requests[i].target for i in chunk], names, chunk_size=batch_size, token=token,
+                                         subjects=[requests[i].subject for i in chunk])
         start = 0
         for i in chunk:
             part = slice(start, start + counts[i])

@@ -223,7 +223,8 @@ class MetaTrainer:
     def _cache(self, batch) -> dict:
         ecfg = self.editor.config
         raw = cache_keys_and_value_grads(self.lm.adapter, [r.prompt for r in batch], [r.target for r in batch],
-                                         self.editor.module_names, chunk_size=ecfg.lm_batch_size, token=ecfg.token)
+                                         self.editor.module_names, chunk_size=ecfg.lm_batch_size, token=ecfg.token,
+                                         subjects=[r.subject for r in batch])
         return {n: (k.float(), g.float()) for n, (k, g) in raw.items()}
 
     def _update_normalizers(self, cache: dict) -> None:
