@@ -65,8 +65,8 @@ def read_keys(lm, pairs, subjects, names, site: str, batch_size: int = 32):
     ``({name: (rows, d_in)}, owner)`` with ``owner[r]`` the pair index of row r."""
     import torch
 
-    from hyperedit.editors._locate import subject_position
     from hyperedit.hooks import capture
+    from hyperedit.lm import subject_token_index
 
     keys, owner = defaultdict(list), []
     for start in range(0, len(pairs), batch_size):
@@ -77,7 +77,7 @@ def read_keys(lm, pairs, subjects, names, site: str, batch_size: int = 32):
             subject = subjects[start + i]
             pos = None
             if site == "subject" and subject is not None and subject in prompt:
-                pos = subject_position(lm, prompt, subject)
+                pos = subject_token_index(lm.adapter, prompt, subject)
             for p in _positions(batch["labels"][i], site, pos):
                 mask[i, p] = True
                 owner.append(start + i)
