@@ -195,3 +195,10 @@ def test_meta_training_init_from_continues_the_checkpoint_without_recalibrating(
     start = dict(source.nets.named_parameters())
     moved = max(float((p.detach() - start[n].detach()).abs().max()) for n, p in trained.nets.named_parameters())
     assert 0 < moved <= meta_lr * 1.01
+    # the key site is the checkpoint's unless --set token asks for another (the shapes do not depend on it)
+    assert trained.config.token == source.config.token == "ans"
+    assert main(["train", "-q", "--editor", "malmen", "--model", str(tiny_dirs["llama"]), "--train", str(data),
+                 "--out", str(tmp_path / "subject"), "--steps", "1", "--n-edits", "2", "--val-size", "2",
+                 "--set", "token=subject", "--init-from", str(tmp_path / "malmen")]) == 0
+    at_subject = MalmenEditor.from_checkpoint(tmp_path / "subject")
+    assert at_subject.config.token == "subject" and at_subject.config.layers == [2, 3]

@@ -85,15 +85,22 @@ def add_init_from_arg(group) -> None:
 
 
 def warm_start_source(args, editor_config):
-    """The trained editor named by ``--init-from`` (or None); the hypernetwork shape options of
-    ``editor_config`` (layers, module kind, rank, blocks, token) are set to the checkpoint's."""
+    """The trained editor named by ``--init-from`` (or None). The hypernetwork shape options of
+    ``editor_config`` (layers, module kind, rank, blocks) are set to the checkpoint's; the key site
+    (``token``) too, unless ``--set token=...`` asks for another one (the shapes do not depend on
+    it, so a network trained at one site may be trained on at another)."""
     if not args.init_from:
         return None
     from ..editors import get_editor
 
     wanted = WARM_START_SOURCES[args.editor] or editor_config.low
     source = get_editor(wanted, checkpoint=args.init_from)
-    for key in ("layers", "module_kind", "rank", "n_blocks", "token"):
+    keys = ["layers", "module_kind", "rank", "n_blocks"]
+    if "token" in parse_overrides(args):
+        log.info("--init-from: token = %s (given; the checkpoint's is %s)", editor_config.token, source.config.token)
+    else:
+        keys.append("token")
+    for key in keys:
         if getattr(editor_config, key) != getattr(source.config, key):
             log.info("--init-from: %s = %s (the checkpoint's)", key, getattr(source.config, key))
             setattr(editor_config, key, getattr(source.config, key))
