@@ -20,7 +20,7 @@ MEMIT and AlphaEdit read keys). Layers: the shipped editor's (24-29) and the loc
 editors' (4-8). The shipped editor's learned ``e^lambda`` per module sets the ridge relative to the
 mean squared key norm of its rows; every other site/layer set gets the same relative ridge.
 
-    python benchmarks/malmen_leverage.py --out malmen_leverage
+    python benchmarks/malmen_leverage.py --eval-subset 128 --out malmen_leverage
 
 Writes benchmarks/results/<out>.json/.md (one record per dataset x site x layers x N).
 """

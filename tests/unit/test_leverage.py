@@ -1,0 +1,55 @@
+"""The leverage benchmark's solve metrics against the hat matrix computed directly (float64)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "malmen_leverage.py"
+
+
+@pytest.fixture(scope="module")
+def leverage():
+    spec = importlib.util.spec_from_file_location("malmen_leverage", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_self_cross_and_reach_follow_the_hat_matrix(leverage):
+    gen = torch.Generator().manual_seed(0)
+    d, ridge = 6, 0.5
+    owner = torch.tensor([0, 0, 1, 2, 2, 3])  # rows of four facts
+    K = torch.randn(len(owner), d, generator=gen, dtype=torch.float64)
+    para, para_owner = torch.randn(3, d, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 3])
+    loc, loc_owner = torch.randn(4, d, generator=gen, dtype=torch.float64), torch.tensor([0, 0, 1, 2])
+    relations = ["a", "a", "b", "a"]
+    out = leverage.measure((K, owner), (para, para_owner), {"ans": (loc, loc_owner)}, n=3, n_eval=2,
+                           ridge=ridge, relations=relations)
+
+    rows = owner < 3
+    Kn, on = K[rows], owner[rows]
+    H = Kn @ torch.linalg.solve(Kn.T @ Kn + ridge * torch.eye(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64))
+    evaluated = torch.nonzero(on < 2).flatten()
+    hat = H @ Kn.T  # hat[j, i] = weight of row j's value difference on row i's output
+    assert out["self"] == pytest.approx(float(hat.diagonal()[evaluated].mean()), rel=1e-9)
+    cross = [float((hat[:, i].pow(2).sum() - hat[i, i] ** 2).sqrt()) for i in evaluated]
+    assert out["cross"] == pytest.approx(sum(cross) / len(cross), rel=1e-9)
+    W_p = H @ para[para_owner < 2].T
+    own = [float(W_p[on == o, j].sum()) for j, o in enumerate(para_owner[para_owner < 2].tolist())]
+    assert out["para_own"] == pytest.approx(sum(own) / len(own), rel=1e-9)
+    W_l = (H @ loc[loc_owner < 2].T).pow(2).sum(0).sqrt()
+    per_prompt = [max(float(W_l[0]), float(W_l[1])), float(W_l[2])]
+    assert out["loc_reach_ans"] == pytest.approx(sum(per_prompt) / 2, rel=1e-9)
+    # facts 0 and 1 share relation "a"; fact 2 ("b") shares with neither
+    def share(i):
+        mine = relations[int(on[i])]
+        other = [j for j in range(len(on)) if on[j] != on[i]]
+        same = [j for j in other if relations[int(on[j])] == mine]
+        return float(sum(hat[j, i] ** 2 for j in same) / sum(hat[j, i] ** 2 for j in other))
+
+    shares = [share(int(i)) for i in evaluated]
+    assert shares[0] > 0 and shares[-1] > 0
+    assert out["same_relation_share"] == pytest.approx(sum(shares) / len(shares), rel=1e-9)
