@@ -1,21 +1,14 @@
 """The leverage benchmark's solve metrics against the hat matrix computed directly (float64)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "malmen_leverage.py"
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def leverage():
-    spec = importlib.util.spec_from_file_location("malmen_leverage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/malmen_leverage.py")
 
 
 def test_self_cross_and_reach_follow_the_hat_matrix(leverage):

@@ -35,14 +35,9 @@ def test_shipped_checkpoint_is_used_only_for_its_model(tiny_llama, tiny_gpt2, tm
 
 
 def _ship_script():
-    import importlib.util
-    from pathlib import Path
+    from script_loader import load_script
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "ship_editor.py"
-    spec = importlib.util.spec_from_file_location("ship_editor", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/ship_editor.py")
 
 
 def test_ship_script_writes_runtime_settings_and_refuses_trained_ones(tiny_llama, tmp_path, monkeypatch):
