@@ -46,41 +46,30 @@ by the mean squared key norm of the rows solved with (the shipped editor's learn
 `ans` site of layers 24-29, carried over to the other sites)."""
 
 
-def _positions(labels_row, site: str, subject_pos: int | None):
-    """Positions of one encoded (prompt, target) pair for ``site``: ``ans`` the target-predicting
-    ones, ``subject`` the last subject token, ``tokens`` every token but the first (the first is
-    the attention sink, with a key norm up to ten times the others')."""
-    import torch
-
-    if site == "tokens":
-        return list(range(1, int((labels_row != -100).nonzero().max()) + 1))
-    target = torch.nonzero(labels_row != -100).flatten().tolist()
-    if site == "ans":
-        return [p - 1 for p in target]
-    return [subject_pos] if subject_pos is not None else []
-
-
 def read_keys(lm, pairs, subjects, names, site: str, batch_size: int = 32):
-    """Keys of every module in ``names`` at ``site`` (``ans`` or ``subject``) for (prompt, target) ``pairs``; returns
-    ``({name: (rows, d_in)}, owner)`` with ``owner[r]`` the pair index of row r."""
+    """Keys of every module in ``names`` for (prompt, target) ``pairs`` at ``site``: ``ans`` or
+    ``subject`` (``hyperedit.lm.site_mask``; here a pair without its subject in the prompt gives no
+    row), or ``tokens``, every token but the first (the attention sink, whose key norm is up to ten
+    times the others'). Returns ``({name: (rows, d_in)}, owner)``, ``owner[r]`` the pair of row r."""
     import torch
 
     from hyperedit.hooks import capture
-    from hyperedit.lm import subject_token_index
+    from hyperedit.lm import site_mask
 
     keys, owner = defaultdict(list), []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        batch = lm.adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=lm.device)
-        mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
-        for i, (prompt, _) in enumerate(chunk):
-            subject = subjects[start + i]
-            pos = None
-            if site == "subject" and subject is not None and subject in prompt:
-                pos = subject_token_index(lm.adapter, prompt, subject)
-            for p in _positions(batch["labels"][i], site, pos):
-                mask[i, p] = True
-                owner.append(start + i)
+        prompts = [p for p, _ in chunk]
+        batch = lm.adapter.encode(prompts, [t for _, t in chunk], device=lm.device)
+        if site == "tokens":
+            mask = batch["attention_mask"].bool().clone()
+            mask[:, 0] = False
+        else:
+            chunk_subjects = subjects[start:start + len(chunk)]
+            mask = site_mask(lm.adapter, batch, site, prompts, chunk_subjects)
+            if site == "subject":
+                mask[[not (s and s in p) for p, s in zip(prompts, chunk_subjects)]] = False
+        owner += (start + torch.nonzero(mask)[:, 0]).tolist()
         with torch.no_grad(), capture(lm.model, names, grads=False) as cap:
             cap.mask = mask
             lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from ..atomic import atomic_file
 from ..errors import HyperEditError
-from ..lm import cache_keys_and_value_grads, iter_chunks
+from ..lm import cache_keys_and_value_grads, iter_chunks, site_mask
 from ..prefix import PrefixExamples, compute_prefix
 from ..progress import progress
 from ..requests import EditRequest
@@ -129,11 +129,11 @@ def build_fact_cache(adapter, requests: list[EditRequest], names: list[str], tok
                      batch_size: int = 32, prompts: bool = False) -> FactCache:
     """Compute a ``FactCache`` (one forward + backward per request, forwards of its texts)."""
     layer = min(adapter.layer_of(n) for n in names)
-    counts = []
-    for r in requests:
-        labels = adapter.encode([r.prompt], [r.target])["labels"][0]
-        counts.append({"ans": int((labels != -100).sum()), "subject": 1}.get(token, int(labels.numel())))
-    lengths = [len(adapter.encode([r.prompt], [r.target])["input_ids"][0]) for r in requests]
+    counts, lengths = [], []
+    for r in requests:  # rows per request: the positions the key site reads
+        batch = adapter.encode([r.prompt], [r.target])
+        counts.append(int(site_mask(adapter, batch, token, [r.prompt], [r.subject]).sum()))
+        lengths.append(batch["input_ids"].shape[1])
     order = sorted(range(len(requests)), key=lambda i: (lengths[i], i))
     per_request: list[dict | None] = [None] * len(requests)
     bar = progress(total=len(requests), desc="keys and value gradients", unit="fact")
