@@ -50,36 +50,24 @@ scaling benchmarks (teacher-forced token accuracy; LS against the unedited model
 
 
 def gradients(lm, requests, layer: int, batch_size: int = 16):
-    """``(g_subject, g_answer)`` (n, d): gradients of the per-request mean target NLL (bare prompt)
-    at the output of block ``layer``, at the last subject token and summed over answer-predicting
-    positions."""
+    """``(g_subject, g_answer)`` (n, d): the value gradients (``hyperedit.lm``, the edit loss the
+    hypernetwork editors read) of block ``layer``'s MLP output projection, at the last subject token
+    and summed over each request's answer-predicting positions. Where the MLP output joins the
+    residual stream unscaled (Llama, SmolLM2) they are the gradients at the block's output."""
     import torch
 
-    from hyperedit.editors._locate import layer_module, subject_position
-    from hyperedit.hooks import edit_output
-    from hyperedit.lm import prediction_mask, target_logits
+    from hyperedit.lm import cache_keys_and_value_grads, site_mask
 
-    block = layer_module(lm, layer)
-    g_subj, g_ans = [], []
-    for start in range(0, len(requests), batch_size):
-        chunk = requests[start:start + batch_size]
-        batch = lm.adapter.encode([r.prompt for r in chunk], [r.target for r in chunk], device=lm.device)
-        pos = torch.tensor([subject_position(lm, r.prompt, r.subject) for r in chunk])
-        held = {}
-
-        def tap(inputs, out):
-            held["zero"] = torch.zeros_like(out, requires_grad=True)
-            return out + held["zero"]
-
-        with edit_output(lm.model, block, tap):
-            out = target_logits(lm.adapter, batch)
-            loss = out.per_example_mean(out.token_nll()).sum()
-        (grad,) = torch.autograd.grad(loss, held["zero"])
-        grad = grad.float().cpu()
-        mask = prediction_mask(batch["labels"], False).cpu()
-        g_subj.append(grad[torch.arange(len(chunk)), pos])
-        g_ans.append((grad * mask[..., None]).sum(1))
-    return torch.cat(g_subj), torch.cat(g_ans)
+    adapter = lm.adapter
+    module = adapter.module_names([layer], "down")[0]
+    prompts, targets = [r.prompt for r in requests], [r.target for r in requests]
+    subjects = [r.subject for r in requests]
+    _, g_subject = cache_keys_and_value_grads(adapter, prompts, targets, [module], batch_size, token="subject",
+                                              subjects=subjects)[module]
+    _, rows = cache_keys_and_value_grads(adapter, prompts, targets, [module], batch_size, token="ans")[module]
+    counts = [int(site_mask(adapter, adapter.encode([p], [t]), "ans", [p], None).sum()) for p, t in zip(prompts, targets)]
+    g_answer = torch.stack([part.sum(0) for part in rows.split(counts)])
+    return g_subject.float().cpu(), g_answer.float().cpu()
 
 
 def fit_linear(G, R, folds: int = 5):
@@ -116,10 +104,7 @@ def _cos(a, b):
 
 
 def targets_for(lm, editor, requests, cache_path):
-    """MEMIT's targets for ``requests``, read from / added to the target cache at ``cache_path``."""
-    from hyperedit.editors._targets import TargetCache
-
-    editor.target_cache = TargetCache.for_model(lm.model, path=cache_path)
+    """MEMIT's targets for ``requests`` through the editor's target cache, saved to ``cache_path``."""
     targets = editor.targets(lm, requests)
     Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
     editor.target_cache.save(cache_path)
@@ -133,6 +118,7 @@ def run(args) -> list[dict]:
     from hyperedit.commands._common import dataset_label
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
+    from hyperedit.editors._targets import TargetCache
     from hyperedit.eval.evaluate import evaluate, locality_reference
     from hyperedit.models import load_model
 
@@ -146,6 +132,7 @@ def run(args) -> list[dict]:
     command, records = current_command(), []
 
     editor.stats(lm)
+    editor.target_cache = TargetCache.for_model(lm.model, path=args.target_cache)
     fit_t = targets_for(lm, editor, fit_reqs, args.target_cache)
     eval_t = targets_for(lm, editor, eval_reqs, args.target_cache)
     r_fit, r_eval = fit_t.residual.float().cpu(), eval_t.residual.float().cpu()

@@ -6,7 +6,6 @@ import pytest
 import torch
 from script_loader import load_script
 
-from hyperedit.lm import cache_keys_and_value_grads
 from hyperedit.requests import EditRequest
 
 REQUESTS = [EditRequest(prompt="the eiffel tower is located in the city of", target="rome", subject="eiffel tower"),
@@ -19,23 +18,38 @@ def signal():
     return load_script("benchmarks/subject_site_signal.py")
 
 
-def test_gradients_are_the_value_gradients_at_both_sites(signal, tiny_llama):
-    """At a Llama block's output the gradient equals that of its MLP output projection, which is what
-    the hypernetwork editors read: at the subject site one row per fact, at the answer site the
-    fact's rows summed."""
-    adapter = tiny_llama.adapter
-    layer = adapter.num_layers - 2
-    module = adapter.module_names([layer], "down")[0]
+def _block_output_gradients(lm, layer):
+    """Reference: autograd of the summed per-request mean target NLL at block ``layer``'s output."""
+    from hyperedit.editors._locate import layer_module, subject_position
+    from hyperedit.hooks import edit_output
+    from hyperedit.lm import prediction_mask, target_logits
+
+    batch = lm.adapter.encode([r.prompt for r in REQUESTS], [r.target for r in REQUESTS])
+    held = {}
+
+    def tap(inputs, out):
+        held["zero"] = torch.zeros_like(out, requires_grad=True)
+        return out + held["zero"]
+
+    with edit_output(lm.model, layer_module(lm, layer), tap):
+        out = target_logits(lm.adapter, batch)
+        loss = out.per_example_mean(out.token_nll()).sum()
+    (grad,) = torch.autograd.grad(loss, held["zero"])
+    pos = torch.tensor([subject_position(lm, r.prompt, r.subject) for r in REQUESTS])
+    answer = (grad * prediction_mask(batch["labels"], False)[..., None]).sum(1)
+    return grad[torch.arange(len(REQUESTS)), pos], answer
+
+
+def test_gradients_are_the_block_output_gradients_at_both_sites(signal, tiny_llama):
+    """The value gradients the benchmark reads (MLP output projection, one row per fact at the
+    subject site, the fact's rows summed at the answer site) equal the gradients at the block's
+    output, where MEMIT's targets live (a Llama block adds its MLP output unscaled)."""
+    layer = tiny_llama.adapter.num_layers - 2
     g_subject, g_answer = signal.gradients(tiny_llama, REQUESTS, layer, batch_size=2)
-    prompts, targets = [r.prompt for r in REQUESTS], [r.target for r in REQUESTS]
-    _, site = cache_keys_and_value_grads(adapter, prompts, targets, [module], token="subject",
-                                         subjects=[r.subject for r in REQUESTS])[module]
-    torch.testing.assert_close(g_subject, site, rtol=1e-5, atol=1e-6)
-    _, rows = cache_keys_and_value_grads(adapter, prompts, targets, [module], token="ans")[module]
-    counts = [len(tiny_llama.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
-    assert sum(counts) == rows.shape[0]
-    summed = torch.stack([part.sum(0) for part in rows.split(counts)])
-    torch.testing.assert_close(g_answer, summed, rtol=1e-5, atol=1e-6)
+    ref_subject, ref_answer = _block_output_gradients(tiny_llama, layer)
+    assert g_subject.shape == g_answer.shape == ref_subject.shape
+    torch.testing.assert_close(g_subject, ref_subject, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_answer, ref_answer, rtol=1e-5, atol=1e-6)
     assert g_subject.abs().sum() > 0 and g_answer.abs().sum() > 0
 
 
