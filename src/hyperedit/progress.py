@@ -17,7 +17,9 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(iterable=None, total: int | None = None, desc: str | None = None, unit: str = "it"):
-    """A tqdm bar (a silent pass-through when progress display is off)."""
-    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, disable=not progress_enabled(),
-                dynamic_ncols=True)
+def progress(iterable=None, total: int | None = None, desc: str | None = None, unit: str = "it",
+             initial: int = 0, enabled: bool = True):
+    """A tqdm bar (a silent pass-through when progress display is off, or when ``enabled`` is false,
+    e.g. on every rank but the main one, or when the caller was asked to be quiet)."""
+    return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=False,
+                disable=not (enabled and progress_enabled()), dynamic_ncols=True)

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from .atomic import atomic_file
 from .hooks import capture, stop_after
 from .models import LoadedModel, cache_dir
+from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _accumulate(lm: LoadedModel, modules: list[str], texts: list[str], max_lengt
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: less padding
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     with capture(model, modules, grads=False) as cap:
-        for idx in tqdm(batches, desc="key statistics", disable=not progress, leave=False):
+        for idx in progress_bar(batches, desc="key statistics", enabled=progress):
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                       max_length=max_length)
             mask = enc["attention_mask"].bool() & ~torch.isin(enc["input_ids"], special)

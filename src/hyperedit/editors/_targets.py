@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from ..atomic import atomic_file
 from ..hooks import edit_output
 from ..lm import prediction_mask
 from ..models import LoadedModel
 from ..prefix import PrefixExamples, compute_prefix, frozen_prefix, supports_prefix
+from ..progress import progress as progress_bar
 from ..requests import EditRequest
 from ._locate import LocateConfig, layer_module, subject_position, subjects_or_last
 
@@ -226,7 +226,7 @@ def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, pr
     active = torch.ones(n, dtype=torch.bool)
     steps, last_nll = torch.zeros(n, dtype=torch.long), torch.full((n,), float("nan"))
     block = layer_module(lm, z_layer)
-    bar = tqdm(range(cfg.v_steps), desc="target vectors", disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.v_steps), desc="target vectors", enabled=progress)
     for step in bar:
         act_rows = [row for row in rows if active[row[0]]]
         if not act_rows:

@@ -28,12 +28,12 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..delta import EditDelta
 from ..hooks import edit_output
 from ..lm import target_logits
 from ..models import LoadedModel
+from ..progress import progress
 from ..requests import EditRequest
 from ..stats import corpus_texts
 from . import _locate as L
@@ -149,7 +149,7 @@ class MetaKE:
         r0_norm = R0.norm(dim=-1, keepdim=True)
         active = R0.norm(dim=-1) > 0
         curve = []
-        for step in tqdm(range(cfg.meta_steps), desc="MetaKE upper level", leave=False):
+        for step in progress(range(cfg.meta_steps), desc="MetaKE upper level"):
             S = {m: (shifts0[m] + w * (Q[m] @ _scaled(R - R0, record.scales.get(m)))).detach().requires_grad_(True)
                  for m in modules}
             rows = [row for row in edit_rows if active[row[0]]]

@@ -45,6 +45,7 @@ from ..requests import EditRequest
 from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
 from ..outputs import start_run_directory
 from ..prefix import compute_prefix, supports_prefix
+from ..progress import progress
 from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
 from .losses import generalization_loss, locality_examples, locality_loss, reference_log_probs, rephrase_examples
@@ -157,8 +158,6 @@ class TrajectoryTrainer:
 
     def run(self, resume: bool = False) -> list[dict]:
         """Train up to ``config.steps`` optimiser steps; returns the log records (rank 0; others: [])."""
-        from tqdm.auto import tqdm
-
         main = self.world.is_main
         if main:
             start_run_directory(self.run_dir, "training-run", resume=resume)
@@ -170,8 +169,8 @@ class TrajectoryTrainer:
             if main:
                 self.metrics.rewind(-1)
             self._set_edit_lr()
-        bar = tqdm(total=self.config.steps, initial=self.step, desc=f"train {self.editor.name}", unit="step",
-                   disable=not main)
+        bar = progress(total=self.config.steps, initial=self.step, desc=f"train {self.editor.name}", unit="step",
+                       enabled=main)
         while self.step < self.config.steps:
             record = self.train_step(self.step)
             self.step += 1
