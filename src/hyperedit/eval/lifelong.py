@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..bench.records import peak_rss_during
 from ..errors import HyperEditError
 from ..models.limits import check_request_lengths
 from ..requests import EditRequest
 from ..checkpoints import CheckpointStore, check_same_settings
 from ..outputs import start_run_directory
+from ..progress import progress as progress_bar
 from .evaluate import LocalityReference, evaluate, locality_reference
 from .general import evaluate_general, retention
 
@@ -116,8 +117,6 @@ class LifelongRunner:
             progress: bool = True) -> dict:
         """Run the stream to the end (or until ``max_edits`` edits are done, for tests);
         returns the summary (``summary()``). ``restore`` puts the original weights back at the end."""
-        from tqdm.auto import tqdm
-
         cfg, adapter = self.config, self.lm.adapter
         start_run_directory(self.run_dir, "lifelong-run", resume=resume, option="--run-dir")
         latest = self.store.latest()
@@ -129,8 +128,8 @@ class LifelongRunner:
                 self.state.general_before = evaluate_general(adapter, self._general_tasks(), cfg.eval_batch_size)
             ckpt_every = cfg.ckpt_every or cfg.curve_every
             stop = cfg.num_seq if max_edits is None else min(cfg.num_seq, max_edits)
-            bar = tqdm(total=cfg.num_seq, initial=self.state.done, desc=f"lifelong {self.info['editor']}",
-                       unit="edit", disable=not progress or None)
+            bar = progress_bar(total=cfg.num_seq, initial=self.state.done, desc=f"lifelong {self.info['editor']}",
+                               unit="edit", enabled=progress)
             while self.state.done < stop:
                 start = self.state.done
                 batch = self.requests[start:start + cfg.batch_size]
@@ -151,9 +150,7 @@ class LifelongRunner:
 
     def _edit(self, batch: list[EditRequest]) -> None:
         model = self.lm.model
-        start = time.perf_counter()
-        delta = self.editor.edit(self.lm, batch)
-        seconds = time.perf_counter() - start
+        delta, seconds, peak_mb = peak_rss_during(self.editor.edit, self.lm, batch)
         delta.check_fits(model)
         modules = dict(model.named_modules())
         touched = 0
@@ -169,7 +166,8 @@ class LifelongRunner:
                 touched += 1
         candidates = int(delta.meta.get("n_candidates") or len(delta.shifts))
         self.state.steps.append({"n": len(batch), "seconds": round(seconds, 4), "touched": touched,
-                                 "candidates": candidates})
+                                 "candidates": candidates,
+                                 "peak_rss_mb": None if peak_mb is None else round(float(peak_mb), 1)})
 
     def _general_tasks(self) -> dict:
         if self._general is None:
@@ -208,6 +206,7 @@ class LifelongRunner:
         steps = self.state.steps
         seconds = sum(s["seconds"] for s in steps)
         fractions = [s["touched"] / s["candidates"] for s in steps if s["candidates"]]
+        peaks = [s["peak_rss_mb"] for s in steps if s.get("peak_rss_mb") is not None]  # absent before resume
         metrics = {**{k: v for k, v in all_metrics.items() if not isinstance(v, (dict, list))},
                    **{f"{k}_pre": pre.get(k) for k in ("ES", "GS", "LS")}}
         general = {"before": self.state.general_before,
@@ -219,6 +218,7 @@ class LifelongRunner:
                 "modules_fraction_mean": sum(fractions) / len(fractions) if fractions else None,
                 "modules_touched_mean": sum(s["touched"] for s in steps) / max(1, len(steps)),
                 "n_candidates": steps[0]["candidates"] if steps else None,
+                "peak_rss_mb": max(peaks) if peaks else None,
                 "n_steps": len(steps), "num_seq": cfg.num_seq, "batch_size": cfg.batch_size, "num_pre": cfg.num_pre}
 
     def weights(self) -> dict[str, torch.Tensor]:

@@ -11,8 +11,9 @@ log = logging.getLogger(__name__)
 
 
 def lifelong_record(summary: dict, *, editor: str, model: str, dataset: str, split: str, command: str | None,
-                    seed: int, config: dict | None = None, peak_rss_mb: float | None = None) -> dict:
-    """The result record (mode ``lifelong``) of one finished stream summary."""
+                    seed: int, config: dict | None = None) -> dict:
+    """The result record (mode ``lifelong``) of one finished stream summary; ``peak_rss_mb`` is the
+    largest process peak measured during one of the stream's edits."""
     from ..bench import make_record
 
     general = summary.get("general") or {}
@@ -24,10 +25,10 @@ def lifelong_record(summary: dict, *, editor: str, model: str, dataset: str, spl
         metrics["general_acc_after"] = (general.get("after") or {}).get("mean", {}).get("acc")
     metrics["modules_fraction"] = summary.get("modules_fraction_mean")
     metrics["time_per_edit_s"] = summary.get("time_per_edit_s")
-    extra = {k: v for k, v in summary.items() if k not in ("metrics", "edit_time_s")}
+    extra = {k: v for k, v in summary.items() if k not in ("metrics", "edit_time_s", "peak_rss_mb")}
     return make_record(editor=editor, model=model, dataset=dataset, split=split, mode="lifelong",
                        n_edits=summary["num_seq"], metrics=metrics, edit_time_s=summary["edit_time_s"],
-                       peak_rss_mb=peak_rss_mb, command=command, seed=seed, editor_config=config or {}, **extra)
+                       peak_rss_mb=summary.get("peak_rss_mb"), command=command, seed=seed, editor_config=config or {}, **extra)
 
 
 def plot_curves(records: list[dict], path: str | Path) -> Path | None:
