@@ -77,7 +77,19 @@ def leave_process_group() -> None:
     """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        _all_returned_from_barrier()
         dist.destroy_process_group()
+
+
+def _all_returned_from_barrier() -> None:
+    """Wait, on the rendezvous store rather than on gloo's own connections, until every rank has
+    returned from the barrier. A rank returns from a gloo barrier once it has heard from the others,
+    possibly before its own last message has reached them; tearing its connections down then can
+    cut that message off and abort the other rank in teardown (seen under CPU load)."""
+    store = dist.distributed_c10d._get_default_store()  # the store init_process_group rendezvoused on
+    world = current_world()
+    store.set(f"hyperedit/left/{world.rank}", "1")
+    store.wait([f"hyperedit/left/{rank}" for rank in range(world.size)])
 
 
 def rank_device(device: str, world: World) -> str:
