@@ -206,7 +206,7 @@ class LifelongRunner:
         steps = self.state.steps
         seconds = sum(s["seconds"] for s in steps)
         fractions = [s["touched"] / s["candidates"] for s in steps if s["candidates"]]
-        peaks = [s["peak_rss_mb"] for s in steps if s.get("peak_rss_mb") is not None]  # absent before resume
+        peaks = [s["peak_rss_mb"] for s in steps if s.get("peak_rss_mb") is not None]  # absent in checkpoints older than the field
         metrics = {**{k: v for k, v in all_metrics.items() if not isinstance(v, (dict, list))},
                    **{f"{k}_pre": pre.get(k) for k in ("ES", "GS", "LS")}}
         general = {"before": self.state.general_before,
