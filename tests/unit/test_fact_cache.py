@@ -135,7 +135,7 @@ def test_log_lambda_starts_at_the_key_scale_and_has_its_own_step_size(tiny_llama
         keys = cache[name][0].double()
         net, index = editor.nets.net_for(name)
         expected = (keys * keys).sum() / keys.shape[1]
-        assert float(net.log_lambda[index].exp()) == pytest.approx(float(expected), rel=1e-5)
+        assert float(net.log_lambda[index].detach().exp()) == pytest.approx(float(expected), rel=1e-5)
     before = torch.cat([n.log_lambda.detach().clone() for n in editor.nets.nets.values()])
     trainer.train_step(0)
     after = torch.cat([n.log_lambda.detach() for n in editor.nets.nets.values()])
