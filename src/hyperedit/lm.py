@@ -159,6 +159,21 @@ def site_mask(adapter: ModelAdapter, batch: dict, token: str, prompts: list[str]
     return mask
 
 
+def _site_batches(adapter: ModelAdapter, prompts: list[str], targets: list[str], chunk_size: int, token: str,
+                  device, subjects: list[str | None] | None, captured):
+    """Encoded batches of (prompt, target) in chunks, with ``captured.mask`` set to each batch's
+    ``site_mask`` before it is yielded (the rows the hooks of ``hyperedit.hooks.capture`` keep)."""
+    if token not in TOKEN_SITES:
+        raise ValueError(f"token must be one of {', '.join(TOKEN_SITES)}")
+    device = device or next(adapter.model.parameters()).device
+    subjects = list(subjects) if subjects is not None else [None] * len(prompts)
+    for chunk in iter_chunks(list(zip(prompts, targets, subjects)), chunk_size):
+        batch = adapter.encode([p for p, _, _ in chunk], [t for _, t, _ in chunk], device=device)
+        captured.mask = site_mask(adapter, batch, token, [p for p, _, _ in chunk], [s for _, _, s in chunk]).to(
+            batch["input_ids"].device)
+        yield batch
+
+
 def cache_keys_and_value_grads(adapter: ModelAdapter, prompts: list[str], targets: list[str],
                                module_names: list[str], chunk_size: int = 16, token: str = "ans",
                                device=None, subjects: list[str | None] | None = None,
@@ -172,21 +187,23 @@ def cache_keys_and_value_grads(adapter: ModelAdapter, prompts: list[str], target
     """
     from .hooks import capture
 
-    if token not in TOKEN_SITES:
-        raise ValueError(f"token must be one of {', '.join(TOKEN_SITES)}")
-    device = device or next(adapter.model.parameters()).device
-    subjects = list(subjects) if subjects is not None else [None] * len(prompts)
-    rows = list(zip(prompts, targets, subjects))
     with trainable_weights(adapter, module_names), capture(adapter.model, module_names) as cap:
-        for chunk in iter_chunks(rows, chunk_size):
-            batch = adapter.encode([p for p, _, _ in chunk], [t for _, t, _ in chunk], device=device)
-            cap.mask = site_mask(adapter, batch, token, [p for p, _, _ in chunk], [s for _, _, s in chunk]).to(
-                batch["input_ids"].device)
+        for batch in _site_batches(adapter, prompts, targets, chunk_size, token, device, subjects, cap):
             out = target_logits(adapter, batch)
             loss = out.per_example_mean(out.token_nll()).sum()
             loss.backward()
-    result = {}
-    for name in module_names:
-        # Tensor hooks fire in reverse layer order but once per chunk per module, in chunk order.
-        result[name] = (cap.key(name), cap.grad(name))
-    return result
+    # Tensor hooks fire in reverse layer order but once per chunk per module, in chunk order.
+    return {name: (cap.key(name), cap.grad(name)) for name in module_names}
+
+
+def cache_keys(adapter: ModelAdapter, prompts: list[str], targets: list[str], module_names: list[str],
+               chunk_size: int = 16, token: str = "ans", device=None,
+               subjects: list[str | None] | None = None) -> dict[str, torch.Tensor]:
+    """Keys only (forward passes, no gradients) at the rows ``cache_keys_and_value_grads`` reads:
+    ``{module: K (n_rows, d_in)}`` in the same order."""
+    from .hooks import capture
+
+    with torch.no_grad(), capture(adapter.model, module_names, grads=False) as cap:
+        for batch in _site_batches(adapter, prompts, targets, chunk_size, token, device, subjects, cap):
+            target_logits(adapter, batch)
+    return {name: cap.key(name) for name in module_names}

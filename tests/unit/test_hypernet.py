@@ -41,7 +41,7 @@ def test_trained_block_is_no_longer_the_identity_and_modules_differ():
     out1 = torch.cat(net(keys, grads, 1), -1)
     assert not torch.allclose(out0, torch.cat([keys, grads], -1))
     # (x + 0.5) - x in float32 is 0.5 up to a few ulps of |x|, not of 0.5.
-    scale = float(torch.maximum(out0.abs(), out1.abs()).max())
+    scale = float(torch.maximum(out0.abs(), out1.abs()).max().detach())
     torch.testing.assert_close(out1 - out0, torch.full_like(out0, 0.5), rtol=0, atol=1e-6 * max(scale, 1.0))
 
 

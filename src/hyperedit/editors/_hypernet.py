@@ -220,6 +220,7 @@ class HyperEditor:
         self.model = dict(model or {})  # identity of the model the nets were built for
         self.meta = dict(meta or {})
         self.keys = KeyState()  # keys of earlier edits (used by ``nullspace`` solves)
+        self.asked: list[tuple[str, str]] = []  # (template, subject) of earlier edits (``contrast_memory``)
 
     # ----- construction -----------------------------------------------------------------
     @classmethod
@@ -284,7 +285,8 @@ class HyperEditor:
         self.nets.to(lm.device).eval()
         self.prepare(lm)
         acc = self.new_accumulator()
-        chunks = list(iter_chunks(shard(list(requests), world), self.config.lm_batch_size))
+        mine = shard(list(requests), world)
+        chunks = list(iter_chunks(mine, self.config.lm_batch_size))
         online = self.config.online_norm and first
         if online and world.size > 1:
             raise HyperEditError("online_norm is not supported in a data-parallel run")
@@ -299,11 +301,13 @@ class HyperEditor:
             del cache
         for cache in held:
             self._accumulate_cache(acc, cache)
+        self.add_contrast(acc, lm, mine)
         all_reduce_sum_(accumulator_tensors(acc, names), world)
         with torch.no_grad():
             shifts = scale_shifts(self.finish(acc), self.config.shift_scale)
         if first:
             self.remember_keys(acc, len(requests))
+            self.remember_subjects(requests)
         return shifts, {}
 
     def _accumulate_cache(self, acc: dict, cache: Cache) -> None:
@@ -319,11 +323,12 @@ class HyperEditor:
 
     # ----- sequential state (lifelong streams) ----------------------------------------------
     def stream_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """What a stream changes in the editor: the normalisers' statistics (``online_norm``) and
-        the keys of earlier edits (``nullspace``); saved with every lifelong checkpoint."""
+        """What a stream changes in the editor: the normalisers' statistics (``online_norm``), the
+        keys of earlier edits (``nullspace``) and what they asked about (``contrast_memory``, in the
+        meta); saved with every lifelong checkpoint."""
         tensors = {f"keys/{k}": v for k, v in self.keys.state_dict().items()}
         tensors.update({f"nets/{k}": v.clone() for k, v in self.nets.state_dict().items() if ".normalizer." in k})
-        return tensors, {"kind": "hypernet", "editor": self.name}
+        return tensors, {"kind": "hypernet", "editor": self.name, "asked": [list(a) for a in self.asked]}
 
     def load_stream_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         if meta.get("kind") != "hypernet":
@@ -332,6 +337,7 @@ class HyperEditor:
                                   what=f"{self.name} stream")
         norms = {k[5:]: v for k, v in tensors.items() if k.startswith("nets/")}
         self.nets.load_state_dict({**self.nets.state_dict(), **norms})
+        self.asked = [(str(t), str(s)) for t, s in meta.get("asked", [])]
 
     # ----- subclass API -------------------------------------------------------------------
     def remember_keys(self, acc: dict, n_requests: int) -> None:
@@ -339,6 +345,16 @@ class HyperEditor:
 
     def prepare(self, lm) -> None:
         """Load what the aggregation needs from the model before solving (nothing by default)."""
+
+    def contrast_gram(self, lm, requests: Sequence[EditRequest], names: list[str]) -> dict[str, torch.Tensor]:
+        """``K_c^T K_c`` of rows the edit must keep, per module (none by default)."""
+        return {}
+
+    def add_contrast(self, acc: dict, lm, requests: Sequence[EditRequest]) -> None:
+        """Add rows the edit must keep to the accumulator before the solve (nothing by default)."""
+
+    def remember_subjects(self, requests: Sequence[EditRequest]) -> None:
+        """After an edit: record what it asked about for later contrast rows (nothing by default)."""
 
     def new_accumulator(self) -> dict:
         raise NotImplementedError

@@ -109,11 +109,16 @@ class HiEditEditor:
             mask, _ = self.select(cache)
             chosen = [n for n, m in zip(self.module_names, mask.tolist()) if m > 0.5]
             acc = self.low.new_accumulator()
+            contrast = self.low.contrast_gram(lm, list(requests), self.module_names)
             for name in chosen:
                 self.low.accumulate(acc, name, *cache[name])
+                if name in contrast:
+                    acc[name][0].add_(contrast[name].to(acc[name][0]))
             shifts = scale_shifts(self.low.finish(acc), self.config.shift_scale)
         if first:  # every candidate's keys are kept, chosen or not: a later edit of that module must keep them
-            self.low.remember_keys({n: [k.double().T @ k.double()] for n, (k, _) in cache.items()}, len(requests))
+            kept = {n: [k.double().T @ k.double() + contrast.get(n, 0)] for n, (k, _) in cache.items()}
+            self.low.remember_keys(kept, len(requests))
+            self.low.remember_subjects(list(requests))
         return shifts, {"n_candidates": len(self.module_names)}
 
     # ----- trajectory protocol (training.trajectory) -------------------------------------------

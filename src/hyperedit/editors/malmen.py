@@ -16,13 +16,18 @@ keys of earlier edits are kept in the least-squares sense. Every edit adds its k
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
+from ..lm import cache_keys, iter_chunks
+from ._contrast import asked, subject_swaps
 from ._hypernet import Cache, HyperEditor, HyperEditorConfig, RidgeFactor, ridge_solve_backward, token_slices
 from ._nullspace import NullSpaceOptions, null_space_basis
 from .base import register_editor
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 RIDGES = ("identity", "covariance")
@@ -39,6 +44,11 @@ class DirectionOptions(NullSpaceOptions):
     less). ``ridge_samples``: corpus texts for C0. ``nullspace`` (our extension, AlphaEdit's
     projector): shifts confined to the null space of C0 (``nullspace_threshold``,
     ``threshold_relative``) and kept off the keys of earlier edits; needs ``ridge="identity"``.
+    ``contrast`` (our extension, ``_contrast``): per request, that many prompts with the subject
+    of another request of the edit, whose keys the shift must keep (target 0, weight
+    ``contrast_weight`` against an edit row); each costs a forward pass, no backward.
+    ``contrast_memory``: in a stream, the subjects of that many earlier requests may also be
+    swapped in (after the edit's own), so edits of one request get contrast rows too.
     The learned ``lambda`` was fitted for the solve the editor was trained with.
     """
 
@@ -46,9 +56,12 @@ class DirectionOptions(NullSpaceOptions):
     ridge: str = "identity"
     ridge_samples: int = 2000
     nullspace: bool = False
+    contrast: int = 0
+    contrast_weight: float = 1.0
+    contrast_memory: int = 0
 
     DIRECTION_RUNTIME = ("solve_dtype", "ridge", "ridge_samples", "nullspace", "nullspace_threshold",
-                         "threshold_relative")
+                         "threshold_relative", "contrast", "contrast_weight", "contrast_memory")
 
     def check_direction_options(self) -> None:
         self.check_nullspace_options()
@@ -60,6 +73,8 @@ class DirectionOptions(NullSpaceOptions):
             raise ValueError("nullspace needs ridge=identity (the null space already sets the direction)")
         if self.ridge_samples < 1:
             raise ValueError("ridge_samples must be >= 1")
+        if self.contrast < 0 or self.contrast_memory < 0 or not self.contrast_weight > 0:
+            raise ValueError("contrast and contrast_memory must be >= 0, contrast_weight > 0")
 
 
 @dataclass
@@ -129,6 +144,41 @@ class MalmenEditor(HyperEditor):
             ktk.addmm_(k.t(), k)
             ktd.addmm_(k.t(), d.to(dtype))
 
+    def contrast_gram(self, lm, requests, names: list[str]) -> dict[str, torch.Tensor]:
+        """``contrast``: ``contrast_weight * K_c^T K_c`` of the subject-swapped prompts per module
+        in ``names`` (float64; forward passes in chunks of ``lm_batch_size``); empty when off."""
+        from ..progress import progress
+
+        cfg = self.config
+        if not cfg.contrast or not names:
+            return {}
+        swaps = subject_swaps(requests, cfg.contrast, self.asked if cfg.contrast_memory else ())
+        if not swaps:
+            if not getattr(self, "_said_no_swaps", False):  # once per editor: a stream of single edits
+                self._said_no_swaps = True
+                log.info("contrast: no subject swaps among these %d requests (they need subjects and "
+                         "other prompt templates); solved without contrast rows", len(requests))
+            return {}
+        grams: dict[str, torch.Tensor] = {}
+        for chunk in progress(list(iter_chunks(swaps, cfg.lm_batch_size)), desc="contrast keys", unit="chunk"):
+            keys = cache_keys(lm.adapter, [p for p, _, _ in chunk], [t for _, t, _ in chunk], names,
+                              chunk_size=len(chunk), token=cfg.token, subjects=[s for _, _, s in chunk])
+            for name in names:
+                k = keys[name].double()
+                grams[name] = grams[name].addmm_(k.t(), k) if name in grams else k.t() @ k
+        return {name: cfg.contrast_weight * g for name, g in grams.items()}
+
+    def remember_subjects(self, requests) -> None:
+        """``contrast_memory``: keep the (template, subject) of the last that many requests edited."""
+        keep = self.config.contrast_memory
+        if self.config.contrast and keep:
+            self.asked = (self.asked + asked(requests))[-keep:]
+
+    def add_contrast(self, acc: dict, lm, requests) -> None:
+        """Add the contrast rows (``contrast_gram``) to the ``K^T K`` of every module in ``acc``."""
+        for name, gram in self.contrast_gram(lm, requests, list(acc)).items():
+            acc[name][0].add_(gram.to(device=acc[name][0].device, dtype=acc[name][0].dtype))
+
     def finish(self, acc: dict) -> dict[str, torch.Tensor]:
         """Solve each module's normal equation; the factorisation is kept in ``acc`` for ``backward``."""
         shifts = {}
@@ -152,7 +202,7 @@ class MalmenEditor(HyperEditor):
         return shifts
 
     def remember_keys(self, acc: dict, n_requests: int) -> None:
-        """``nullspace``: add the keys of an edit (its accumulated ``K^T K``) to K_p."""
+        """``nullspace``: add the keys of an edit (its accumulated ``K^T K``, contrast rows included) to K_p."""
         if not self.config.nullspace:
             return
         for name, entry in acc.items():
