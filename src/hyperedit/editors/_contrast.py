@@ -6,8 +6,9 @@ reaches "Y's mother tongue is", CounterFact's neighbourhood prompts. Contrast ro
 each edit prompt with its subject replaced by the subject of another request of the same edit,
 read at the editor's site; the least-squares solve adds them with target 0,
 ``min_S ||K S - D||^2 + w ||K_c S||^2 + e^lambda ||S||^2``, so a shift must write what differs
-between the edited subject and others asked the same question. Only the edit's own requests are
-used: no data beyond what the user asked to edit.
+between the edited subject and others asked the same question. Only the edit's own requests (and,
+in a stream with ``contrast_memory``, earlier ones) are used: no data beyond what the user asked to
+edit. In a data-parallel edit each rank swaps within its own share of the requests.
 """
 from __future__ import annotations
 
