@@ -71,8 +71,8 @@ def test_backtracking_loss_matches_a_hand_computation(tiny_llama):
                 term.backward()
             hand += float(term.detach())
             # float32 losses: relative precision ~1e-5 of the value, whatever its size
-            assert out["gen"][j] == pytest.approx(float(ce), rel=1e-5, abs=1e-6)
-            assert out["loc"][j] == pytest.approx(float(kl), rel=1e-5, abs=1e-6)
+            assert out["gen"][j] == pytest.approx(float(ce.detach()), rel=1e-5, abs=1e-6)
+            assert out["loc"][j] == pytest.approx(float(kl.detach()), rel=1e-5, abs=1e-6)
         want = [w.grad.clone() for w in weights]
     assert out["loss"] == pytest.approx(float(hand), rel=1e-5, abs=1e-6) and len(out["gen"]) == 2
     for a, b in zip(got, want):
