@@ -37,12 +37,12 @@ def subject_swaps(requests: Sequence[EditRequest], per_request: int, earlier: Se
     requests of the edit in order (cyclically), then ``earlier`` edits' subjects, most recent first;
     a partner's subject must differ, not occur in the prompt, and come with another template (a swap
     equal to another request's prompt would fight that edit)."""
+    if per_request < 1:
+        return []
     mine = [r for r in requests if r.subject]
     pairs = asked(mine)
     n, swaps = len(mine), []
     for i, (request, (template, subject)) in enumerate(zip(mine, pairs)):
-        if per_request < 1:
-            break
         partners = [pairs[(i + step) % n] for step in range(1, n)] + list(reversed(earlier))
         found = 0
         for other_template, other in partners:

@@ -23,7 +23,7 @@ from ..errors import HyperEditError
 from ..nets.policy import LayerPolicy
 from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, edit_in_rounds, scale_shifts
 from .base import make_config, register_editor
-from .malmen import DirectionOptions, MalmenConfig, MalmenEditor
+from .malmen import DirectionOptions, MalmenConfig, MalmenEditor, add_grams
 from .mend import MendConfig, MendEditor
 from .rledit import Proposal, edit_lr_parameters, hypernet_parameter_groups
 
@@ -112,8 +112,7 @@ class HiEditEditor:
             contrast = self.low.contrast_gram(lm, list(requests), self.module_names)
             for name in chosen:
                 self.low.accumulate(acc, name, *cache[name])
-                if name in contrast:
-                    acc[name][0].add_(contrast[name].to(acc[name][0]))
+            add_grams(acc, contrast)
             shifts = scale_shifts(self.low.finish(acc), self.config.shift_scale)
         if first:  # every candidate's keys are kept, chosen or not: a later edit of that module must keep them
             kept = {n: [k.double().T @ k.double() + contrast.get(n, 0)] for n, (k, _) in cache.items()}

@@ -77,6 +77,14 @@ class DirectionOptions(NullSpaceOptions):
             raise ValueError("contrast and contrast_memory must be >= 0, contrast_weight > 0")
 
 
+def add_grams(acc: dict, grams: dict[str, torch.Tensor]) -> None:
+    """Add rows with target 0, given by their ``K^T K`` per module, to the systems a least-squares
+    accumulator holds (modules not in ``acc`` are skipped)."""
+    for name, gram in grams.items():
+        if name in acc:
+            acc[name][0].add_(gram.to(device=acc[name][0].device, dtype=acc[name][0].dtype))
+
+
 @dataclass
 class MalmenConfig(HyperEditorConfig, DirectionOptions):
     """MALMEN settings: the hypernetwork's (``HyperEditorConfig``) and the solve's (``DirectionOptions``)."""
@@ -94,6 +102,7 @@ class MalmenEditor(HyperEditor):
     """Massive editing: any number of facts in one least-squares aggregation per module."""
 
     config_class = MalmenConfig
+    _said_no_swaps = False  # ``contrast`` found no swaps once and said so
 
     def prepare(self, lm) -> None:
         """Load C0 (``ridge="covariance"`` or ``nullspace``; cached by ``hyperedit.stats``) and the
@@ -154,7 +163,7 @@ class MalmenEditor(HyperEditor):
             return {}
         swaps = subject_swaps(requests, cfg.contrast, self.asked if cfg.contrast_memory else ())
         if not swaps:
-            if not getattr(self, "_said_no_swaps", False):  # once per editor: a stream of single edits
+            if not self._said_no_swaps:  # once per editor: a stream of single edits
                 self._said_no_swaps = True
                 log.info("contrast: no subject swaps among these %d requests (they need subjects and "
                          "other prompt templates); solved without contrast rows", len(requests))
@@ -176,8 +185,7 @@ class MalmenEditor(HyperEditor):
 
     def add_contrast(self, acc: dict, lm, requests) -> None:
         """Add the contrast rows (``contrast_gram``) to the ``K^T K`` of every module in ``acc``."""
-        for name, gram in self.contrast_gram(lm, requests, list(acc)).items():
-            acc[name][0].add_(gram.to(device=acc[name][0].device, dtype=acc[name][0].dtype))
+        add_grams(acc, self.contrast_gram(lm, requests, list(acc)))
 
     def finish(self, acc: dict) -> dict[str, torch.Tensor]:
         """Solve each module's normal equation; the factorisation is kept in ``acc`` for ``backward``."""
