@@ -157,3 +157,50 @@ def test_a_stream_of_single_edits_with_contrast_memory_resumes_exactly(tiny_dirs
     assert asked_whole == asked_parts and len(asked_whole) == 2  # the last two edits
     without, nothing = stream(tmp_path / "c", [None], memory=0)  # single edits have no swaps of their own
     assert nothing == [] and any(not torch.equal(whole[n], without[n]) for n in whole)
+
+
+def test_training_proposes_the_shifts_an_edit_writes_with_its_contrast_rows(tiny_llama):
+    from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
+
+    reqs = _requests()[:5]
+    config = RLEditConfig(layers=[2, 3], rank=4, n_blocks=1, lr_init=0.5, solve_dtype="float64", contrast=2)
+    editor = RLEditEditor.create(config, tiny_llama, seed=0)
+    written, _ = editor.edit_round(tiny_llama, reqs, first=False)
+    cache = editor.cache(tiny_llama, reqs)
+    rows = editor.contrast_rows(tiny_llama, reqs)
+    assert set(rows) == set(editor.module_names)
+    proposed = editor.trajectory_propose(cache, rows).shifts
+    without = editor.trajectory_propose(cache).shifts
+    for name in editor.module_names:
+        torch.testing.assert_close(proposed[name], written[name], rtol=1e-5, atol=1e-7 * float(written[name].abs().max()))
+        assert not torch.allclose(without[name], written[name], rtol=1e-3, atol=0)
+
+
+def test_the_solve_backward_with_contrast_rows_equals_autograd_in_float64():
+    from hyperedit.nets import HyperNets
+
+    gen = torch.Generator().manual_seed(5)
+    nets = HyperNets({"m": (8, 5)}, rank=3, n_blocks=1, lr_init=0.05, seed=1).double()
+    with torch.no_grad():
+        for p in nets.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    editor = MalmenEditor(MalmenConfig(solve_dtype="float64"), nets)
+    keys, grads = (torch.randn(6, d, generator=gen, dtype=torch.float64) for d in (8, 5))
+    swapped = torch.randn(12, 8, generator=gen, dtype=torch.float64)
+    target = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+    net, index = nets.net_for("m")
+    diffs = net.value_diffs(keys, grads, index)  # autograd through the whole graph
+    normal = keys.T @ keys + swapped.T @ swapped + net.log_lambda[index].exp() * torch.eye(8, dtype=torch.float64)
+    shift = torch.linalg.solve(normal, keys.T @ diffs)
+    expected = torch.autograd.grad(((shift - target) ** 2).sum(), list(nets.parameters()), allow_unused=True)
+    cache = {"m": (keys, grads)}
+    acc, shifts = editor.predict(cache, rows={"m": swapped.T @ swapped})
+    shifts = {"m": shifts["m"].double()}
+    nets.zero_grad()
+    editor.backward(cache, acc, shifts, {"m": 2 * (shifts["m"] - target)})
+    checked = 0
+    for (name, p), e in zip(nets.named_parameters(), expected):
+        if e is not None and float(e.abs().max()) > 0:
+            torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()), msg=name)
+            checked += 1
+    assert checked >= 3  # the hypernetwork's weights, its edit lr and the ridge strength

@@ -147,3 +147,32 @@ def test_rounds_edit_the_model_the_earlier_rounds_left(tiny_llama):
     for name, shift in both.shifts.items():  # float32 round-off of two solves
         expected = sum(d.shifts[name] for d in (first, second) if name in d.shifts)
         assert float((shift - expected).norm() / expected.norm()) < 1e-5
+
+
+def test_warm_start_from_a_hiedit_takes_its_policy_and_hypernetwork(tiny_dirs, tiny_llama, tmp_path):
+    import json
+
+    from test_lifelong import _write_requests
+
+    from hyperedit.cli import main
+
+    source = _editor(tiny_llama, lr_init=0.5)
+    with torch.no_grad():  # a policy that differs from a fresh one
+        source.policy.gate.weight.add_(torch.randn(source.policy.gate.weight.shape, generator=torch.Generator().manual_seed(1)))
+    fresh = HiEditEditor.create(source.config, tiny_llama, seed=3)
+    batch = requests(2)
+    theirs, before = source.edit(tiny_llama, batch), fresh.edit(tiny_llama, batch)
+    fresh.warm_start(source)
+    ours = fresh.edit(tiny_llama, batch)
+    assert set(ours.shifts) == set(theirs.shifts) and all(torch.equal(ours.shifts[n], theirs.shifts[n]) for n in ours.shifts)
+    assert set(before.shifts) != set(theirs.shifts) or any(not torch.equal(before.shifts[n], theirs.shifts[n])
+                                                           for n in before.shifts)
+    source.save(tmp_path / "hi")
+    data = tmp_path / "edits.jsonl"
+    _write_requests(data, 6)
+    assert main(["train", "-q", "--editor", "hiedit", "--model", str(tiny_dirs["llama"]), "--train", str(data),
+                 "--out", str(tmp_path / "on"), "--init-from", str(tmp_path / "hi"), "--set", "contrast=1",
+                 "--steps", "1", "--n-edits", "2", "--traj-len", "2", "--back-depth", "1", "--ckpt-every", "1"]) == 0
+    meta = json.loads(next((tmp_path / "on" / "checkpoints").glob("step-*/editor.json")).read_text())
+    assert meta["config"]["top_k"] == 2 and meta["config"]["layers"] == [0, 1, 2, 3]
+    assert meta["config"]["contrast"] == 1 and meta["training"]["init_from"] == str(tmp_path / "hi")

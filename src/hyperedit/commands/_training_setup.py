@@ -5,6 +5,7 @@ import from here, so neither imports the other's internals.
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from ..errors import HyperEditError
@@ -72,16 +73,29 @@ def editor_config_from_args(args, entry):
 
 
 # The editor whose trained hypernetwork ``--init-from`` names, per trained editor; None: HiEdit's
-# low level (``--set low=...``).
+# low level (``--set low=...``), or a HiEdit when the checkpoint holds one.
 WARM_START_SOURCES = {"malmen": "malmen", "mend": "mend", "rledit": "malmen", "hiedit": None}
+# What a HiEdit warm start takes over from a HiEdit checkpoint besides the hypernetwork's shape.
+HIEDIT_SHAPE = ["low", "top_k", "policy_hidden"]
+
+
+def _saved_editor(path: str) -> str | None:
+    """The editor name a checkpoint (or training run) directory says it holds."""
+    from ..checkpoints import resolve_checkpoint
+    from ..editors._hypernet import CONFIG_FILE
+
+    try:
+        return json.loads((resolve_checkpoint(path, CONFIG_FILE) / CONFIG_FILE).read_text()).get("editor")
+    except (HyperEditError, OSError, ValueError):  # get_editor says what is wrong with it
+        return None
 
 
 def add_init_from_arg(group) -> None:
     group.add_argument("--init-from", metavar="DIR",
                        help="warm start: the hypernetwork starts as this trained editor's (malmen, mend: "
                             "the same editor, e.g. to go on training a shipped one on more data; rledit, "
-                            "hiedit low=malmen: a MALMEN; hiedit low=mend: a MEND); its layers, rank and "
-                            "blocks are used")
+                            "hiedit low=malmen: a MALMEN; hiedit low=mend: a MEND; hiedit: also a HiEdit, "
+                            "policy included); its layers, rank and blocks are used")
 
 
 def warm_start_source(args, editor_config):
@@ -93,9 +107,11 @@ def warm_start_source(args, editor_config):
         return None
     from ..editors import get_editor
 
-    wanted = WARM_START_SOURCES[args.editor] or editor_config.low
+    wanted = WARM_START_SOURCES[args.editor]
+    if wanted is None:
+        wanted = "hiedit" if _saved_editor(args.init_from) == "hiedit" else editor_config.low
     source = get_editor(wanted, checkpoint=args.init_from)
-    keys = ["layers", "module_kind", "rank", "n_blocks"]
+    keys = ["layers", "module_kind", "rank", "n_blocks"] + (HIEDIT_SHAPE if wanted == "hiedit" else [])
     if "token" in parse_overrides(args):
         log.info("--init-from: token = %s (given; the checkpoint's is %s)", editor_config.token, source.config.token)
     else:

@@ -350,8 +350,13 @@ class HyperEditor:
         """``K_c^T K_c`` of rows the edit must keep, per module (none by default)."""
         return {}
 
+    def add_rows(self, acc: dict, grams: dict[str, torch.Tensor]) -> None:
+        """Add rows with target 0, given by their ``K^T K`` per module, to the accumulator before
+        the solve (ignored by default: only a least-squares solve has room for them)."""
+
     def add_contrast(self, acc: dict, lm, requests: Sequence[EditRequest]) -> None:
-        """Add rows the edit must keep to the accumulator before the solve (nothing by default)."""
+        """Add the contrast rows of ``requests`` (``contrast_gram``) to the accumulator before the solve."""
+        self.add_rows(acc, self.contrast_gram(lm, requests, list(acc)))
 
     def remember_subjects(self, requests: Sequence[EditRequest]) -> None:
         """After an edit: record what it asked about for later contrast rows (nothing by default)."""
@@ -375,15 +380,20 @@ class HyperEditor:
         """
         raise NotImplementedError
 
-    def predict(self, cache: Cache, world: World | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    def predict(self, cache: Cache, world: World | None = None,
+                rows: dict[str, torch.Tensor] | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
         """(accumulator, shifts) for an in-memory cache, without gradients (meta-training step 2).
 
         With a data-parallel ``world``, ``cache`` is this rank's share and the accumulated sums are
-        all-reduced before the solve, so every rank gets the shifts of the whole batch.
+        all-reduced before the solve, so every rank gets the shifts of the whole batch. ``rows``:
+        ``K^T K`` of rows with target 0 per module (``contrast_gram`` of the whole edit, the same on
+        every rank), added after the reduction (``add_rows``).
         """
         acc = self.new_accumulator()
         self._accumulate_cache(acc, cache)
         all_reduce_sum_(accumulator_tensors(acc, self.module_names), world or World())
+        if rows:
+            self.add_rows(acc, rows)
         with torch.no_grad():
             return acc, self.finish(acc)
 

@@ -23,7 +23,7 @@ from ..errors import HyperEditError
 from ..nets.policy import LayerPolicy
 from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, edit_in_rounds, scale_shifts
 from .base import make_config, register_editor
-from .malmen import DirectionOptions, MalmenConfig, MalmenEditor, add_grams
+from .malmen import DirectionOptions, MalmenConfig, MalmenEditor
 from .mend import MendConfig, MendEditor
 from .rledit import Proposal, edit_lr_parameters, hypernet_parameter_groups
 
@@ -112,7 +112,7 @@ class HiEditEditor:
             contrast = self.low.contrast_gram(lm, list(requests), self.module_names)
             for name in chosen:
                 self.low.accumulate(acc, name, *cache[name])
-            add_grams(acc, contrast)
+            self.low.add_rows(acc, contrast)
             shifts = scale_shifts(self.low.finish(acc), self.config.shift_scale)
         if first:  # every candidate's keys are kept, chosen or not: a later edit of that module must keep them
             kept = {n: [k.double().T @ k.double() + contrast.get(n, 0)] for n, (k, _) in cache.items()}
@@ -160,9 +160,15 @@ class HiEditEditor:
         norms = {k[7:]: v for k, v in tensors.items() if k.startswith("policy/")}
         self.policy.load_state_dict({**self.policy.state_dict(), **norms})
 
-    def trajectory_propose(self, cache: dict) -> Proposal:
+    def contrast_rows(self, lm, requests) -> dict[str, torch.Tensor]:
+        """``contrast``: the rows of ``requests`` for every candidate module (see ``RLEditEditor``)."""
+        return self.low.contrast_gram(lm, list(requests), self.module_names)
+
+    def trajectory_propose(self, cache: dict, rows: dict | None = None) -> Proposal:
+        """Shifts of the chosen modules; ``rows`` (``contrast_rows``) join every candidate's solve
+        and K_p, as in ``edit_round``."""
         mask, gate = self.select(cache)  # keeps the policy's graph
-        acc, full = self.low.predict(cache)
+        acc, full = self.low.predict(cache, rows=rows)
         self.low.remember_keys(acc, 0)  # every candidate's keys; the request count is not used in training
         chosen = {n: full[n] for n, m in zip(self.module_names, mask.tolist()) if m > 0.5}
         return Proposal(shifts=chosen, full=full, state={"cache": cache, "acc": acc, "mask": mask, "gate": gate})
@@ -188,7 +194,13 @@ class HiEditEditor:
         return ext + intr
 
     def warm_start(self, source) -> None:
-        """Start the low level from a trained editor of its kind (MALMEN or MEND) over the same modules."""
+        """Start from a trained HiEdit (low level and policy, e.g. to train a shipped one on with
+        other options), or the low level from a trained editor of its kind (MALMEN or MEND) over
+        the same modules."""
+        if isinstance(source, HiEditEditor):
+            self.low.nets.load_state_dict(source.low.nets.state_dict())
+            self.policy.load_state_dict(source.policy.state_dict())
+            return
         if not isinstance(source, type(self.low)):
             raise HyperEditError(f"hiedit low={self.config.low} cannot start from a {source.name} editor")
         self.low.nets.load_state_dict(source.nets.state_dict())

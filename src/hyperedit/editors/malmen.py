@@ -77,14 +77,6 @@ class DirectionOptions(NullSpaceOptions):
             raise ValueError("contrast and contrast_memory must be >= 0, contrast_weight > 0")
 
 
-def add_grams(acc: dict, grams: dict[str, torch.Tensor]) -> None:
-    """Add rows with target 0, given by their ``K^T K`` per module, to the systems a least-squares
-    accumulator holds (modules not in ``acc`` are skipped)."""
-    for name, gram in grams.items():
-        if name in acc:
-            acc[name][0].add_(gram.to(device=acc[name][0].device, dtype=acc[name][0].dtype))
-
-
 @dataclass
 class MalmenConfig(HyperEditorConfig, DirectionOptions):
     """MALMEN settings: the hypernetwork's (``HyperEditorConfig``) and the solve's (``DirectionOptions``)."""
@@ -183,9 +175,12 @@ class MalmenEditor(HyperEditor):
         if self.config.contrast and keep:
             self.asked = (self.asked + asked(requests))[-keep:]
 
-    def add_contrast(self, acc: dict, lm, requests) -> None:
-        """Add the contrast rows (``contrast_gram``) to the ``K^T K`` of every module in ``acc``."""
-        add_grams(acc, self.contrast_gram(lm, requests, list(acc)))
+    def add_rows(self, acc: dict, grams: dict[str, torch.Tensor]) -> None:
+        """Add rows with target 0 (their ``K^T K`` per module) to the systems in ``acc``; modules
+        not in ``acc`` (HiEdit: not chosen) are skipped."""
+        for name, gram in grams.items():
+            if name in acc:
+                acc[name][0].add_(gram.to(device=acc[name][0].device, dtype=acc[name][0].dtype))
 
     def finish(self, acc: dict) -> dict[str, torch.Tensor]:
         """Solve each module's normal equation; the factorisation is kept in ``acc`` for ``backward``."""

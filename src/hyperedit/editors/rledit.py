@@ -77,8 +77,14 @@ class RLEditEditor(MalmenEditor):
         """A trajectory starts on the unedited model: forget the keys of earlier edits."""
         self.keys.reset()
 
-    def trajectory_propose(self, cache: dict) -> Proposal:
-        acc, shifts = self.predict(cache)
+    def contrast_rows(self, lm, requests) -> dict[str, torch.Tensor]:
+        """``contrast``: the rows of ``requests`` on the model as it is now (``contrast_gram``), for
+        ``trajectory_propose``; empty when off. Training swaps within each edit's own requests only
+        (``contrast_memory`` is an edit-time option)."""
+        return self.contrast_gram(lm, list(requests), self.module_names)
+
+    def trajectory_propose(self, cache: dict, rows: dict | None = None) -> Proposal:
+        acc, shifts = self.predict(cache, rows=rows)
         self.remember_keys(acc, 0)  # the request count is not used in training
         return Proposal(shifts=shifts, state={"cache": cache, "acc": acc})
 

@@ -241,11 +241,12 @@ class TrajectoryTrainer:
             prior = EditDelta.from_in_out(adapter, cumulative, editor=editor.name)
             with prior.applied(self.lm.model):
                 cache = editor.cache(self.lm, history[t])
+                rows = editor.contrast_rows(self.lm, history[t])
                 if cfg.loc_reference == "pre_edit" and cfg.loc_coef:
                     references[t] = reference_log_probs(adapter, examples[t][1], editor.config.lm_batch_size)
             editor.update_normalizers(cache)
             seen.append(cache)
-            proposal = editor.trajectory_propose(cache)
+            proposal = editor.trajectory_propose(cache, rows)
             total = add_shifts(cumulative, proposal.shifts)
             kw = dict(back_depth=cfg.back_depth, gamma=cfg.gamma, loc_coef=cfg.loc_coef,
                       batch_size=editor.config.lm_batch_size, references=references, examples=examples)
