@@ -204,3 +204,23 @@ def test_the_solve_backward_with_contrast_rows_equals_autograd_in_float64():
             torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()), msg=name)
             checked += 1
     assert checked >= 3  # the hypernetwork's weights, its edit lr and the ridge strength
+
+
+def test_meta_training_solves_from_its_caches_with_the_rows_an_edit_adds(tiny_llama, tmp_path):
+    from hyperedit.training import MetaTrainConfig, MetaTrainer
+
+    reqs = _requests()[:5]
+    editor = _editor(tiny_llama, contrast=1)
+    config = MetaTrainConfig(steps=1, n_edits=5, val_size=0, val_every=0, calibrate_lr=False, cache_dir="")
+    trainer = MetaTrainer(editor, tiny_llama, reqs, [], config, tmp_path / "run")
+    trainer.prepare_caches()
+    indices = trainer.batch_indices(0)
+    cache, _, _ = trainer.step_inputs(indices)
+    _, trained = editor.predict(cache, rows=trainer.contrast_rows(reqs, indices))
+    written, _ = editor.edit_round(tiny_llama, [reqs[i] for i in indices], first=False)
+    plain, _ = _editor(tiny_llama).edit_round(tiny_llama, reqs, first=False)
+    for name in editor.module_names:
+        scale = float(written[name].abs().max())
+        torch.testing.assert_close(trained[name], written[name], rtol=1e-5, atol=1e-6 * scale)
+        assert not torch.allclose(plain[name], written[name], rtol=1e-3, atol=0)
+    assert MetaTrainer(_editor(tiny_llama), tiny_llama, reqs, [], config, tmp_path / "r2").contrast_rows(reqs, indices) is None

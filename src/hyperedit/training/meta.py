@@ -220,6 +220,21 @@ class MetaTrainer:
         batch = [self.train[i] for i in indices]
         return self._cache(batch), rephrase_examples(batch), locality_examples(batch)
 
+    def contrast_rows(self, requests, indices: list[int]) -> dict | None:
+        """``contrast`` (MALMEN's option): the rows of this rank's share of a batch (swapped within
+        the share, as a data-parallel edit does), summed over the ranks; None when off. The keys
+        are read from the whole unedited model at every step (a forward pass per swap)."""
+        editor = self.editor
+        if not getattr(editor.config, "contrast", 0):
+            return None
+        names = editor.module_names
+        rows = editor.contrast_gram(self.lm, [requests[i] for i in indices], names)
+        if self.world.size > 1:  # a share without swaps still joins the reduction
+            rows = {n: rows[n] if n in rows else torch.zeros(2 * (editor.nets.net_for(n)[0].d_in,), dtype=torch.float64)
+                    for n in names}
+            all_reduce_sum_(list(rows.values()), self.world)
+        return rows
+
     def _cache(self, batch) -> dict:
         ecfg = self.editor.config
         raw = cache_keys_and_value_grads(self.lm.adapter, [r.prompt for r in batch], [r.target for r in batch],
@@ -320,9 +335,10 @@ class MetaTrainer:
         names = editor.module_names
         editor.nets.train()
         with trainable_weights(adapter, names) as weights:
-            cache, gen_pairs, loc_pairs = self.step_inputs(self.batch_indices(step))
+            indices = self.batch_indices(step)
+            cache, gen_pairs, loc_pairs = self.step_inputs(indices)
             self._update_normalizers(cache)
-            acc, shifts = editor.predict(cache, self.world)
+            acc, shifts = editor.predict(cache, self.world, rows=self.contrast_rows(self.train, indices))
             delta = EditDelta.from_in_out(adapter, shifts, editor=editor.name)
             for w in weights:
                 w.grad = None
@@ -402,7 +418,8 @@ class MetaTrainer:
         if self._reference is None:
             self._reference = [s.predicted for s in score_examples(adapter, loc, bs)]
         self.editor.nets.eval()
-        _, shifts = self.editor.predict(facts.edit_cache(everything), self.world)
+        _, shifts = self.editor.predict(facts.edit_cache(everything), self.world,
+                                        rows=self.contrast_rows(self.val, everything))
         delta = EditDelta.from_in_out(adapter, shifts, editor=self.editor.name)
         with delta.applied(self.lm.model):
             es = score_examples(adapter, facts.prompt_examples(everything), bs)
