@@ -230,8 +230,8 @@ class MetaTrainer:
         names = editor.module_names
         rows = editor.contrast_gram(self.lm, [requests[i] for i in indices], names)
         if self.world.size > 1:  # a share without swaps still joins the reduction
-            rows = {n: rows[n] if n in rows else torch.zeros(2 * (editor.nets.net_for(n)[0].d_in,), dtype=torch.float64)
-                    for n in names}
+            rows = {n: rows[n] if n in rows else torch.zeros(2 * (editor.nets.net_for(n)[0].d_in,), dtype=torch.float64,
+                                                             device=self.lm.device) for n in names}
             all_reduce_sum_(list(rows.values()), self.world)
         return rows
 
