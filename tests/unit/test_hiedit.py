@@ -176,3 +176,10 @@ def test_warm_start_from_a_hiedit_takes_its_policy_and_hypernetwork(tiny_dirs, t
     meta = json.loads(next((tmp_path / "on" / "checkpoints").glob("step-*/editor.json")).read_text())
     assert meta["config"]["top_k"] == 2 and meta["config"]["layers"] == [0, 1, 2, 3]
     assert meta["config"]["contrast"] == 1 and meta["training"]["init_from"] == str(tmp_path / "hi")
+
+
+def test_a_checkpoint_with_broken_json_is_one_clear_error(tmp_path):
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "editor.json").write_text('{"editor": "hiedit",')
+    with pytest.raises(HyperEditError, match="editor.json: invalid JSON"):
+        get_editor("hiedit", checkpoint=str(tmp_path / "ck"))

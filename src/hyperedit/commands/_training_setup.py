@@ -5,7 +5,6 @@ import from here, so neither imports the other's internals.
 """
 from __future__ import annotations
 
-import json
 import logging
 
 from ..errors import HyperEditError
@@ -81,12 +80,11 @@ HIEDIT_SHAPE = ["low", "top_k", "policy_hidden"]
 
 def _saved_editor(path: str) -> str | None:
     """The editor name a checkpoint (or training run) directory says it holds."""
-    from ..checkpoints import resolve_checkpoint
-    from ..editors._hypernet import CONFIG_FILE
+    from ..editors._hypernet import read_checkpoint_meta
 
     try:
-        return json.loads((resolve_checkpoint(path, CONFIG_FILE) / CONFIG_FILE).read_text()).get("editor")
-    except (HyperEditError, OSError, ValueError):  # get_editor says what is wrong with it
+        return read_checkpoint_meta(path)[1].get("editor")
+    except (HyperEditError, OSError):  # get_editor says what is wrong with it
         return None
 
 

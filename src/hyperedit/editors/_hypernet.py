@@ -202,6 +202,18 @@ def ridge_solve_backward(keys: torch.Tensor, ktk: torch.Tensor, shift: torch.Ten
     return keys.to(ktk.dtype) @ x, -lam * (x * ridge_shift).sum()
 
 
+def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
+    """(folder, ``editor.json`` contents) of a hypernetwork-editor checkpoint, or of a training run's
+    latest; HyperEditError when there is none or its JSON is invalid."""
+    from ..checkpoints import resolve_checkpoint
+
+    folder = resolve_checkpoint(path, CONFIG_FILE)
+    try:
+        return folder, json.loads((folder / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise HyperEditError(f"{folder / CONFIG_FILE}: invalid JSON ({exc.msg})") from exc
+
+
 # ----- the editor base class -----------------------------------------------------------------
 class HyperEditor:
     """Base of the hypernetwork editors: owns the config, the ``HyperNets`` and the model identity.
@@ -417,13 +429,7 @@ class HyperEditor:
         Only runtime settings (``lm_batch_size``, ``net_batch_size``) may be overridden; with
         ``lm`` given, a checkpoint made for another model is refused with a HyperEditError.
         """
-        from ..checkpoints import resolve_checkpoint
-
-        folder = resolve_checkpoint(path, CONFIG_FILE)
-        try:
-            meta = json.loads((folder / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as exc:
-            raise HyperEditError(f"{folder / CONFIG_FILE}: invalid JSON ({exc.msg})") from exc
+        folder, meta = read_checkpoint_meta(path)
         if meta.get("editor") != cls.name:
             raise HyperEditError(f"{path} holds a {meta.get('editor')!r} checkpoint, not {cls.name!r}")
         fixed = sorted(set(overrides) - set(cls.config_class.RUNTIME))

@@ -21,7 +21,8 @@ from ..delta import EditDelta
 from ..distributed import World
 from ..errors import HyperEditError
 from ..nets.policy import LayerPolicy
-from ._hypernet import CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, edit_in_rounds, scale_shifts
+from ._hypernet import (CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, edit_in_rounds,
+                        read_checkpoint_meta, scale_shifts)
 from .base import make_config, register_editor
 from .malmen import DirectionOptions, MalmenConfig, MalmenEditor
 from .mend import MendConfig, MendEditor
@@ -227,10 +228,8 @@ class HiEditEditor:
     def from_checkpoint(cls, path: str | Path, lm=None, **overrides) -> "HiEditEditor":
         """Load a trained HiEdit editor (checkpoint or training run directory)."""
         from ..nets import HyperNets
-        from ..checkpoints import resolve_checkpoint
 
-        folder = resolve_checkpoint(path, CONFIG_FILE)
-        meta = json.loads((folder / CONFIG_FILE).read_text())
+        folder, meta = read_checkpoint_meta(path)
         if meta.get("editor") != cls.name:
             raise HyperEditError(f"{path} holds a {meta.get('editor')!r} checkpoint, not {cls.name!r}")
         fixed = sorted(set(overrides) - set(HiEditConfig.RUNTIME))

@@ -126,6 +126,7 @@ class MetaTrainer:
             {"params": lam_params, "lr": config.lambda_meta_lr or config.meta_lr},
         ])
         self._reference = None
+        self._val_rows: dict | None = None  # ``contrast_rows`` of the validation requests, once
         self.facts: FactCache | None = None
         self.val_facts: FactCache | None = None
         self.best_score: float | None = None
@@ -418,8 +419,9 @@ class MetaTrainer:
         if self._reference is None:
             self._reference = [s.predicted for s in score_examples(adapter, loc, bs)]
         self.editor.nets.eval()
-        _, shifts = self.editor.predict(facts.edit_cache(everything), self.world,
-                                        rows=self.contrast_rows(self.val, everything))
+        if self._val_rows is None:  # the unedited model and the same requests at every validation
+            self._val_rows = self.contrast_rows(self.val, everything) or {}
+        _, shifts = self.editor.predict(facts.edit_cache(everything), self.world, rows=self._val_rows)
         delta = EditDelta.from_in_out(adapter, shifts, editor=self.editor.name)
         with delta.applied(self.lm.model):
             es = score_examples(adapter, facts.prompt_examples(everything), bs)
