@@ -8,7 +8,7 @@ import torch
 from hyperedit.editors._contrast import subject_swaps
 from hyperedit.editors._hypernet import cache_requests
 from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
-from hyperedit.lm import cache_keys, cache_keys_and_value_grads
+from hyperedit.lm import cache_keys, cache_keys_and_value_grads, key_gram
 from hyperedit.requests import EditRequest, LocalityPrompt
 
 FACTS = [("the capital of {} is", "france", "rome"), ("{} speaks the language", "peter", "dutch"),
@@ -65,6 +65,19 @@ def test_forward_only_keys_are_the_keys_read_with_gradients(tiny_llama):
         for name in names:
             torch.testing.assert_close(keys[name], with_grads[name][0], rtol=1e-5, atol=1e-6)
 
+
+
+def test_key_gram_is_the_gram_of_the_keys_whatever_the_chunks(tiny_llama):
+    reqs = _requests()[:5]
+    names = tiny_llama.adapter.module_names([1, 3], "down")
+    args = ([r.prompt for r in reqs], [r.target for r in reqs], names)
+    keys = cache_keys(tiny_llama.adapter, *args, chunk_size=5)
+    for chunk in (1, 2, 5):
+        grams = key_gram(tiny_llama.adapter, *args, chunk_size=chunk)
+        for name in names:
+            k = keys[name].double()
+            assert grams[name].dtype == torch.float64
+            torch.testing.assert_close(grams[name], k.t() @ k, rtol=1e-5, atol=1e-6)
 
 def _editor(lm, **options):
     config = MalmenConfig(layers=[2, 3], rank=4, n_blocks=1, lr_init=0.5, solve_dtype="float64", **options)

@@ -118,3 +118,10 @@ def test_peak_rss_during():
     assert result == 150 * 2**20
     assert seconds >= 0
     assert peak >= before + 100  # the 150 MiB buffer was resident during the call
+
+
+def test_records_table_shows_the_named_columns():
+    table = records_table([_record(rows="same", n_rows=8), _record(rows="none")], columns=("rows", "n_rows"))
+    head, _, first, second = table.strip().splitlines()
+    assert head.split(" | ")[5:7] == ["rows", "n_rows"]
+    assert first.split(" | ")[5:7] == ["same", "8"] and second.split(" | ")[5:7] == ["none", "-"]

@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..atomic import atomic_write_text
 from ..outputs import claim
@@ -89,28 +89,31 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def records_table(records: list[dict]) -> str:
+def records_table(records: list[dict], columns: Sequence[str] = ()) -> str:
     """A markdown table: one row per record, metric columns in a stable order (and a model column
-    when the records are of more than one model)."""
+    when the records are of more than one model); ``columns``: record fields shown after ``n_edits``
+    (what tells the rows of one benchmark apart)."""
     metric_keys: list[str] = ["ES", "GS", "LS"]
     for r in records:
         for key in r["metrics"]:
             if key not in metric_keys and not isinstance(r["metrics"][key], (dict, list)):
                 metric_keys.append(key)
     models = len({r["model"] for r in records}) > 1
-    head = ["editor", *(["model"] if models else []), "dataset", "split", "mode", "n_edits", *metric_keys,
+    head = ["editor", *(["model"] if models else []), "dataset", "split", "mode", "n_edits", *columns, *metric_keys,
             "edit_time_s", "peak_rss_mb"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         cells = [r["editor"], *([r["model"]] if models else []), r["dataset"], r["split"], r["mode"], r["n_edits"],
-                 *(r["metrics"].get(k) for k in metric_keys), r["edit_time_s"], r["peak_rss_mb"]]
+                 *(r.get(c) for c in columns), *(r["metrics"].get(k) for k in metric_keys), r["edit_time_s"],
+                 r["peak_rss_mb"]]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_results(records: list[dict], name: str, results_dir: str | os.PathLike | None = None,
-                  title: str | None = None, notes: str = "") -> tuple[Path, Path]:
-    """Write ``<name>.json`` (list of records) and ``<name>.md`` (table + commands), atomically."""
+                  title: str | None = None, notes: str = "", columns: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (list of records) and ``<name>.md`` (table + commands), atomically;
+    ``columns``: extra record fields in the table (``records_table``)."""
     for r in records:
         missing = [k for k in REQUIRED if k not in r]
         if missing:
@@ -121,7 +124,7 @@ def write_results(records: list[dict], name: str, results_dir: str | os.PathLike
         claim(path, "result", option="results", overwrite=True)
     atomic_write_text(json_path, json.dumps(records, indent=2) + "\n")
     commands = sorted({r["command"] for r in records})
-    md = f"# {title or name}\n\n" + (notes.strip() + "\n\n" if notes else "") + records_table(records)
+    md = f"# {title or name}\n\n" + (notes.strip() + "\n\n" if notes else "") + records_table(records, columns)
     md += "\nModel: " + ", ".join(sorted({r["model"] for r in records})) + ". Produced by:\n\n"
     md += "\n".join(f"    {c}" for c in commands) + "\n"
     atomic_write_text(md_path, md)

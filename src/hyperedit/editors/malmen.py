@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lm import cache_keys, iter_chunks
+from ..lm import iter_chunks, key_gram
 from ._contrast import asked, subject_swaps
 from ._hypernet import Cache, HyperEditor, HyperEditorConfig, RidgeFactor, ridge_solve_backward, token_slices
 from ._nullspace import NullSpaceOptions, null_space_basis
@@ -162,11 +162,10 @@ class MalmenEditor(HyperEditor):
             return {}
         grams: dict[str, torch.Tensor] = {}
         for chunk in progress(list(iter_chunks(swaps, cfg.lm_batch_size)), desc="contrast keys", unit="chunk"):
-            keys = cache_keys(lm.adapter, [p for p, _, _ in chunk], [t for _, t, _ in chunk], names,
-                              chunk_size=len(chunk), token=cfg.token, subjects=[s for _, _, s in chunk])
-            for name in names:
-                k = keys[name].double()
-                grams[name] = grams[name].addmm_(k.t(), k) if name in grams else k.t() @ k
+            part = key_gram(lm.adapter, [p for p, _, _ in chunk], [t for _, t, _ in chunk], names,
+                            chunk_size=len(chunk), token=cfg.token, subjects=[s for _, _, s in chunk])
+            for name, g in part.items():
+                grams[name] = grams[name].add_(g) if name in grams else g
         return {name: cfg.contrast_weight * g for name, g in grams.items()}
 
     def remember_subjects(self, requests) -> None:
