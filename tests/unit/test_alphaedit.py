@@ -85,6 +85,14 @@ def test_sequential_state_accumulates_and_round_trips(tiny_llama, tmp_path):
     loaded._stats = editor._stats
     fresh = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, **TINY)
     fresh._stats = editor._stats
-    assert not torch.allclose(loaded.solver_map(lm, name, K), fresh.solver_map(lm, name, K))
+    remembering = loaded.solver_map(lm, name, K)
+    assert not torch.allclose(remembering, fresh.solver_map(lm, name, K))
+    # memory_weight scales K_p in the solve: 0 forgets the earlier edits, 0.5 is in between
+    loaded.config.memory_weight = 0.0
+    torch.testing.assert_close(loaded.solver_map(lm, name, K), fresh.solver_map(lm, name, K))
+    loaded.config.memory_weight = 0.5
+    half = loaded.solver_map(lm, name, K)
+    assert not torch.allclose(half, remembering) and not torch.allclose(half, fresh.solver_map(lm, name, K))
+    loaded.config.memory_weight = 1.0
     loaded.reset()
     torch.testing.assert_close(loaded.solver_map(lm, name, K), fresh.solver_map(lm, name, K))

@@ -30,14 +30,16 @@ def _relative_error(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def test_nullspace_solve_is_alphaedit_formula_and_its_gradients_are_autograd_in_float64():
+@pytest.mark.parametrize("memory_weight", [1.0, 0.25])
+def test_nullspace_solve_is_alphaedit_formula_and_its_gradients_are_autograd_in_float64(memory_weight):
     gen = torch.Generator().manual_seed(5)
     d_in, d_out, n = 9, 4, 12
     nets = HyperNets({"m": (d_in, d_out)}, rank=3, n_blocks=1, lr_init=0.05, seed=2).double()
     with torch.no_grad():
         for p in nets.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    editor = MalmenEditor(MalmenConfig(nullspace=True, solve_dtype="float64", net_batch_size=5), nets)
+    editor = MalmenEditor(MalmenConfig(nullspace=True, solve_dtype="float64", net_batch_size=5,
+                                       memory_weight=memory_weight), nets)
     corpus = torch.randn(30, d_in, generator=gen, dtype=torch.float64) @ torch.diag(
         torch.tensor([3.0, 2.0, 2.0, 1.0, 1.0, 1e-3, 1e-3, 1e-4, 1e-4], dtype=torch.float64))
     c0 = corpus.t() @ corpus / 30
@@ -50,10 +52,10 @@ def test_nullspace_solve_is_alphaedit_formula_and_its_gradients_are_autograd_in_
                                                                                           dtype=torch.float64)
     target = torch.randn(d_in, d_out, generator=gen, dtype=torch.float64)
     net, index = nets.net_for("m")
-    # autograd through AlphaEdit's own equation (P (K^T K + K_p^T K_p) + e^lambda I) S = P K^T D
+    # autograd through AlphaEdit's own equation (P (K^T K + w K_p^T K_p) + e^lambda I) S = P K^T D
     diffs = net.value_diffs(keys, grads, index)
     P = U @ U.T
-    m = P @ (keys.t() @ keys + earlier.t() @ earlier) + net.log_lambda[index].exp() * torch.eye(d_in, dtype=torch.float64)
+    m = P @ (keys.t() @ keys + memory_weight * earlier.t() @ earlier) + net.log_lambda[index].exp() * torch.eye(d_in, dtype=torch.float64)
     expected_shift = torch.linalg.solve(m, P @ keys.t() @ diffs)
     loss = ((expected_shift - target) ** 2).sum()
     expected = torch.autograd.grad(loss, list(nets.parameters()), allow_unused=True)

@@ -19,14 +19,20 @@ from ..errors import HyperEditError
 @dataclass
 class NullSpaceOptions:
     """Options of the null space: eigenvalues of C below ``nullspace_threshold`` (times C's
-    largest eigenvalue when ``threshold_relative``) span the preserved keys' null space."""
+    largest eigenvalue when ``threshold_relative``) span the preserved keys' null space.
+    ``memory_weight`` (our extension) scales the earlier edits' keys ``K_p^T K_p`` in every later
+    solve: 1 is AlphaEdit's; below 1 a new edit is held back less by the earlier ones and may move
+    them more (the balance a long stream strikes between its recent and its earliest edits)."""
 
     nullspace_threshold: float = 2e-2
     threshold_relative: bool = False
+    memory_weight: float = 1.0
 
     def check_nullspace_options(self) -> None:
         if self.nullspace_threshold <= 0:
             raise ValueError("nullspace_threshold must be positive")
+        if not self.memory_weight >= 0:
+            raise ValueError("memory_weight must be >= 0")
 
 
 def null_space_basis(C: torch.Tensor, threshold: float, relative: bool = False) -> torch.Tensor:

@@ -64,7 +64,8 @@ class AlphaEdit(LocateEditor):
     def solver_map(self, lm: LoadedModel, name: str, K: torch.Tensor) -> torch.Tensor:
         P = self.projector(lm, name).to(K.device)
         kp = self.keys.get(name)
-        return L.alphaedit_map(K, P, kp.to(K.device) if kp is not None else None, self.config.l2)
+        memory = self.config.memory_weight * kp.to(K.device) if kp is not None else None
+        return L.alphaedit_map(K, P, memory, self.config.l2)
 
     def after_solve(self, record: L.SolveRecord) -> None:
         if not self.config.accumulate:

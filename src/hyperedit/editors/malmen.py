@@ -61,7 +61,7 @@ class DirectionOptions(NullSpaceOptions):
     contrast_memory: int = 0
 
     DIRECTION_RUNTIME = ("solve_dtype", "ridge", "ridge_samples", "nullspace", "nullspace_threshold",
-                         "threshold_relative", "contrast", "contrast_weight", "contrast_memory")
+                         "threshold_relative", "memory_weight", "contrast", "contrast_weight", "contrast_memory")
 
     def check_direction_options(self) -> None:
         self.check_nullspace_options()
@@ -191,7 +191,7 @@ class MalmenEditor(HyperEditor):
             if self.config.nullspace:
                 U = self._basis(name).to(device=ktk.device, dtype=ktk.dtype)
                 kp = self.keys.get(name)
-                a = ktk if kp is None else ktk + kp.to(device=ktk.device, dtype=ktk.dtype)
+                a = ktk if kp is None else ktk + self.config.memory_weight * kp.to(device=ktk.device, dtype=ktk.dtype)
                 reduced = U.T @ a @ U
                 factor = RidgeFactor(reduced, log_lambda)
                 z = factor.solve(U.T @ ktd)
