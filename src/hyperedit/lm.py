@@ -211,13 +211,16 @@ def cache_keys(adapter: ModelAdapter, prompts: list[str], targets: list[str], mo
 
 def key_gram(adapter: ModelAdapter, prompts: list[str], targets: list[str], module_names: list[str],
              chunk_size: int = 16, token: str = "ans", subjects: list[str | None] | None = None,
-             ) -> dict[str, torch.Tensor]:
+             desc: str | None = None) -> dict[str, torch.Tensor]:
     """``K^T K`` (float64) of the keys ``cache_keys`` reads, per module, summed chunk by chunk so the
     keys of many prompts are never held at once: the rows with target 0 that a least-squares edit
-    must keep (contrast rows)."""
+    must keep (contrast rows). ``desc``: label of a progress bar over the chunks."""
+    from .progress import progress
+
     subjects = list(subjects) if subjects is not None else [None] * len(prompts)
+    chunks = list(iter_chunks(list(zip(prompts, targets, subjects)), chunk_size))
     grams: dict[str, torch.Tensor] = {}
-    for chunk in iter_chunks(list(zip(prompts, targets, subjects)), chunk_size):
+    for chunk in progress(chunks, desc=desc, unit="chunk", enabled=desc is not None):
         keys = cache_keys(adapter, [p for p, _, _ in chunk], [t for _, t, _ in chunk], module_names,
                           chunk_size=len(chunk), token=token, subjects=[s for _, _, s in chunk])
         for name in module_names:

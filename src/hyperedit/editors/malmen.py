@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lm import iter_chunks, key_gram
+from ..lm import key_gram
 from ._contrast import asked, subject_swaps
 from ._hypernet import Cache, HyperEditor, HyperEditorConfig, RidgeFactor, ridge_solve_backward, token_slices
 from ._nullspace import NullSpaceOptions, null_space_basis
@@ -148,8 +148,6 @@ class MalmenEditor(HyperEditor):
     def contrast_gram(self, lm, requests, names: list[str]) -> dict[str, torch.Tensor]:
         """``contrast``: ``contrast_weight * K_c^T K_c`` of the subject-swapped prompts per module
         in ``names`` (float64; forward passes in chunks of ``lm_batch_size``); empty when off."""
-        from ..progress import progress
-
         cfg = self.config
         if not cfg.contrast or not names:
             return {}
@@ -160,12 +158,9 @@ class MalmenEditor(HyperEditor):
                 log.info("contrast: no subject swaps among these %d requests (they need subjects and "
                          "other prompt templates); solved without contrast rows", len(requests))
             return {}
-        grams: dict[str, torch.Tensor] = {}
-        for chunk in progress(list(iter_chunks(swaps, cfg.lm_batch_size)), desc="contrast keys", unit="chunk"):
-            part = key_gram(lm.adapter, [p for p, _, _ in chunk], [t for _, t, _ in chunk], names,
-                            chunk_size=len(chunk), token=cfg.token, subjects=[s for _, _, s in chunk])
-            for name, g in part.items():
-                grams[name] = grams[name].add_(g) if name in grams else g
+        grams = key_gram(lm.adapter, [p for p, _, _ in swaps], [t for _, t, _ in swaps], names,
+                         chunk_size=cfg.lm_batch_size, token=cfg.token, subjects=[s for _, _, s in swaps],
+                         desc="contrast keys")
         return {name: cfg.contrast_weight * g for name, g in grams.items()}
 
     def remember_subjects(self, requests) -> None:
