@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from malmen_scaling import RESULTS, _slice_reference  # noqa: E402
+from malmen_scaling import RESULTS  # noqa: E402
 
 log = logging.getLogger("malmen_keep_rows")
 KINDS = ("none", "random", "same", "neighbour")
@@ -118,7 +118,7 @@ def run(args) -> None:
             editor.contrast_gram = lambda lm_, reqs, names: rows_gram(lm_, rows, names, weight, args.chunk)
         delta, seconds, peak = peak_rss_during(editor.edit, lm, requests)
         with delta.applied(lm.model):
-            metrics, _ = evaluate(lm.adapter, evaluated, _slice_reference(reference, args.n), args.eval_batch_size)
+            metrics, _ = evaluate(lm.adapter, evaluated, reference, args.eval_batch_size)
         records.append(make_record(editor="malmen", model=lm.name, dataset=dataset, split=split, mode="batch",
                                    n_edits=len(requests), metrics=metrics, edit_time_s=seconds, peak_rss_mb=peak,
                                    command=command, seed=0, rows=kind, rows_per_request=per, rows_weight=weight,
