@@ -121,6 +121,9 @@ def test_cli_train_hiedit_then_lifelong(tiny_dirs, tmp_path):
                  "--general-per-task", "0", "--run-dir", str(tmp_path / "ll"), "--out", str(tmp_path / "res")]) == 0
     record = json.loads((tmp_path / "res.json").read_text())[0]
     assert record["mode"] == "lifelong" and record["metrics"]["modules_fraction"] == 0.5
+    # 2 steps x top_k 2 modules, counted per module over the 4 candidates
+    counts = record["module_edits"]
+    assert sum(counts.values()) == 4 and len(counts) <= 4 and max(counts.values()) <= 2
     assert (tmp_path / "res.png").is_file() and (tmp_path / "res.md").is_file()
 
 

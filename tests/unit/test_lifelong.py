@@ -70,6 +70,8 @@ def test_stream_accumulates_curves_and_restores_exactly(tiny_llama, tmp_path):
     summary = runner.run(restore=False, progress=False)
     assert [p["edits"] for p in summary["curves"]] == [2, 4, 6]
     assert summary["n_steps"] == 3 and summary["modules_fraction_mean"] == 1.0
+    # every step changed every module it touched, and each is counted once per step
+    assert summary["module_edits"] and set(summary["module_edits"].values()) == {3}
     # the process holds the model, so any measured peak is well above zero
     assert summary["peak_rss_mb"] is not None and summary["peak_rss_mb"] > 10.0
     for key in ("ES", "GS", "LS", "ES_pre", "GS_pre", "LS_pre"):
@@ -108,6 +110,21 @@ def test_resume_in_process_matches_uninterrupted(tiny_dirs, tmp_path):
     assert set(whole) == set(parts) and all(torch.equal(whole[n], parts[n]) for n in whole)
     assert resumed["metrics"] == summary["metrics"]
     assert [p["edits"] for p in resumed["curves"]] == [2, 4, 6]
+    assert resumed["module_edits"] == summary["module_edits"]
+
+
+def test_resume_from_a_checkpoint_without_module_counts(tiny_llama, tmp_path):
+    """A stream checkpoint written before per-module counts existed resumes; counting starts there."""
+    run_dir = tmp_path / "run"
+    LifelongRunner(tiny_llama, get_editor("ft", steps=3, lr=1e-2), make_requests(6), _config(), run_dir).run(
+        restore=True, max_edits=2, progress=False)
+    (state_file,) = run_dir.glob("checkpoints/*/stream.json")
+    state = json.loads(state_file.read_text())
+    del state["module_edits"]
+    state_file.write_text(json.dumps(state))
+    runner = LifelongRunner(tiny_llama, get_editor("ft", steps=3, lr=1e-2), make_requests(6), _config(), run_dir)
+    summary = runner.run(resume=True, progress=False)
+    assert summary["n_steps"] == 3 and set(summary["module_edits"].values()) == {2}
 
 
 def _write_requests(path: Path, n: int) -> None:

@@ -90,6 +90,7 @@ class StreamState:
     curves: list[dict] = field(default_factory=list)
     general_before: dict | None = None
     touched: list[str] = field(default_factory=list)
+    module_edits: dict[str, int] = field(default_factory=dict)  # edit steps that changed each module
 
 
 class LifelongRunner:
@@ -164,6 +165,7 @@ class LifelongRunner:
                     self.state.touched.append(name)
                 weight.add_(shift.to(device=weight.device, dtype=weight.dtype))
                 touched += 1
+                self.state.module_edits[name] = self.state.module_edits.get(name, 0) + 1
         candidates = int(delta.meta.get("n_candidates") or len(delta.shifts))
         self.state.steps.append({"n": len(batch), "seconds": round(seconds, 4), "touched": touched,
                                  "candidates": candidates,
@@ -213,11 +215,14 @@ class LifelongRunner:
                    "after": self.state.curves[-1].get("general") if self.state.curves else None}
         if general["before"] and general["after"]:
             general["retention"] = retention(general["before"], general["after"])
+        log.info("edit steps that changed each module (of %d): %s", len(steps),
+                 ", ".join(f"{name} {n}" for name, n in sorted(self.state.module_edits.items())) or "none")
         return {"metrics": metrics, "curves": self.state.curves, "general": general, "edit_time_s": seconds,
                 "time_per_edit_s": seconds / max(1, cfg.num_seq),
                 "modules_fraction_mean": sum(fractions) / len(fractions) if fractions else None,
                 "modules_touched_mean": sum(s["touched"] for s in steps) / max(1, len(steps)),
                 "n_candidates": steps[0]["candidates"] if steps else None,
+                "module_edits": dict(sorted(self.state.module_edits.items())),
                 "peak_rss_mb": max(peaks) if peaks else None,
                 "n_steps": len(steps), "num_seq": cfg.num_seq, "batch_size": cfg.batch_size, "num_pre": cfg.num_pre}
 
@@ -258,7 +263,8 @@ class LifelongRunner:
         check_same_settings(self.run_dir, data.get("info") or {}, mine, what="stream")
         if data.get("threads") != torch.get_num_threads():
             log.warning("resuming with %d threads, the stream used %s", torch.get_num_threads(), data.get("threads"))
-        self.state = StreamState(**{k: data[k] for k in asdict(StreamState())})
+        # fields added after a checkpoint was written keep their defaults (``module_edits``: from then on)
+        self.state = StreamState(**{k: data[k] for k in asdict(StreamState()) if k in data})
         saved = load_file(str(folder / WEIGHTS_FILE))
         modules = dict(self.lm.model.named_modules())
         with torch.no_grad():
