@@ -138,6 +138,21 @@ def test_shift_scale_scales_only_the_chosen_shifts(tiny_llama, tmp_path):
         get_editor("hiedit", checkpoint=str(tmp_path / "ck"), top_k=3)
 
 
+def test_random_selection_draws_top_k_per_edit_reproducibly(tiny_llama, tmp_path):
+    _editor(tiny_llama).save(tmp_path / "ck")
+    editor = get_editor("hiedit", checkpoint=str(tmp_path / "ck"), lm=tiny_llama, selection="random")
+    drawn = []
+    for i in range(6):
+        batch = requests(i + 1)[i:]
+        delta = editor.edit(tiny_llama, batch)
+        assert len(delta.shifts) == 2 and set(delta.shifts) == set(editor.random_choice(batch))
+        drawn.append(tuple(sorted(delta.shifts)))
+    # the draw is seeded by the edit itself, and different edits do not all draw the same pair
+    assert editor.random_choice(requests(3)[2:]) == list(drawn[2]) and len(set(drawn)) > 1
+    with pytest.raises(ValueError, match="selection"):
+        HiEditConfig(selection="best")
+
+
 def test_rounds_edit_the_model_the_earlier_rounds_left(tiny_llama):
     editor = _editor(tiny_llama, lr_init=0.5)
     batch = requests(2)

@@ -11,6 +11,7 @@ also measured relative to editing every candidate (logged as ``advantage_vs_all`
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -36,20 +37,26 @@ class HiEditConfig(HyperEditorConfig, DirectionOptions):
     """HiEdit settings: ``layers`` are the candidate modules' layers, ``top_k`` of them are edited
     per edit; ``low`` is the low-level editor (malmen | mend); ``policy_hidden`` the encoder width;
     ``sparsity_coef`` weighs the intrinsic reward. The solve options (``DirectionOptions``:
-    covariance ridge, null-space projection, our extensions) apply to ``low=malmen``."""
+    covariance ridge, null-space projection, our extensions) apply to ``low=malmen``.
+    ``selection`` (edit time only; training always uses the policy): ``policy`` (the default), or
+    ``random``, ``top_k`` candidates drawn uniformly per edit, seeded by the edit's prompts so a
+    stream and its resumption draw the same: the control that says what the learned choice adds."""
 
     low: str = "malmen"
     top_k: int = 3
     policy_hidden: int = 256
     sparsity_coef: float = 1e-3
+    selection: str = "policy"
 
-    RUNTIME = HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME
+    RUNTIME = HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME + ("selection",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_direction_options()
         if self.low not in LOW:
             raise ValueError(f"low must be one of {sorted(LOW)}")
+        if self.selection not in ("policy", "random"):
+            raise ValueError("selection must be policy or random")
         if self.top_k < 1 or self.policy_hidden < 1 or self.sparsity_coef < 0:
             raise ValueError("top_k and policy_hidden must be >= 1, sparsity_coef >= 0")
         if self.low != "malmen" and (self.nullspace or self.ridge != "identity"):
@@ -91,6 +98,12 @@ class HiEditEditor:
         """(straight-through mask, gate values) of the policy for one edit's cache."""
         return self.policy({n: torch.cat(cache[n], dim=-1) for n in self.module_names})
 
+    def random_choice(self, requests) -> list[str]:
+        """``top_k`` candidates drawn uniformly; the same edit (its prompts) always draws the same."""
+        seed = zlib.crc32("\n".join(r.prompt for r in requests).encode())
+        order = torch.randperm(len(self.module_names), generator=torch.Generator().manual_seed(seed))
+        return [self.module_names[i] for i in sorted(order[: self.config.top_k].tolist())]
+
     def edit(self, lm, requests) -> EditDelta:
         """Shifts of the policy's top-k modules, in ``rounds``; the model is left unchanged."""
         return edit_in_rounds(self, lm, requests)
@@ -107,8 +120,11 @@ class HiEditEditor:
         if self.config.online_norm and first:
             self.update_normalizers(cache)
         with torch.no_grad():
-            mask, _ = self.select(cache)
-            chosen = [n for n, m in zip(self.module_names, mask.tolist()) if m > 0.5]
+            if self.config.selection == "random":
+                chosen = self.random_choice(requests)
+            else:
+                mask, _ = self.select(cache)
+                chosen = [n for n, m in zip(self.module_names, mask.tolist()) if m > 0.5]
             acc = self.low.new_accumulator()
             contrast = self.low.contrast_gram(lm, list(requests), self.module_names)
             for name in chosen:
