@@ -37,6 +37,8 @@ POINTS = [
     ("rows: 2 same-answer prompts", "malmen_keep_rows", "malmen", {"rows": "same", "rows_per_request": 2}),
     ("rows: 8 same-answer prompts", "malmen_keep_rows", "malmen", {"rows": "same", "rows_per_request": 8}),
     ("rows: own tested neighbour (oracle)", "malmen_keep_rows", "malmen", {"rows": "neighbour"}),
+    ("partition", "malmen_scaling_partition", "malmen", {}),
+    ("partition, shift_scale 3", "malmen_scaling_partition_s3", "malmen", {}),
     ("MEMIT", "locate_cf_val_1000", "memit", {}),
     ("MetaKE(MEMIT)", "locate_cf_val_1000", "metake-memit", {}),
     ("MEMIT", "locate_zsre_knowedit_500", "memit", {}),

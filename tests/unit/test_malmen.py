@@ -181,6 +181,24 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("editor_class, config_class", EDITORS)
+def test_partition_writes_each_chunk_to_one_module_only(editor_class, config_class, tiny_llama):
+    """With ``partition`` chunk i goes to module i mod 2: each module's shift is the one an ordinary
+    edit of just its chunks writes there."""
+    requests = facts(4)
+    editor = ready_editor(editor_class, config_class, tiny_llama, requests, lm_batch_size=1)
+    first, second = editor.module_names
+    editor.config.partition = True
+    parted = editor.edit(tiny_llama, requests)
+    editor.config.partition = False
+    alone_first = editor.edit(tiny_llama, [requests[0], requests[2]])
+    alone_second = editor.edit(tiny_llama, [requests[1], requests[3]])
+    assert _relative(parted.shifts[first], alone_first.shifts[first]) < 1e-4  # float32 sums, another order
+    assert _relative(parted.shifts[second], alone_second.shifts[second]) < 1e-4
+    whole = editor.edit(tiny_llama, requests)
+    assert _relative(parted.shifts[first], whole.shifts[first]) > 1e-2
+
+
+@pytest.mark.parametrize("editor_class, config_class", EDITORS)
 def test_each_round_edits_the_model_the_earlier_rounds_left_and_adds_its_shifts(editor_class, config_class,
                                                                                tiny_llama):
     requests = facts(5)

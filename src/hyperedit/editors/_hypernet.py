@@ -56,6 +56,9 @@ class HyperEditorConfig:
     ``rounds`` (our extension): edit the same requests that many times, each round on the model
     with the earlier rounds' shifts applied, and write the sum (see ``edit_in_rounds``); each
     round costs one more LM pass.
+    ``partition`` (our extension, edit time only): chunk i of ``lm_batch_size`` requests is written
+    to module i mod M only (M edited modules), so each module's least-squares solve holds about 1/M
+    of the edit's rows instead of all of them; each fact is then written in one module, not M.
     """
 
     layers: list[int] | None = None
@@ -69,8 +72,10 @@ class HyperEditorConfig:
     shift_scale: float = 1.0
     online_norm: bool = False
     rounds: int = 1
+    partition: bool = False
 
-    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale", "online_norm", "rounds")  # may differ from the checkpoint's values
+    RUNTIME = ("lm_batch_size", "net_batch_size", "shift_scale", "online_norm", "rounds",
+               "partition")  # may differ from the checkpoint's values
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -303,16 +308,16 @@ class HyperEditor:
         if online and world.size > 1:
             raise HyperEditError("online_norm is not supported in a data-parallel run")
         held = []  # online_norm: every chunk's cache, accumulated after the normalisers saw them all
-        for chunk in progress(chunks, desc=f"{self.name} edit", unit="chunk"):
+        for i, chunk in enumerate(progress(chunks, desc=f"{self.name} edit", unit="chunk")):
             cache = cache_requests(adapter, chunk, names, self.config.token, lm.device)
             if online:
                 self.update_normalizers(cache)
-                held.append(cache)
+                held.append((i, cache))
                 continue
-            self._accumulate_cache(acc, cache)
+            self._accumulate_cache(acc, cache, self._chunk_modules(i))
             del cache
-        for cache in held:
-            self._accumulate_cache(acc, cache)
+        for i, cache in held:
+            self._accumulate_cache(acc, cache, self._chunk_modules(i))
         self.add_contrast(acc, lm, mine)
         all_reduce_sum_(accumulator_tensors(acc, names), world)
         with torch.no_grad():
@@ -322,9 +327,14 @@ class HyperEditor:
             self.remember_subjects(requests)
         return shifts, {}
 
-    def _accumulate_cache(self, acc: dict, cache: Cache) -> None:
+    def _chunk_modules(self, index: int) -> list[str]:
+        """The modules chunk ``index`` of an edit is written to: all, or one (``partition``)."""
+        names = self.module_names
+        return [names[index % len(names)]] if self.config.partition else names
+
+    def _accumulate_cache(self, acc: dict, cache: Cache, names: list[str]) -> None:
         with torch.no_grad():
-            for name in self.module_names:
+            for name in names:
                 self.accumulate(acc, name, *cache[name])
 
     def update_normalizers(self, cache: Cache, world: World | None = None) -> None:
@@ -402,7 +412,7 @@ class HyperEditor:
         every rank), added after the reduction (``add_rows``).
         """
         acc = self.new_accumulator()
-        self._accumulate_cache(acc, cache)
+        self._accumulate_cache(acc, cache, self.module_names)  # training: never partitioned
         all_reduce_sum_(accumulator_tensors(acc, self.module_names), world or World())
         if rows:
             self.add_rows(acc, rows)

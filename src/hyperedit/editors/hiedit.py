@@ -55,6 +55,8 @@ class HiEditConfig(HyperEditorConfig, DirectionOptions):
         self.check_direction_options()
         if self.low not in LOW:
             raise ValueError(f"low must be one of {sorted(LOW)}")
+        if self.partition:
+            raise ValueError("partition is for batch edits (malmen, mend, rledit); hiedit's policy chooses the modules")
         if self.selection not in ("policy", "random"):
             raise ValueError("selection must be policy or random")
         if self.top_k < 1 or self.policy_hidden < 1 or self.sparsity_coef < 0:
