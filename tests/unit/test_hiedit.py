@@ -153,6 +153,13 @@ def test_random_selection_draws_top_k_per_edit_reproducibly(tiny_llama, tmp_path
         HiEditConfig(selection="best")
 
 
+def test_lowest_selection_always_edits_the_lowest_top_k_layers(tiny_llama, tmp_path):
+    _editor(tiny_llama).save(tmp_path / "ck")
+    editor = get_editor("hiedit", checkpoint=str(tmp_path / "ck"), lm=tiny_llama, selection="lowest")
+    lowest = set(tiny_llama.adapter.module_names([0, 1]))
+    assert all(set(editor.edit(tiny_llama, requests(i + 1)[i:]).shifts) == lowest for i in range(3))
+
+
 def test_rounds_edit_the_model_the_earlier_rounds_left(tiny_llama):
     editor = _editor(tiny_llama, lr_init=0.5)
     batch = requests(2)

@@ -38,9 +38,10 @@ class HiEditConfig(HyperEditorConfig, DirectionOptions):
     per edit; ``low`` is the low-level editor (malmen | mend); ``policy_hidden`` the encoder width;
     ``sparsity_coef`` weighs the intrinsic reward. The solve options (``DirectionOptions``:
     covariance ridge, null-space projection, our extensions) apply to ``low=malmen``.
-    ``selection`` (edit time only; training always uses the policy): ``policy`` (the default), or
+    ``selection`` (edit time only; training always uses the policy): ``policy`` (the default);
     ``random``, ``top_k`` candidates drawn uniformly per edit, seeded by the edit's prompts so a
-    stream and its resumption draw the same: the control that says what the learned choice adds."""
+    stream and its resumption draw the same; or ``lowest``, the ``top_k`` lowest candidate layers
+    for every edit (a fixed choice). The two controls say what the learned per-edit choice adds."""
 
     low: str = "malmen"
     top_k: int = 3
@@ -57,8 +58,8 @@ class HiEditConfig(HyperEditorConfig, DirectionOptions):
             raise ValueError(f"low must be one of {sorted(LOW)}")
         if self.partition:
             raise ValueError("partition is for batch edits (malmen, mend, rledit); hiedit's policy chooses the modules")
-        if self.selection not in ("policy", "random"):
-            raise ValueError("selection must be policy or random")
+        if self.selection not in ("policy", "random", "lowest"):
+            raise ValueError("selection must be policy, random or lowest")
         if self.top_k < 1 or self.policy_hidden < 1 or self.sparsity_coef < 0:
             raise ValueError("top_k and policy_hidden must be >= 1, sparsity_coef >= 0")
         if self.low != "malmen" and (self.nullspace or self.ridge != "identity"):
@@ -124,6 +125,8 @@ class HiEditEditor:
         with torch.no_grad():
             if self.config.selection == "random":
                 chosen = self.random_choice(requests)
+            elif self.config.selection == "lowest":
+                chosen = sorted(self.module_names, key=lm.adapter.layer_of)[: self.config.top_k]
             else:
                 mask, _ = self.select(cache)
                 chosen = [n for n, m in zip(self.module_names, mask.tolist()) if m > 0.5]
