@@ -163,6 +163,7 @@ def plot(records: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from hyperedit.bench import save_figure
 
     datasets = sorted({(r["dataset"], r["split"]) for r in records})
     editors = sorted({r["editor"] for r in records})
@@ -183,9 +184,7 @@ def plot(records: list[dict], path: Path) -> None:
             ax.grid(alpha=0.3)
             if row == 0 and col == 0:
                 ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from hyperedit.bench import save_figure
 
     datasets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(7.5 * len(datasets), 6.5), squeeze=False)
@@ -84,9 +85,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{dataset}: MALMEN at 1,024 facts (blue), locate-then-edit (red)")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -76,6 +76,9 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from hyperedit.bench import save_figure
+    from hyperedit.atomic import atomic_write_text
+    from hyperedit.outputs import claim
 
     summaries = []
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
@@ -106,10 +109,9 @@ def main() -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{args.out}.png", dpi=110)
-    plt.close(fig)
-    (RESULTS / f"{args.out}.md").write_text(report(summaries, args.command, args.out, args.tag))
+    md_path = claim(RESULTS / f"{args.out}.md", "result", option="--out", overwrite=True)
+    atomic_write_text(md_path, report(summaries, args.command, args.out, args.tag))
+    save_figure(fig, RESULTS / f"{args.out}.png")
 
 
 def best_validation(validation: list[dict]) -> dict | None:

@@ -103,7 +103,7 @@ def _is_target_cache(path: Path) -> bool:
 
 
 def _is_result_file(path: Path) -> bool:
-    """``NAME.json`` (a list of result records), ``NAME.md`` (our table) or a ``NAME.png`` beside them."""
+    """``NAME.json`` (a list of result records), ``NAME.md`` (our report) or a ``NAME.png`` beside either."""
     try:
         if path.suffix == ".json":
             records = json.loads(path.read_text())
@@ -112,7 +112,7 @@ def _is_result_file(path: Path) -> bool:
         if path.suffix == ".md":
             return "Produced by:" in path.read_text()
         if path.suffix == ".png":
-            return _is_result_file(path.with_suffix(".json"))
+            return any(_is_result_file(path.with_suffix(suffix)) for suffix in (".json", ".md"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return False

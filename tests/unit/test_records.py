@@ -125,3 +125,43 @@ def test_records_table_shows_the_named_columns():
     head, _, first, second = table.strip().splitlines()
     assert head.split(" | ")[5:7] == ["rows", "n_rows"]
     assert first.split(" | ")[5:7] == ["same", "8"] and second.split(" | ")[5:7] == ["none", "-"]
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    return fig
+
+
+def test_save_figure_writes_png_and_replaces_only_our_results(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from hyperedit.bench import save_figure
+    from hyperedit.outputs import OutputError
+
+    write_results([_record()], "run", tmp_path)
+    fig = _figure()
+    path = save_figure(fig, tmp_path / "run.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)  # closed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "run.md", "run.png"]  # no temp files
+    first = path.read_bytes()
+    save_figure(_figure(), path)  # an earlier result PNG beside its JSON is replaced
+    assert path.is_file() and path.read_bytes()[:8] == first[:8]
+
+    (tmp_path / "report.md").write_text("# a report\n\nProduced by:\n\n    python bench.py\n")
+    save_figure(_figure(), tmp_path / "report.png")  # beside a result report: ours
+    save_figure(_figure(), tmp_path / "report.png")
+
+    foreign = tmp_path / "holiday.png"
+    foreign.write_bytes(b"not ours")
+    fig = _figure()
+    with pytest.raises(OutputError, match="did not write"):
+        save_figure(fig, foreign)
+    assert foreign.read_bytes() == b"not ours"
+    assert not plt.fignum_exists(fig.number)

@@ -1,4 +1,4 @@
-"""Benchmark helpers: result records of one schema, tables, memory measurement."""
-from .records import current_command, make_record, peak_rss_during, write_results
+"""Benchmark helpers: result records of one schema, tables, figures, memory measurement."""
+from .records import current_command, make_record, peak_rss_during, save_figure, write_results
 
-__all__ = ["current_command", "make_record", "peak_rss_during", "write_results"]
+__all__ = ["current_command", "make_record", "peak_rss_during", "save_figure", "write_results"]

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_file, atomic_write_text
 from ..outputs import claim
 
 REQUIRED = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s",
@@ -129,3 +129,22 @@ def write_results(records: list[dict], name: str, results_dir: str | os.PathLike
     md += "\n".join(f"    {c}" for c in commands) + "\n"
     atomic_write_text(md_path, md)
     return json_path, md_path
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure as ``path`` (PNG) atomically and close it.
+
+    Like the other result files it replaces only an earlier hyperedit result: a PNG beside a
+    result JSON or markdown file (``outputs.claim``), never a file hyperedit did not write.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        claim(path, "result", option="results", overwrite=True)
+        fig.tight_layout()
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
+    return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..atomic import atomic_file
+from ..bench.records import save_figure
 from ..outputs import claim
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,7 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
         if axes[0].get_legend_handles_labels()[0]:
             axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="upper left",
                             bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_lifelong(records: list[dict], name: str, results_dir: str | Path | None = None, notes: str = "") -> list[Path]:
