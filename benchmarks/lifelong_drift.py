@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -51,7 +50,7 @@ def main(argv=None) -> int:
     from hyperedit.atomic import atomic_write_text
     from hyperedit.models import load_model
     from hyperedit.stats import key_second_moments
-    from hyperedit.checkpoints import CheckpointStore
+    from hyperedit.eval.lifelong import finished_streams
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
@@ -62,13 +61,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     lm = load_model(args.model)
     runs = []
-    for run in args.runs:
-        latest = CheckpointStore(run).latest()
-        result = Path(run) / "result.json"
-        if latest is None or not result.is_file():
-            print(f"{run}: no finished stream here (checkpoint and result.json needed); skipped", file=sys.stderr)
-            continue
-        runs.append((Path(run).name, json.loads(result.read_text()), load_file(str(latest / "weights.safetensors"))))
+    for run, record, latest in finished_streams(args.runs):
+        runs.append((run.name, record, load_file(str(latest / "weights.safetensors"))))
     modules = sorted({name for _, _, weights in runs for name in weights})
     moments = key_second_moments(lm, modules, corpus=held_out_texts(args.data_dir), n_samples=None)
     records, lines = [], ["| run | editor | data | edits | modules | mean drift | mean interference | max interference | ES / GS / LS |",

@@ -96,3 +96,55 @@ def test_sequential_state_accumulates_and_round_trips(tiny_llama, tmp_path):
     loaded.config.memory_weight = 1.0
     loaded.reset()
     torch.testing.assert_close(loaded.solver_map(lm, name, K), fresh.solver_map(lm, name, K))
+
+
+def _current_gram(lm, editor, requests, name):
+    from hyperedit.editors._locate import keys_and_hidden
+
+    K, _ = keys_and_hidden(lm, requests, name, editor.prefixes(lm), lm.adapter.layer_of(name))
+    return K.double().T @ K.double()
+
+
+def test_refresh_rebuilds_the_memory_from_the_keys_the_edited_model_reads(tiny_llama):
+    import pytest
+
+    from hyperedit.errors import HyperEditError
+
+    lm = tiny_llama
+    editor = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, refresh_every=1, **{**TINY, "v_steps": 2})
+    names = editor.modules(lm)
+    first = editor.edit(lm, FACTS[:1])
+    remembered = {n: editor.keys.get(n).clone() for n in names}
+    with first.applied(lm.model):
+        # one edit: its keys were read with its own lower layers' shifts applied, as the edited model reads them
+        editor.refresh_keys(lm)
+        for n in names:
+            torch.testing.assert_close(editor.keys.get(n), remembered[n], rtol=1e-5, atol=1e-6)
+        second = editor.edit(lm, FACTS[1:])  # a stream: the second edit is made on the model carrying the first
+        assert editor.refreshed_at == 1 and editor.n_edits == 2 and len(editor.edited) == 2
+        stale = {n: editor.keys.get(n).clone() for n in names}
+        with second.applied(lm.model):
+            editor.refresh_keys(lm)
+            for n in names:
+                torch.testing.assert_close(editor.keys.get(n), _current_gram(lm, editor, FACTS, n), rtol=1e-5,
+                                           atol=1e-6)
+            # the lowest module's input is not edited: its keys stay; above it the first fact's keys moved
+            torch.testing.assert_close(editor.keys.get(names[0]), stale[names[0]], rtol=1e-5, atol=1e-6)
+            moved = editor.keys.get(names[1]) - stale[names[1]]
+            assert float(moved.norm()) > 1e-3 * float(stale[names[1]].norm())
+    # the edited requests are part of the sequential state
+    state = editor.state_dict()
+    other = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, refresh_every=1, **TINY)
+    other.load_state_dict(state)
+    assert other.edited == editor.edited and other.refreshed_at == 2
+    for key, value in state.items():
+        assert torch.equal(other.state_dict()[key], value)
+    # a state saved without them cannot be refreshed
+    stripped = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, refresh_every=1, **TINY)
+    stripped.load_state_dict({k: v for k, v in state.items() if k not in ("edited", "refreshed_at")})
+    with pytest.raises(HyperEditError, match="refresh_every"):
+        stripped.refresh_keys(lm)
+    with pytest.raises(HyperEditError, match="refresh_every"):
+        get_editor("alphaedit", refresh_every=-1, **TINY)
+    with pytest.raises(HyperEditError, match="accumulate"):
+        get_editor("alphaedit", refresh_every=5, accumulate=False, **TINY)

@@ -271,3 +271,19 @@ def test_curve_plot_has_one_row_per_dataset(tmp_path):
     two = Image.open(plot_curves(records, tmp_path / "two.png"))
     assert two.size[1] > 1.6 * one.size[1]  # a second row of panels
     assert plot_curves([{"editor": "ft", "dataset": "zsre", "curves": []}], tmp_path / "empty.png").is_file()
+
+
+def test_finished_streams_skips_runs_without_checkpoint_or_result(tmp_path, caplog):
+    from hyperedit.checkpoints import CheckpointStore
+    from hyperedit.eval.lifelong import RESULT_FILE, finished_streams
+
+    done, running, empty = tmp_path / "done", tmp_path / "running", tmp_path / "empty"
+    for run in (done, running):
+        CheckpointStore(run).save(10, lambda folder: (folder / "stream.json").write_text("{}"))
+    (done / RESULT_FILE).write_text(json.dumps({"editor": "ft", "n_edits": 10}))
+    empty.mkdir()
+    with caplog.at_level("WARNING"):
+        found = finished_streams([done, running, empty])
+    assert [(run, record["n_edits"]) for run, record, _ in found] == [(done, 10)]
+    assert found[0][2] == CheckpointStore(done).latest()
+    assert sum("no finished stream" in r.message for r in caplog.records) == 2

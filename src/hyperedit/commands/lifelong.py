@@ -57,7 +57,7 @@ def run(args) -> int:
     from ..bench import current_command
     from ..bench.records import records_table
     from ..data import load_requests
-    from ..eval.lifelong import LifelongConfig, LifelongRunner
+    from ..eval.lifelong import RESULT_FILE, LifelongConfig, LifelongRunner
     from ..eval.lifelong_report import lifelong_record, write_lifelong
 
     if args.resume and args.overwrite:
@@ -98,7 +98,7 @@ def run(args) -> int:
     record = lifelong_record(summary, editor=editor.name, model=lm.name, dataset=dataset, split=split,
                              command=current_command(), seed=args.seed,
                              config=asdict(editor_config) if is_dataclass(editor_config) else {})
-    atomic_write_text(Path(args.run_dir) / "result.json", json.dumps(record, indent=2, default=str))
+    atomic_write_text(Path(args.run_dir) / RESULT_FILE, json.dumps(record, indent=2, default=str))
     if args.out:
         for path in write_lifelong([record], Path(args.out).name, Path(args.out).parent):
             log.info("wrote %s", path)

@@ -5,6 +5,13 @@ P = U U^T over the eigenvectors of C = E[k k^T] with eigenvalue below ``nullspac
 per layer S = (P (K^T K + K_p^T K_p) + l2 I)^{-1} P K^T R, which lies in the range of P, so keys in
 P's null space keep their outputs. ``K_p`` are the keys of this editor's earlier edits: each
 ``edit`` call adds its keys (sequential editing), kept in ``state_dict()`` and saved with ``save``.
+
+``refresh_every`` (our extension): every edit of a stream moves the keys that later layers read for
+every subject, edited or not (each edited layer changes the input of the layers above it), so the
+keys K_p remembered at edit time drift away from the keys the model reads for those facts later.
+With ``refresh_every=N`` the editor remembers its edited requests and, once N more requests have
+been edited, rebuilds K_p^T K_p from the keys the current model reads for all of them before the
+next solve (one forward pass per request and prefix, up to each edited layer).
 """
 from __future__ import annotations
 
@@ -15,8 +22,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..delta import EditDelta
 from ..errors import HyperEditError
 from ..models import LoadedModel
+from ..requests import EditRequest
 from . import _locate as L
 from ._nullspace import KeyState, NullSpaceOptions
 from .base import make_config, register_editor
@@ -32,6 +41,7 @@ class AlphaEditConfig(L.LocateConfig, NullSpaceOptions):
 
     l2: float = 1.0  # ridge added to the projected normal matrix
     accumulate: bool = True  # remember the keys of earlier edits (K_p) across edit calls
+    refresh_every: int = 0  # our extension: re-read K_p on the current model every N edited requests (0: never)
     diagnostics: bool = True
 
     def __post_init__(self) -> None:
@@ -39,6 +49,10 @@ class AlphaEditConfig(L.LocateConfig, NullSpaceOptions):
         self.check_nullspace_options()
         if self.l2 < 0:
             raise ValueError("l2 must be non-negative")
+        if self.refresh_every < 0:
+            raise ValueError("refresh_every must be >= 0")
+        if self.refresh_every and not self.accumulate:
+            raise ValueError("refresh_every needs accumulate=True (there are no earlier keys to re-read)")
 
 
 @register_editor("alphaedit", AlphaEditConfig, "AlphaEdit: MEMIT with null-space projected updates, sequential K_p")
@@ -49,6 +63,8 @@ class AlphaEdit(LocateEditor):
         super().__init__(config)
         self._projectors: dict[str, torch.Tensor] = {}
         self.keys = KeyState()
+        self.edited: list[EditRequest] = []  # with refresh_every: every request edited so far
+        self.refreshed_at = 0  # n_edits at the last refresh
 
     def projector(self, lm: LoadedModel, name: str) -> torch.Tensor:
         """Null-space projector P (d_in, d_in), float64, computed once from the key statistics."""
@@ -79,17 +95,58 @@ class AlphaEdit(LocateEditor):
     def n_edits(self) -> int:
         return self.keys.n_edits
 
+    def edit(self, lm: LoadedModel, requests) -> EditDelta:
+        requests = list(requests)
+        every = self.config.refresh_every
+        if every and self.n_edits - self.refreshed_at >= every:
+            self.refresh_keys(lm)
+        delta = super().edit(lm, requests)
+        if every:
+            self.edited += [EditRequest(prompt=r.prompt, target=r.target, subject=r.subject) for r in requests]
+        return delta
+
+    @torch.no_grad()
+    def refresh_keys(self, lm: LoadedModel) -> None:
+        """Rebuild K_p^T K_p of every edited module from the keys ``lm`` (the model as edited so far)
+        reads now for every request edited before."""
+        if len(self.edited) != self.n_edits:
+            raise HyperEditError(f"AlphaEdit state holds {self.n_edits} edited requests' keys but {len(self.edited)} "
+                                 "requests: refresh_every needs a state saved with refresh_every on from the start")
+        self.stats(lm)
+        prefixes = self.prefixes(lm)
+        for name in self.modules(lm):
+            K, _ = L.keys_and_hidden(lm, self.edited, name, prefixes, lm.adapter.layer_of(name),
+                                     self.config.batch_size)
+            K = K.double()
+            self.keys.kp[name] = (K.T @ K).cpu()
+        self.refreshed_at = self.n_edits
+
     # ----- sequential state -----------------------------------------------------------------
     def reset(self) -> None:
         """Forget the keys of earlier edits."""
         self.keys.reset()
+        self.edited, self.refreshed_at = [], 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """``{"kp/<module>": K_p^T K_p (d_in, d_in) float64, "n_edits": ()}`` (``KeyState``)."""
-        return self.keys.state_dict()
+        """``{"kp/<module>": K_p^T K_p (d_in, d_in) float64, "n_edits": ()}`` (``KeyState``); with
+        ``refresh_every`` also the edited requests (``edited``: JSON as UTF-8 bytes) and ``refreshed_at``."""
+        state = self.keys.state_dict()
+        if self.config.refresh_every:
+            text = json.dumps([[r.prompt, r.target, r.subject] for r in self.edited])
+            state["edited"] = torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
+            state["refreshed_at"] = torch.tensor(self.refreshed_at)
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.keys.load_state_dict(state, what="AlphaEdit")
+        self.edited, self.refreshed_at = [], 0
+        if "edited" in state:
+            try:
+                rows = json.loads(bytes(state["edited"].tolist()).decode("utf-8"))
+                self.edited = [EditRequest(prompt=p, target=t, subject=s) for p, t, s in rows]
+            except (ValueError, TypeError) as exc:
+                raise HyperEditError(f"AlphaEdit state: unreadable edited requests ({exc})") from None
+            self.refreshed_at = int(state.get("refreshed_at", torch.tensor(0)))
 
     def save(self, path) -> Path:
         """Write config (JSON) and sequential state (safetensors) into directory ``path``."""

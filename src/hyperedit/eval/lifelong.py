@@ -37,6 +37,20 @@ log = logging.getLogger(__name__)
 STATE_FILE = "stream.json"
 WEIGHTS_FILE = "weights.safetensors"
 EDITOR_FILE = "editor_state.safetensors"
+RESULT_FILE = "result.json"  # the finished stream's result record, in its run directory
+
+
+def finished_streams(run_dirs) -> list[tuple[Path, dict, Path]]:
+    """``(run directory, result record, latest checkpoint folder)`` of each finished stream among
+    ``run_dirs``; a directory without a checkpoint or a result record is skipped with a warning."""
+    found = []
+    for run in map(Path, run_dirs):
+        latest = CheckpointStore(run).latest()
+        if latest is None or not (run / RESULT_FILE).is_file():
+            log.warning("%s: no finished stream here (a checkpoint and %s are needed); skipped", run, RESULT_FILE)
+            continue
+        found.append((run, json.loads((run / RESULT_FILE).read_text()), latest))
+    return found
 
 
 @dataclass
