@@ -148,3 +148,20 @@ def test_refresh_rebuilds_the_memory_from_the_keys_the_edited_model_reads(tiny_l
         get_editor("alphaedit", refresh_every=-1, **TINY)
     with pytest.raises(HyperEditError, match="accumulate"):
         get_editor("alphaedit", refresh_every=5, accumulate=False, **TINY)
+
+
+def test_metake_over_alphaedit_refreshes_its_memory_too(tiny_llama):
+    import pytest
+
+    from hyperedit.errors import HyperEditError
+
+    lm = tiny_llama
+    with pytest.raises(HyperEditError, match="inner=alphaedit"):
+        get_editor("metake", inner="memit", refresh_every=1, **TINY)
+    editor = get_editor("metake", inner="alphaedit", refresh_every=1, meta_steps=0, l2=1e-4, nullspace_threshold=1e-6,
+                        **{**TINY, "v_steps": 2})
+    first = editor.edit(lm, FACTS[:1])
+    assert [r.prompt for r in editor.inner.edited] == [FACTS[0].prompt]
+    with first.applied(lm.model):
+        editor.edit(lm, FACTS[1:])  # the memory of the first edit is re-read before the second
+        assert editor.inner.refreshed_at == 1 and len(editor.inner.edited) == 2

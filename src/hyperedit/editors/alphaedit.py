@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..delta import EditDelta
 from ..errors import HyperEditError
 from ..models import LoadedModel
 from ..requests import EditRequest
@@ -95,15 +94,14 @@ class AlphaEdit(LocateEditor):
     def n_edits(self) -> int:
         return self.keys.n_edits
 
-    def edit(self, lm: LoadedModel, requests) -> EditDelta:
-        requests = list(requests)
+    def before_edit(self, lm: LoadedModel) -> None:
         every = self.config.refresh_every
         if every and self.n_edits - self.refreshed_at >= every:
             self.refresh_keys(lm)
-        delta = super().edit(lm, requests)
-        if every:
+
+    def after_edit(self, requests) -> None:
+        if self.config.refresh_every:
             self.edited += [EditRequest(prompt=r.prompt, target=r.target, subject=r.subject) for r in requests]
-        return delta
 
     @torch.no_grad()
     def refresh_keys(self, lm: LoadedModel) -> None:

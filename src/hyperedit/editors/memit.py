@@ -89,6 +89,12 @@ class LocateEditor:
     def after_solve(self, record: L.SolveRecord) -> None:
         """Hook for editors with sequential state (AlphaEdit accumulates the edit keys)."""
 
+    def before_edit(self, lm: LoadedModel) -> None:
+        """Hook run before an edit's targets (AlphaEdit refreshes its memory here when due)."""
+
+    def after_edit(self, requests: Sequence[EditRequest]) -> None:
+        """Hook run after an edit's solve (AlphaEdit remembers the requests it refreshes)."""
+
     def solve(self, lm: LoadedModel, requests: Sequence[EditRequest], z: torch.Tensor):
         """Multi-layer closed-form write of targets ``z``: ``(shifts, SolveRecord)``, model unchanged."""
         cfg = self.config
@@ -106,11 +112,13 @@ class LocateEditor:
         requests = list(requests)
         t0 = time.perf_counter()
         self.stats(lm)
+        self.before_edit(lm)
         t1 = time.perf_counter()
         targets = self.targets(lm, requests)
         t2 = time.perf_counter()
         shifts, record = self.solve(lm, requests, targets.z)
         self.after_solve(record)
+        self.after_edit(requests)
         t3 = time.perf_counter()
         info = {"n_requests": len(requests), "stats_time_s": t1 - t0, "target_time_s": targets.time_s,
                 "targets_cached": targets.n_cached, "target_cached_time_s": targets.cached_time_s,

@@ -65,6 +65,8 @@ class MetaKEConfig(AlphaEditConfig):
         super().__post_init__()
         if self.inner not in _INNER:
             raise ValueError(f"inner must be one of {sorted(_INNER)}")
+        if self.refresh_every and self.inner != "alphaedit":
+            raise ValueError("refresh_every refreshes AlphaEdit's memory: it needs inner=alphaedit")
         if self.meta_steps < 0 or self.meta_lr <= 0 or self.meta_max_scale < 1:
             raise ValueError("meta_steps >= 0, meta_lr > 0 and meta_max_scale >= 1 required")
 
@@ -101,6 +103,7 @@ class MetaKE:
         L.check_model(lm)
         requests, inner, cfg = list(requests), self.inner, self.config
         inner.stats(lm)
+        inner.before_edit(lm)
         targets = inner.targets(lm, requests)
         t1 = time.perf_counter()
         shifts0, record0 = inner.solve(lm, requests, targets.z)
@@ -108,6 +111,7 @@ class MetaKE:
         R, curve = self.refine(lm, requests, shifts0, record0, R0)
         shifts, record = inner.solve(lm, requests, targets.h + R)
         inner.after_solve(record)
+        inner.after_edit(requests)
         t2 = time.perf_counter()
         z_layer = inner.layers(lm)[-1]
         real0 = L.realised_residual(lm, requests, shifts0, z_layer, cfg.batch_size)
