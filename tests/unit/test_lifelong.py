@@ -287,3 +287,26 @@ def test_finished_streams_skips_runs_without_checkpoint_or_result(tmp_path, capl
     assert [(run, record["n_edits"]) for run, record, _ in found] == [(done, 10)]
     assert found[0][2] == CheckpointStore(done).latest()
     assert sum("no finished stream" in r.message for r in caplog.records) == 2
+
+
+def test_alphaedit_with_refreshed_memory_resumes_exactly(tiny_dirs, tmp_path, monkeypatch):
+    from hyperedit.models import load_model
+    from test_memit import TINY
+
+    monkeypatch.setenv("HYPEREDIT_STATS_CACHE", str(tmp_path / "stats"))
+
+    def final_state(run_dir, stops):
+        for stop in stops:
+            lm = load_model(str(tiny_dirs["llama"]))
+            editor = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, refresh_every=2,
+                                **{**TINY, "v_steps": 2})
+            runner = LifelongRunner(lm, editor, make_requests(6), _config(), run_dir)
+            out = runner.run(resume=True, restore=False, max_edits=stop, progress=False)
+        return runner.weights(), editor.state_dict(), out
+
+    whole, state, summary = final_state(tmp_path / "a", [None])
+    parts, resumed_state, resumed = final_state(tmp_path / "b", [2, 4, None])
+    assert state["refreshed_at"] == 4 and bytes(state["edited"].tolist()).count(b'"') > 0
+    assert set(whole) == set(parts) and all(torch.equal(whole[n], parts[n]) for n in whole)
+    assert set(state) == set(resumed_state) and all(torch.equal(state[k], resumed_state[k]) for k in state)
+    assert resumed["metrics"] == summary["metrics"]
