@@ -26,46 +26,54 @@ Writes ``benchmarks/results/OUT.{json,md}`` (one record per run: the stream's ow
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 SCHEMA = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s", "peak_rss_mb",
           "command", "seed", "date")
 
 
-def module_memory(P, gram, l2: float) -> dict:
-    """Dimension of P's range and how many of its directions the memory holds above ``l2``."""
+def module_memory(U, gram, l2: float) -> dict:
+    """Dimension of the null space (basis ``U``) and how many of its directions the memory holds above ``l2``."""
     import torch
 
-    evals, evecs = torch.linalg.eigh(P.double())
-    U = evecs[:, evals > 0.5]
     held = torch.linalg.eigvalsh(U.T @ gram.double() @ U)
     return {"null_dims": int(U.shape[1]), "held_dims": int((held > l2).sum()),
             "held_share": float((held > l2).sum()) / max(int(U.shape[1]), 1)}
 
 
-def key_drift(lm, editor, requests, name: str, weights: dict, z_layer: int) -> dict:
-    """Keys of ``requests`` at ``name`` on the unedited model and with the stream's ``weights``."""
-    import torch
-
+def read_keys(lm, editor, requests, z_layer: int) -> dict:
+    """Keys of ``requests`` at every edited module of ``editor``, as ``lm`` reads them now."""
     from hyperedit.editors import _locate as L
 
-    prefixes = editor.prefixes(lm)
-    with torch.no_grad():
-        before, _ = L.keys_and_hidden(lm, requests, name, prefixes, z_layer)
-        params = {n: lm.adapter.weight(n) for n in weights}
-        saved = {n: p.detach().clone() for n, p in params.items()}
-        try:
+    return {name: L.keys_and_hidden(lm, requests, name, editor.prefixes(lm), z_layer)[0].double()
+            for name in editor.modules(lm)}
+
+
+@contextlib.contextmanager
+def stream_weights(lm, weights: dict):
+    """``lm`` with the stream's current ``weights`` loaded; the original weights are put back after."""
+    import torch
+
+    params = {n: lm.adapter.weight(n) for n in weights}
+    saved = {n: p.detach().clone() for n, p in params.items()}
+    try:
+        with torch.no_grad():
             for n, p in params.items():
                 p.copy_(weights[n].to(p))
-            after, _ = L.keys_and_hidden(lm, requests, name, prefixes, z_layer)
-        finally:
+        yield lm
+    finally:
+        with torch.no_grad():
             for n, p in params.items():
                 p.copy_(saved[n])
-    P = editor.projector(lm, name).to(before.device)
-    move = (after - before).double()
-    inside = (move @ P).norm(dim=1) / move.norm(dim=1).clamp_min(1e-12)
-    rel = move.norm(dim=1) / before.double().norm(dim=1)
-    return {"key_drift": float(rel.mean()), "drift_in_null_space": float(inside.mean())}
+
+
+def key_drift(before, after, P) -> dict:
+    """Mean relative move of the keys, and the mean share of the move inside P's range."""
+    move = after - before
+    inside = (move @ P.to(move)).norm(dim=1) / move.norm(dim=1).clamp_min(1e-12)
+    return {"key_drift": float((move.norm(dim=1) / before.norm(dim=1)).mean()),
+            "drift_in_null_space": float(inside.mean())}
 
 
 def main(argv=None) -> int:
@@ -75,6 +83,7 @@ def main(argv=None) -> int:
     from hyperedit.bench import write_results
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
+    from hyperedit.editors._nullspace import null_space_basis
     from hyperedit.eval.lifelong import finished_streams
     from hyperedit.models import load_model
 
@@ -86,6 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="alphaedit_memory")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
     records, lm = [], None
     for run, record, latest in finished_streams(args.runs):
         if record["editor"] != "alphaedit":
@@ -99,14 +109,19 @@ def main(argv=None) -> int:
         first = load_requests(spec, data_dir=args.data_dir, limit=args.first)
         unedited = load_requests(spec, data_dir=args.data_dir, limit=args.first, offset=record["n_edits"])
         z_layer = editor.layers(lm)[-1]
-        weight = editor.config.memory_weight
+        sets = {"first": first, "unedited": unedited}
+        before = {which: read_keys(lm, editor, reqs, z_layer) for which, reqs in sets.items()}
+        with stream_weights(lm, weights):
+            after = {which: read_keys(lm, editor, reqs, z_layer) for which, reqs in sets.items()}
+        cfg = editor.config
         per_module = {}
         for name in editor.modules(lm):
-            gram = weight * state[f"kp/{name}"]
-            control = key_drift(lm, editor, unedited, name, weights, z_layer)
-            per_module[name] = {**module_memory(editor.projector(lm, name), gram, editor.config.l2),
-                                **key_drift(lm, editor, first, name, weights, z_layer),
-                                "key_drift_unedited": control["key_drift"]}
+            U = null_space_basis(editor.stats(lm)[name], cfg.nullspace_threshold, cfg.threshold_relative)
+            P = editor.projector(lm, name)
+            per_module[name] = {**module_memory(U, cfg.memory_weight * state[f"kp/{name}"], cfg.l2),
+                                **key_drift(before["first"][name], after["first"][name], P),
+                                "key_drift_unedited": key_drift(before["unedited"][name], after["unedited"][name],
+                                                                P)["key_drift"]}
         mean = {k: sum(v[k] for v in per_module.values()) / len(per_module)
                 for k in ("held_share", "key_drift", "drift_in_null_space", "key_drift_unedited")}
         records.append({**{k: record[k] for k in SCHEMA if k in record}, "run": run.name,
