@@ -26,11 +26,8 @@ Writes ``benchmarks/results/OUT.{json,md}`` (one record per run: the stream's ow
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
-SCHEMA = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s", "peak_rss_mb",
-          "command", "seed", "date")
 
 
 def module_memory(U, gram, l2: float) -> dict:
@@ -50,24 +47,6 @@ def read_keys(lm, editor, requests, z_layer: int) -> dict:
             for name in editor.modules(lm)}
 
 
-@contextlib.contextmanager
-def stream_weights(lm, weights: dict):
-    """``lm`` with the stream's current ``weights`` loaded; the original weights are put back after."""
-    import torch
-
-    params = {n: lm.adapter.weight(n) for n in weights}
-    saved = {n: p.detach().clone() for n, p in params.items()}
-    try:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(weights[n].to(p))
-        yield lm
-    finally:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(saved[n])
-
-
 def key_drift(before, after, P) -> dict:
     """Mean relative move of the keys, and the mean share of the move inside P's range."""
     move = after - before
@@ -81,10 +60,11 @@ def main(argv=None) -> int:
     from safetensors.torch import load_file
 
     from hyperedit.bench import write_results
+    from hyperedit.bench.records import REQUIRED
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
     from hyperedit.editors._nullspace import null_space_basis
-    from hyperedit.eval.lifelong import finished_streams
+    from hyperedit.eval.lifelong import EDITOR_FILE, finished_streams, stream_weights
     from hyperedit.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,15 +83,14 @@ def main(argv=None) -> int:
             continue
         lm = lm or load_model(record["model"])
         editor = get_editor("alphaedit", lm=lm, **record.get("editor_config", {}))
-        state = load_file(str(latest / "editor_state.safetensors"))
-        weights = load_file(str(latest / "weights.safetensors"))
+        state = load_file(str(latest / EDITOR_FILE))
         spec = f"{record['dataset']}:{record['split']}"
         first = load_requests(spec, data_dir=args.data_dir, limit=args.first)
         unedited = load_requests(spec, data_dir=args.data_dir, limit=args.first, offset=record["n_edits"])
         z_layer = editor.layers(lm)[-1]
         sets = {"first": first, "unedited": unedited}
         before = {which: read_keys(lm, editor, reqs, z_layer) for which, reqs in sets.items()}
-        with stream_weights(lm, weights):
+        with stream_weights(lm, latest):
             after = {which: read_keys(lm, editor, reqs, z_layer) for which, reqs in sets.items()}
         cfg = editor.config
         per_module = {}
@@ -124,7 +103,7 @@ def main(argv=None) -> int:
                                                                 P)["key_drift"]}
         mean = {k: sum(v[k] for v in per_module.values()) / len(per_module)
                 for k in ("held_share", "key_drift", "drift_in_null_space", "key_drift_unedited")}
-        records.append({**{k: record[k] for k in SCHEMA if k in record}, "run": run.name,
+        records.append({**{k: record[k] for k in REQUIRED if k in record}, "run": run.name,
                         "editor_config": record.get("editor_config"),
                         "memory": {"checkpoint": latest.name, "first": args.first, "mean": mean,
                                    "per_module": per_module}})

@@ -25,8 +25,6 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HELD_OUT_PER_TASK = 50
-SCHEMA = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s", "peak_rss_mb",
-          "command", "seed", "date")  # the stream's own record; its curves stay in its result file
 
 
 def held_out_texts(data_dir=None) -> list[str]:
@@ -48,6 +46,7 @@ def main(argv=None) -> int:
     from safetensors.torch import load_file
 
     from hyperedit.atomic import atomic_write_text
+    from hyperedit.bench.records import REQUIRED
     from hyperedit.models import load_model
     from hyperedit.stats import key_second_moments
     from hyperedit.eval.lifelong import finished_streams
@@ -71,7 +70,7 @@ def main(argv=None) -> int:
         per_module = {n: module_drift(lm.adapter, n, w, moments[n]) for n, w in weights.items()}
         drift = [v["drift"] for v in per_module.values()]
         seen = [v["interference"] for v in per_module.values()]
-        record = {**{k: record[k] for k in SCHEMA if k in record}, "run": run, "drift": {
+        record = {**{k: record[k] for k in REQUIRED if k in record}, "run": run, "drift": {
             "modules": len(per_module), "mean_rel_drift": sum(drift) / len(drift), "max_rel_drift": max(drift),
             "mean_rel_interference": sum(seen) / len(seen), "max_rel_interference": max(seen),
             "held_out_texts": f"general/* prompts, {HELD_OUT_PER_TASK} per task", "per_module": per_module}}

@@ -310,3 +310,23 @@ def test_alphaedit_with_refreshed_memory_resumes_exactly(tiny_dirs, tmp_path, mo
     assert set(whole) == set(parts) and all(torch.equal(whole[n], parts[n]) for n in whole)
     assert set(state) == set(resumed_state) and all(torch.equal(state[k], resumed_state[k]) for k in state)
     assert resumed["metrics"] == summary["metrics"]
+
+
+def test_stream_weights_carry_a_checkpoint_and_put_the_model_back(tiny_llama, tmp_path):
+    from hyperedit.eval.lifelong import stream_weights
+
+    lm = tiny_llama
+    original = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    runner = LifelongRunner(lm, get_editor("ft", layers=[1], lr=5e-2, steps=3), make_requests(4),
+                            _config(num_seq=4, num_pre=0), tmp_path / "run")
+    runner.run(restore=False, progress=False)
+    edited = runner.weights()
+    runner.restore()
+    assert edited and all(not torch.equal(w, original[n + ".weight"]) for n, w in edited.items())
+    try:
+        with stream_weights(lm, runner.store.latest()):
+            assert all(torch.equal(lm.adapter.weight(n), w) for n, w in edited.items())
+            raise KeyboardInterrupt  # the model is put back however the block ends
+    except KeyboardInterrupt:
+        pass
+    assert all(torch.equal(p, original[n]) for n, p in lm.model.named_parameters())

@@ -14,6 +14,7 @@ a killed run resumes exactly where its last checkpoint stopped and ends in the s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,24 @@ def finished_streams(run_dirs) -> list[tuple[Path, dict, Path]]:
             continue
         found.append((run, json.loads((run / RESULT_FILE).read_text()), latest))
     return found
+
+
+@contextlib.contextmanager
+def stream_weights(lm, folder: str | Path):
+    """``lm`` carrying the weights of a stream's checkpoint ``folder`` (every module the stream touched);
+    the model's own weights are put back on leaving."""
+    weights = load_file(str(Path(folder) / WEIGHTS_FILE))
+    params = {n: lm.adapter.weight(n) for n in weights if n != "_empty"}
+    saved = {n: p.detach().clone() for n, p in params.items()}
+    try:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(weights[n].to(p))
+        yield lm
+    finally:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
 
 
 @dataclass
