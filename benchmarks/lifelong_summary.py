@@ -58,9 +58,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     records = []
     for path in sorted(RESULTS.glob("lifelong_*.json")):
-        if path.stem == "lifelong_summary" or path.stem.startswith("lifelong_drift"):
+        if path.stem == "lifelong_summary":
             continue
-        records.extend({**r, "run": path.stem.removeprefix("lifelong_")} for r in json.loads(path.read_text()))
+        records.extend({**r, "run": path.stem.removeprefix("lifelong_")} for r in json.loads(path.read_text())
+                       if "curves" in r)  # a stream's own result, not a measurement made on finished streams
     if not records and not args.partial:
         raise SystemExit("no lifelong results yet")
     head = ["run", "editor", "dataset", "stream", *COLUMNS]
