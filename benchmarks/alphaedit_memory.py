@@ -30,15 +30,6 @@ import sys
 
 
 
-def module_memory(U, gram, l2: float) -> dict:
-    """Dimension of the null space (basis ``U``) and how many of its directions the memory holds above ``l2``."""
-    import torch
-
-    held = torch.linalg.eigvalsh(U.T @ gram.double() @ U)
-    return {"null_dims": int(U.shape[1]), "held_dims": int((held > l2).sum()),
-            "held_share": float((held > l2).sum()) / max(int(U.shape[1]), 1)}
-
-
 def read_keys(lm, editor, requests, z_layer: int) -> dict:
     """Keys of ``requests`` at every edited module of ``editor``, as ``lm`` reads them now."""
     from hyperedit.editors import _locate as L
@@ -63,7 +54,7 @@ def main(argv=None) -> int:
     from hyperedit.bench.records import REQUIRED
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
-    from hyperedit.editors._nullspace import null_space_basis
+    from hyperedit.editors._nullspace import held_directions, null_space_basis
     from hyperedit.eval.lifelong import EDITOR_FILE, finished_streams, stream_weights
     from hyperedit.models import load_model
 
@@ -97,7 +88,7 @@ def main(argv=None) -> int:
         for name in editor.modules(lm):
             U = null_space_basis(editor.stats(lm)[name], cfg.nullspace_threshold, cfg.threshold_relative)
             P = editor.projector(lm, name)
-            per_module[name] = {**module_memory(U, cfg.memory_weight * state[f"kp/{name}"], cfg.l2),
+            per_module[name] = {**held_directions(U, cfg.memory_weight * state[f"kp/{name}"], cfg.l2),
                                 **key_drift(before["first"][name], after["first"][name], P),
                                 "key_drift_unedited": key_drift(before["unedited"][name], after["unedited"][name],
                                                                 P)["key_drift"]}

@@ -282,3 +282,35 @@ def test_rounds_remember_the_keys_of_an_edit_once(tiny_llama, fixture_corpus):
     assert once.keys.n_edits == twice.keys.n_edits == 4
     for name in once.module_names:
         torch.testing.assert_close(twice.keys.get(name), once.keys.get(name), rtol=1e-5, atol=1e-8)  # twice remembered would be 2x
+
+
+def test_held_directions_count_the_memory_above_the_ridge_inside_the_null_space():
+    from hyperedit.editors._nullspace import held_directions
+
+    torch.manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
+    U, outside = basis[:, :5], basis[:, 5:]
+    gram = (U[:, :3] * torch.tensor([10.0, 3.0, 0.5], dtype=torch.float64)) @ U[:, :3].T
+    gram = gram + 100.0 * outside @ outside.T  # memory outside the null space does not count
+    assert held_directions(U, gram, ridge=1.0) == {"null_dims": 5, "held_dims": 2, "held_share": 0.4}
+    assert held_directions(U, gram, ridge=0.1)["held_dims"] == 3
+
+
+def test_memory_fill_grows_with_the_edits_and_follows_the_memory_weight(tiny_llama, fixture_corpus):
+    options = dict(nullspace=True, solve_dtype="float64", nullspace_threshold=0.5, threshold_relative=True)
+    editor = _editor(MalmenEditor, MalmenConfig, tiny_llama, **options)
+    with torch.no_grad():  # the tiny model's keys are small: a ridge below their scale
+        for name, param in editor.nets.named_parameters():
+            if name.endswith("log_lambda"):
+                param.fill_(-12.0)
+    assert editor.memory_fill() == {}
+    editor.edit(tiny_llama, requests(6)[:1])
+    one = editor.memory_fill()
+    editor.edit(tiny_llama, requests(6)[1:5])
+    five = editor.memory_fill()
+    rows = cache_requests(tiny_llama.adapter, requests(6)[:5], editor.module_names, "ans")
+    for name in editor.module_names:
+        assert 0 < one[name]["held_dims"] < five[name]["held_dims"] <= min(five[name]["null_dims"], len(rows[name][0]))
+        assert five[name]["null_dims"] == editor.bases[name].shape[1]
+    editor.config.memory_weight = 0.0
+    assert all(m["held_dims"] == 0 for m in editor.memory_fill().values())

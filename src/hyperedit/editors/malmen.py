@@ -24,7 +24,7 @@ import torch
 from ..lm import key_gram
 from ._contrast import asked, subject_swaps
 from ._hypernet import Cache, HyperEditor, HyperEditorConfig, RidgeFactor, ridge_solve_backward, token_slices
-from ._nullspace import NullSpaceOptions, null_space_basis
+from ._nullspace import NullSpaceOptions, held_directions, null_space_basis
 from .base import register_editor
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,19 @@ class MalmenEditor(HyperEditor):
                 acc[name] = [ktk, ktd, factor, None]
                 shifts[name] = factor.solve(ktd).float()
         return shifts
+
+    def memory_fill(self) -> dict[str, dict]:
+        """``nullspace``: per module with a memory, how much of its null space the earlier edits' keys
+        hold above the learned ridge ``e^lambda`` (``held_directions``); call ``prepare(lm)`` first."""
+        fill = {}
+        for name in self.module_names:
+            kp = self.keys.get(name)
+            if kp is not None:
+                net, index = self.nets.net_for(name)
+                ridge = float(net.log_lambda[index].detach().double().exp())
+                fill[name] = {**held_directions(self._basis(name), self.config.memory_weight * kp, ridge),
+                              "ridge": ridge}
+        return fill
 
     def remember_keys(self, acc: dict, n_requests: int) -> None:
         """``nullspace``: add the keys of an edit (its accumulated ``K^T K``, contrast rows included) to K_p."""
