@@ -21,7 +21,8 @@ plus the same requests unedited on both weights (``--stream-weights-only``: the 
 ES / GS / LS are those of the batch right after its own edit (LS against the unedited model's
 predictions); ``shift_norm`` is the mean over batches of the summed Frobenius norms of the edit's
 shifts; ``old_metrics`` are ES / GS / LS of ``--old`` requests the stream edited (evenly spaced over it)
-after each probe edit: what one more edit costs the earlier ones. The editor is built as the stream
+after each probe edit: what one more edit costs the earlier ones; ``memory_fill``: per module, how many
+of the null space's directions the stream's memory holds above the learned ridge. The editor is built as the stream
 built it (its checkpoint and run-time options, from the stream's checkpoint), then ``--set``. Writes
 ``benchmarks/results/OUT.{json,md}``: one record per run and condition.
 """
@@ -92,6 +93,21 @@ def probe(lm, editor, batches, reference, state, old, old_reference) -> dict:
     return {**sums, "shift_norm": sum(norms) / len(norms) if norms else 0.0}
 
 
+def memory_fill(lm, editor, stream: tuple) -> dict | None:
+    """How much of each module's null space the stream's memory holds above the ridge
+    (``MalmenEditor.memory_fill``; None for an editor without a null-space memory). ``lm`` must carry
+    the unedited weights: the null space comes from the key statistics of generic text."""
+    low = getattr(editor, "low", editor)  # HiEdit's low level, or RLEdit / MALMEN itself
+    if not getattr(low.config, "nullspace", False):
+        return None
+    low.prepare(lm)
+    editor.load_stream_state({k: v.clone() for k, v in stream[0].items()}, stream[1])
+    per_module = low.memory_fill()
+    held = sum(m["held_dims"] for m in per_module.values())
+    return {"per_module": per_module, "held_dims": held,
+            "null_dims": sum(m["null_dims"] for m in per_module.values())}
+
+
 def main(argv=None) -> int:
     import torch
     from safetensors.torch import load_file
@@ -132,6 +148,7 @@ def main(argv=None) -> int:
         stream = ({k: v for k, v in load_file(str(latest / EDITOR_FILE)).items() if k != "_empty"}, meta)
         fresh = editor.stream_state()
         fresh = ({k: v.clone() for k, v in fresh[0].items()}, fresh[1])
+        fill = memory_fill(lm, editor, stream)
         spec = f"{record['dataset']}:{record['split']}"
         n = args.batches * args.batch
         requests = load_requests(spec, data_dir=args.data_dir, limit=n, offset=record["n_edits"])
@@ -163,7 +180,7 @@ def main(argv=None) -> int:
                             "metrics": {k: metrics[k] for k in ("ES", "GS", "LS")},
                             "old_metrics": ({k: metrics["old_" + k] for k in ("ES", "GS", "LS")}
                                             if "old_ES" in metrics else None),
-                            "shift_norm": metrics["shift_norm"]})
+                            "shift_norm": metrics["shift_norm"], "memory_fill": fill})
     if not records:
         log.error("no hypernetwork-editor stream probed")
         return 2
@@ -176,6 +193,12 @@ def main(argv=None) -> int:
         lines.append(f"| {r['run']} | {' '.join(r['overrides']) or '-'} | {c['weights']} | {'yes' if c['edit'] else 'no'} | {c.get('memory', '-')} | "
                      f"{c.get('normalisers', '-')} | {m['ES']:.3f} | {m['GS']:.3f} | {m['LS']:.3f} | "
                      f"{r['shift_norm']:.2f} | {old_cell} |")
+    lines += ["", "Memory fill (per module: null-space dimensions, held above the ridge e^lambda, ridge):", "",
+              "| run | module | null_dims | held_dims | held_share | ridge |", "|---|---|---|---|---|---|"]
+    for r in {r["run"]: r for r in records if r["memory_fill"]}.values():
+        for name, m in r["memory_fill"]["per_module"].items():
+            lines.append(f"| {r['run']} | {name} | {m['null_dims']} | {m['held_dims']} | {m['held_share']:.3f} | "
+                         f"{m['ridge']:.1f} |")
     write_results(records, args.out, title="Writing at the end of a lifelong stream: what holds new edits back",
                   notes=__doc__.split("\n\n", 2)[2].strip() + "\n\n" + "\n".join(lines))
     print("\n".join(lines))
