@@ -21,13 +21,12 @@ at its latest checkpoint, per edited module:
 A memory that is full (held_share near 1) leaves a new edit nowhere to go but over earlier ones;
 keys that moved make the memory protect directions the earlier facts no longer use.
 Writes ``benchmarks/results/OUT.{json,md}`` (one record per run: the stream's own record, with
-``memory`` added).
+``memory`` added, ``command`` this benchmark's and ``stream_command`` the stream's).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-
 
 
 def read_keys(lm, editor, requests, z_layer: int) -> dict:
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
     import torch
     from safetensors.torch import load_file
 
-    from hyperedit.bench import write_results
+    from hyperedit.bench import current_command, write_results
     from hyperedit.bench.records import REQUIRED
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
         per_module = {}
         for name in editor.modules(lm):
             U = null_space_basis(editor.stats(lm)[name], cfg.nullspace_threshold, cfg.threshold_relative)
-            P = editor.projector(lm, name)
+            P = U @ U.T  # the editor's projector, from the same basis (not a second eigendecomposition)
             per_module[name] = {**held_directions(U, cfg.memory_weight * state[f"kp/{name}"], cfg.l2),
                                 **key_drift(before["first"][name], after["first"][name], P),
                                 "key_drift_unedited": key_drift(before["unedited"][name], after["unedited"][name],
@@ -95,6 +94,7 @@ def main(argv=None) -> int:
         mean = {k: sum(v[k] for v in per_module.values()) / len(per_module)
                 for k in ("held_share", "key_drift", "drift_in_null_space", "key_drift_unedited")}
         records.append({**{k: record[k] for k in REQUIRED if k in record}, "run": run.name,
+                        "command": current_command(), "stream_command": record["command"],
                         "editor_config": record.get("editor_config"),
                         "memory": {"checkpoint": latest.name, "first": args.first, "mean": mean,
                                    "per_module": per_module}})
