@@ -53,7 +53,6 @@ def main(argv=None) -> int:
     from hyperedit.bench.records import REQUIRED
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
-    from hyperedit.editors._nullspace import held_directions, null_space_basis
     from hyperedit.eval.lifelong import EDITOR_FILE, finished_streams, stream_weights
     from hyperedit.models import load_model
 
@@ -82,12 +81,12 @@ def main(argv=None) -> int:
         before = {which: read_keys(lm, editor, reqs, z_layer) for which, reqs in sets.items()}
         with stream_weights(lm, latest):
             after = {which: read_keys(lm, editor, reqs, z_layer) for which, reqs in sets.items()}
-        cfg = editor.config
+        editor.load_state_dict(state)
+        fill = editor.memory_fill(lm)
         per_module = {}
         for name in editor.modules(lm):
-            U = null_space_basis(editor.stats(lm)[name], cfg.nullspace_threshold, cfg.threshold_relative)
-            P = U @ U.T  # the editor's projector, from the same basis (not a second eigendecomposition)
-            per_module[name] = {**held_directions(U, cfg.memory_weight * state[f"kp/{name}"], cfg.l2),
+            P = editor.projector(lm, name)
+            per_module[name] = {**{k: v for k, v in fill[name].items() if k != "ridge"},
                                 **key_drift(before["first"][name], after["first"][name], P),
                                 "key_drift_unedited": key_drift(before["unedited"][name], after["unedited"][name],
                                                                 P)["key_drift"]}

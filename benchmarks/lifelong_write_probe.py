@@ -95,14 +95,13 @@ def probe(lm, editor, batches, reference, state, old, old_reference) -> dict:
 
 def memory_fill(lm, editor, stream: tuple) -> dict | None:
     """How much of each module's null space the stream's memory holds above the ridge
-    (``MalmenEditor.memory_fill``; None for an editor without a null-space memory). ``lm`` must carry
+    (the editor's ``memory_fill``; None for an editor without a null-space memory). ``lm`` must carry
     the unedited weights: the null space comes from the key statistics of generic text."""
     low = getattr(editor, "low", editor)  # HiEdit's low level, or RLEdit / MALMEN itself
     if not getattr(low.config, "nullspace", False):
         return None
-    low.prepare(lm)
     editor.load_stream_state({k: v.clone() for k, v in stream[0].items()}, stream[1])
-    per_module = low.memory_fill()
+    per_module = editor.memory_fill(lm)
     held = sum(m["held_dims"] for m in per_module.values())
     return {"per_module": per_module, "held_dims": held,
             "null_dims": sum(m["null_dims"] for m in per_module.values())}

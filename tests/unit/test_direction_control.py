@@ -187,6 +187,10 @@ def test_stream_with_direction_control_resumes_exactly(tiny_dirs, tiny_llama, tm
     assert set(state) == set(resumed_state) and all(torch.equal(state[k], resumed_state[k]) for k in state)
     assert resumed["metrics"] == summary["metrics"]
     assert int(state["keys/n_edits"]) == 6 and any(k.startswith("keys/kp/") for k in state)
+    memory = [p["memory"] for p in summary["curves"]]  # how full the memory is, at every curve point
+    assert len(memory) == 3 and memory == [p["memory"] for p in resumed["curves"]]
+    assert all(0 <= m["held_dims"] <= m["null_dims"] and m["per_module"] and sum(m["per_module"].values()) == m["held_dims"]
+               for m in memory)
     counts = [v for k, v in state.items() if k.endswith("normalizer.count")]
     assert counts and all(float(c) > 0 for c in counts)  # the normalisers followed the stream
 

@@ -330,3 +330,37 @@ def test_stream_weights_carry_a_checkpoint_and_put_the_model_back(tiny_llama, tm
     except KeyboardInterrupt:
         pass
     assert all(torch.equal(p, original[n]) for n, p in lm.model.named_parameters())
+
+
+def test_curves_say_how_full_a_null_space_memory_is(tiny_llama, tmp_path, monkeypatch, caplog):
+    """An editor with a memory of earlier edits (AlphaEdit): every curve point counts the null-space
+    directions it holds (the editor's own ``memory_fill``, summed), the count grows with the edits, a
+    nearly full memory is warned about once, and the result carries the final share; an editor
+    without a memory (ft) gets none of it."""
+    from test_memit import TINY
+
+    from hyperedit.eval import lifelong
+
+    monkeypatch.setenv("HYPEREDIT_STATS_CACHE", str(tmp_path / "stats"))
+    # the tiny model's null space is wide (its statistics corpus is a few lines): warn at a twentieth
+    monkeypatch.setattr(lifelong, "MEMORY_FULL", 0.05)
+    editor = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-2, threshold_relative=True,
+                        **{**TINY, "v_steps": 2})
+    runner = LifelongRunner(tiny_llama, editor, make_requests(6), _config(), tmp_path / "run")
+    with caplog.at_level("WARNING", logger="hyperedit.eval.lifelong"):
+        summary = runner.run(progress=False)
+    points = [p["memory"] for p in summary["curves"]]
+    held = [p["held_dims"] for p in points]
+    assert held == sorted(held) and 0 < held[0] < held[-1] <= points[-1]["null_dims"]
+    fill = editor.memory_fill(tiny_llama)
+    assert points[-1]["per_module"] == {name: m["held_dims"] for name, m in fill.items()}
+    assert points[-1]["null_dims"] == sum(m["null_dims"] for m in fill.values())
+    assert summary["metrics"]["memory_held_share"] == pytest.approx(held[-1] / points[-1]["null_dims"])
+    shares = [p["held_share"] for p in points]
+    assert shares[0] < 0.05 <= shares[1] < shares[2]  # one key per fact and layer: 4, 8, 12 held
+    warnings = [r.getMessage() for r in caplog.records if "memory of earlier edits holds" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("after 4 edits")
+
+    plain = LifelongRunner(tiny_llama, get_editor("ft", steps=1, lr=1e-2), make_requests(4), _config(num_seq=4),
+                           tmp_path / "ft").run(progress=False)
+    assert all("memory" not in p for p in plain["curves"]) and "memory_held_share" not in plain["metrics"]

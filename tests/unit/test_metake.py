@@ -58,6 +58,12 @@ def test_metake_flips_planted_facts_with_diagnostics(tiny_llama, inner, extra):
     assert 1 <= len(info["proxy_loss_curve"]) <= 3
     if inner == "alphaedit":
         assert int(editor.state_dict()["n_edits"]) == len(FACTS)  # only the final write is remembered
+        # its memory's fill is the inner AlphaEdit's: one key per fact and layer, each above the ridge
+        fill = editor.memory_fill(lm)
+        assert fill == editor.inner.memory_fill(lm) and set(fill) == set(editor.inner.modules(lm))
+        assert all(m["held_dims"] == len(FACTS) for m in fill.values())
+    else:
+        assert editor.memory_fill(lm) == {}
 
 
 def test_metake_rejects_unknown_inner():

@@ -54,7 +54,8 @@ def held_directions(U: torch.Tensor, gram: torch.Tensor, ridge: float) -> dict:
     new edit may write), ``held_dims`` are those in which ``U^T gram U`` (the weighted K_p^T K_p) is
     above ``ridge``, i.e. where keeping the earlier keys outweighs the ridge and a new shift is cut
     back; ``held_share`` = held_dims / null_dims."""
-    held = torch.linalg.eigvalsh(U.T.double() @ gram.double() @ U.double())
+    U = U.double()
+    held = torch.linalg.eigvalsh(U.T @ gram.to(device=U.device, dtype=torch.float64) @ U)  # K_p lives on the CPU
     n_held = int((held > ridge).sum())
     return {"null_dims": int(U.shape[1]), "held_dims": n_held, "held_share": n_held / max(int(U.shape[1]), 1)}
 

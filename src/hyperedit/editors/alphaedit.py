@@ -26,7 +26,7 @@ from ..errors import HyperEditError
 from ..models import LoadedModel
 from ..requests import EditRequest
 from . import _locate as L
-from ._nullspace import KeyState, NullSpaceOptions
+from ._nullspace import KeyState, NullSpaceOptions, held_directions, null_space_basis
 from .base import make_config, register_editor
 from .memit import LocateEditor
 
@@ -60,18 +60,32 @@ class AlphaEdit(LocateEditor):
 
     def __init__(self, config):
         super().__init__(config)
+        self._bases: dict[str, torch.Tensor] = {}
         self._projectors: dict[str, torch.Tensor] = {}
         self.keys = KeyState()
         self.edited: list[EditRequest] = []  # with refresh_every: every request edited so far
         self.refreshed_at = 0  # n_edits at the last refresh
 
-    def projector(self, lm: LoadedModel, name: str) -> torch.Tensor:
-        """Null-space projector P (d_in, d_in), float64, computed once from the key statistics."""
-        if name not in self._projectors:
+    def basis(self, lm: LoadedModel, name: str) -> torch.Tensor:
+        """U (d_in, r), float64: a basis of the null space, computed once from the key statistics."""
+        if name not in self._bases:
             cfg = self.config
-            self._projectors[name] = L.null_space_projector(self.stats(lm)[name], cfg.nullspace_threshold,
-                                                            cfg.threshold_relative)
+            self._bases[name] = null_space_basis(self.stats(lm)[name], cfg.nullspace_threshold, cfg.threshold_relative)
+        return self._bases[name]
+
+    def projector(self, lm: LoadedModel, name: str) -> torch.Tensor:
+        """Null-space projector P = U U^T (d_in, d_in), float64, computed once."""
+        if name not in self._projectors:
+            U = self.basis(lm, name)
+            self._projectors[name] = U @ U.T
         return self._projectors[name]
+
+    def memory_fill(self, lm: LoadedModel) -> dict[str, dict]:
+        """Per module with a memory, how much of its null space the earlier edits' keys hold above the
+        ridge ``l2`` (``held_directions``); empty before the first edit or without ``accumulate``."""
+        cfg = self.config
+        return {name: {**held_directions(self.basis(lm, name), cfg.memory_weight * kp, cfg.l2), "ridge": cfg.l2}
+                for name in self.modules(lm) if (kp := self.keys.get(name)) is not None}
 
     def null_space_dims(self, lm: LoadedModel) -> dict[str, int]:
         return {m: int(round(float(torch.trace(self.projector(lm, m))))) for m in self.modules(lm)}

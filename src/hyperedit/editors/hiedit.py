@@ -168,6 +168,12 @@ class HiEditEditor:
     def prepare(self, lm) -> None:
         self.low.prepare(lm)
 
+    def memory_fill(self, lm=None) -> dict[str, dict]:
+        """How full the low level's null-space memory is per candidate module (``MalmenEditor.memory_fill``;
+        empty when the low level has none)."""
+        fill = getattr(self.low, "memory_fill", None)
+        return fill(lm) if fill is not None else {}
+
     def begin_trajectory(self) -> None:
         self.low.keys.reset()
 

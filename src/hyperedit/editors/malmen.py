@@ -198,9 +198,12 @@ class MalmenEditor(HyperEditor):
                 shifts[name] = factor.solve(ktd).float()
         return shifts
 
-    def memory_fill(self) -> dict[str, dict]:
+    def memory_fill(self, lm=None) -> dict[str, dict]:
         """``nullspace``: per module with a memory, how much of its null space the earlier edits' keys
-        hold above the learned ridge ``e^lambda`` (``held_directions``); call ``prepare(lm)`` first."""
+        hold above the learned ridge ``e^lambda`` (``held_directions``); empty without a memory. With
+        ``lm`` the null space is prepared first, otherwise ``prepare(lm)`` must have run."""
+        if lm is not None and self.config.nullspace:
+            self.prepare(lm)
         fill = {}
         for name in self.module_names:
             kp = self.keys.get(name)

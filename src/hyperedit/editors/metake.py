@@ -97,6 +97,11 @@ class MetaKE:
         if hasattr(self.inner, "load_state_dict"):
             self.inner.load_state_dict(state)
 
+    def memory_fill(self, lm: LoadedModel) -> dict[str, dict]:
+        """The inner AlphaEdit's ``memory_fill`` (empty over MEMIT, which keeps no memory)."""
+        fill = getattr(self.inner, "memory_fill", None)
+        return fill(lm) if fill is not None else {}
+
     # ----- the editor -------------------------------------------------------------------------
     def edit(self, lm: LoadedModel, requests: Sequence[EditRequest]) -> EditDelta:
         """Refine the targets against the post-edit loss, then write them with the inner solver."""

@@ -3,10 +3,11 @@
 The stream is ``num_seq`` requests edited ``batch_size`` at a time, each delta added to the
 weights the earlier ones left. Every ``curve_every`` edits a curve point is measured: ES/GS/LS of
 the most recent edits, of the earliest ones, and zero-shot general ability (``eval.general``)
-against its value before the stream. After the stream: ES/GS/LS over all edits and over the first
-``num_pre``. Any editor of the registry works; stateful editors (AlphaEdit's K_p) are resumable
-through ``stream_state() -> (tensors, meta)`` / ``load_stream_state(tensors, meta)`` or, failing
-that, ``state_dict()`` / ``load_state_dict(tensors)``.
+against its value before the stream, and, for an editor with a null-space memory of earlier edits
+(``memory_fill``), how many of the directions a new edit may write in it holds. After the stream:
+ES/GS/LS over all edits and over the first ``num_pre``. Any editor of the registry works; stateful
+editors (AlphaEdit's K_p) are resumable through ``stream_state() -> (tensors, meta)`` /
+``load_stream_state(tensors, meta)`` or, failing that, ``state_dict()`` / ``load_state_dict(tensors)``.
 
 The run directory holds checkpoints (``hyperedit.checkpoints.CheckpointStore``): the current weights
 of every module touched so far (safetensors) and ``stream.json`` (edits done, curves, timings), so
@@ -39,6 +40,7 @@ STATE_FILE = "stream.json"
 WEIGHTS_FILE = "weights.safetensors"
 EDITOR_FILE = "editor_state.safetensors"
 RESULT_FILE = "result.json"  # the finished stream's result record, in its run directory
+MEMORY_FULL = 0.9  # share of the null space held by the memory at which a stream warns once
 
 
 def finished_streams(run_dirs) -> list[tuple[Path, dict, Path]]:
@@ -144,6 +146,7 @@ class LifelongRunner:
         self.originals: dict[str, torch.Tensor] = {}
         self._reference: LocalityReference | None = None
         self._general: dict | None = None
+        self._said_full = False  # the warning that the memory is nearly full is given once
         self.data_dir = data_dir
 
     # ----- the loop -------------------------------------------------------------------------
@@ -229,8 +232,32 @@ class LifelongRunner:
             now = evaluate_general(self.lm.adapter, self._general_tasks(), cfg.eval_batch_size)
             point["general"] = now
             point["general_retention"] = retention(self.state.general_before, now)
+        memory = self._memory_fill()
+        if memory is not None:
+            point["memory"] = memory
         self.state.curves.append(point)
-        log.info("after %d edits: recent %s earliest %s", done, point["recent"], point["earliest"])
+        log.info("after %d edits: recent %s earliest %s%s", done, point["recent"], point["earliest"],
+                 "" if memory is None else f" memory holds {memory['held_dims']} of {memory['null_dims']} "
+                                           "null-space directions")
+
+    def _memory_fill(self) -> dict | None:
+        """How full the editor's null-space memory of earlier edits is (editors with one: AlphaEdit, and
+        the hypernetwork editors with ``nullspace``), summed over its modules; None for editors without.
+        A full memory leaves a new edit only directions in which it is cut back (docs/lifelong.md), so
+        the stream says so once, when nine tenths are held."""
+        fill_of = getattr(self.editor, "memory_fill", None)
+        per_module = fill_of(self.lm) if fill_of is not None else None
+        if not per_module:
+            return None
+        held, null = (sum(m[k] for m in per_module.values()) for k in ("held_dims", "null_dims"))
+        share = held / null if null else None
+        if share is not None and share >= MEMORY_FULL and not self._said_full:
+            self._said_full = True
+            log.warning("after %d edits the editor's memory of earlier edits holds %d of the %d null-space "
+                        "directions a new edit may write in (%.0f%%): later edits will be written weakly",
+                        self.state.done, held, null, 100 * share)
+        return {"held_dims": held, "null_dims": null, "held_share": share,
+                "per_module": {name: m["held_dims"] for name, m in per_module.items()}}
 
     # ----- results ---------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -244,6 +271,9 @@ class LifelongRunner:
         peaks = [s["peak_rss_mb"] for s in steps if s.get("peak_rss_mb") is not None]  # absent in checkpoints older than the field
         metrics = {**{k: v for k, v in all_metrics.items() if not isinstance(v, (dict, list))},
                    **{f"{k}_pre": pre.get(k) for k in ("ES", "GS", "LS")}}
+        memory = self.state.curves[-1].get("memory") if self.state.curves else None
+        if memory is not None:
+            metrics["memory_held_share"] = memory["held_share"]
         general = {"before": self.state.general_before,
                    "after": self.state.curves[-1].get("general") if self.state.curves else None}
         if general["before"] and general["after"]:
