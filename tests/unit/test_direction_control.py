@@ -318,3 +318,29 @@ def test_memory_fill_grows_with_the_edits_and_follows_the_memory_weight(tiny_lla
         assert five[name]["null_dims"] == editor.bases[name].shape[1]
     editor.config.memory_weight = 0.0
     assert all(m["held_dims"] == 0 for m in editor.memory_fill().values())
+
+
+def test_hiedit_memory_of_the_chosen_modules_only(tiny_llama, tmp_path, fixture_corpus):
+    """``memory_modules=chosen``: an edit's keys join the memory of the modules it wrote only; the
+    shifts of a first edit (no memory yet) are the same, and the memory's fill counts the others empty."""
+    from hyperedit.editors import get_editor
+    from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
+
+    HiEditEditor.create(HiEditConfig(layers=[1, 2, 3], rank=4, n_blocks=1, lr_init=0.5, ridge_samples=5, top_k=2),
+                        tiny_llama, seed=0).save(tmp_path / "ckpt")
+    options = dict(checkpoint=str(tmp_path / "ckpt"), lm=tiny_llama, nullspace=True, nullspace_threshold=1e-3,
+                   threshold_relative=True)
+    every, chosen = get_editor("hiedit", **options), get_editor("hiedit", memory_modules="chosen", **options)
+    batch = requests(6)[:2]
+    written, written_chosen = every.edit(tiny_llama, batch), chosen.edit(tiny_llama, batch)
+    assert set(written.shifts) == set(written_chosen.shifts) and len(written.shifts) == 2
+    assert all(torch.equal(written.shifts[n], written_chosen.shifts[n]) for n in written.shifts)
+    assert set(every.low.keys.kp) == set(every.module_names)  # all three candidates
+    assert set(chosen.low.keys.kp) == set(written.shifts)  # the two written
+    assert all(torch.equal(chosen.low.keys.kp[n], every.low.keys.kp[n]) for n in written.shifts)
+    fill = chosen.memory_fill(tiny_llama)
+    (unwritten,) = set(chosen.module_names) - set(written.shifts)
+    assert set(fill) == set(chosen.module_names) and fill[unwritten]["held_dims"] == 0
+    assert fill[unwritten]["null_dims"] == every.memory_fill(tiny_llama)[unwritten]["null_dims"] > 0
+    with pytest.raises(ValueError, match="memory_modules"):
+        HiEditConfig(memory_modules="some")

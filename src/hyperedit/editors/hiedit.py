@@ -41,15 +41,21 @@ class HiEditConfig(HyperEditorConfig, DirectionOptions):
     ``selection`` (edit time only; training always uses the policy): ``policy`` (the default);
     ``random``, ``top_k`` candidates drawn uniformly per edit, seeded by the edit's prompts so a
     stream and its resumption draw the same; or ``lowest``, the ``top_k`` lowest candidate layers
-    for every edit (a fixed choice). The two controls say what the learned per-edit choice adds."""
+    for every edit (a fixed choice). The two controls say what the learned per-edit choice adds.
+    ``memory_modules`` (``nullspace``, edit time only; our extension): the modules whose memory of
+    earlier edits an edit's keys join: ``candidates`` (the default) every candidate, chosen or not,
+    so a later edit of any module keeps them; ``chosen`` only the modules the edit wrote, which
+    halves the rows each memory holds (docs/lifelong.md, round 17: the rows fill the memory) and
+    leaves an earlier fact unprotected in the modules it was not written to."""
 
     low: str = "malmen"
     top_k: int = 3
     policy_hidden: int = 256
     sparsity_coef: float = 1e-3
     selection: str = "policy"
+    memory_modules: str = "candidates"
 
-    RUNTIME = HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME + ("selection",)
+    RUNTIME = HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME + ("selection", "memory_modules")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,6 +66,8 @@ class HiEditConfig(HyperEditorConfig, DirectionOptions):
             raise ValueError("partition is for batch edits (malmen, mend, rledit); hiedit's policy chooses the modules")
         if self.selection not in ("policy", "random", "lowest"):
             raise ValueError("selection must be policy, random or lowest")
+        if self.memory_modules not in ("candidates", "chosen"):
+            raise ValueError("memory_modules must be candidates or chosen")
         if self.top_k < 1 or self.policy_hidden < 1 or self.sparsity_coef < 0:
             raise ValueError("top_k and policy_hidden must be >= 1, sparsity_coef >= 0")
         if self.low != "malmen" and (self.nullspace or self.ridge != "identity"):
@@ -136,8 +144,9 @@ class HiEditEditor:
                 self.low.accumulate(acc, name, *cache[name])
             self.low.add_rows(acc, contrast)
             shifts = scale_shifts(self.low.finish(acc), self.config.shift_scale)
-        if first:  # every candidate's keys are kept, chosen or not: a later edit of that module must keep them
-            kept = {n: [k.double().T @ k.double() + contrast.get(n, 0)] for n, (k, _) in cache.items()}
+        if first:  # by default every candidate's keys are kept, chosen or not: a later edit of that module must keep them
+            remembered = chosen if self.config.memory_modules == "chosen" else list(cache)
+            kept = {n: [cache[n][0].double().T @ cache[n][0].double() + contrast.get(n, 0)] for n in remembered}
             self.low.remember_keys(kept, len(requests))
             self.low.remember_subjects(list(requests))
         return shifts, {"n_candidates": len(self.module_names)}

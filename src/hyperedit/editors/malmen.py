@@ -199,19 +199,22 @@ class MalmenEditor(HyperEditor):
         return shifts
 
     def memory_fill(self, lm=None) -> dict[str, dict]:
-        """``nullspace``: per module with a memory, how much of its null space the earlier edits' keys
-        hold above the learned ridge ``e^lambda`` (``held_directions``); empty without a memory. With
-        ``lm`` the null space is prepared first, otherwise ``prepare(lm)`` must have run."""
-        if lm is not None and self.config.nullspace:
+        """``nullspace``: per module, how much of its null space the earlier edits' keys hold above the
+        learned ridge ``e^lambda`` (``held_directions``; nothing where a module has no keys yet, e.g. a
+        HiEdit candidate never written with ``memory_modules=chosen``); empty before the first edit.
+        With ``lm`` the null space is prepared first, otherwise ``prepare(lm)`` must have run."""
+        if not self.keys.kp or not self.config.nullspace:
+            return {}
+        if lm is not None:
             self.prepare(lm)
         fill = {}
         for name in self.module_names:
+            net, index = self.nets.net_for(name)
+            ridge = float(net.log_lambda[index].detach().double().exp())
             kp = self.keys.get(name)
-            if kp is not None:
-                net, index = self.nets.net_for(name)
-                ridge = float(net.log_lambda[index].detach().double().exp())
-                fill[name] = {**held_directions(self._basis(name), self.config.memory_weight * kp, ridge),
-                              "ridge": ridge}
+            basis = self._basis(name)
+            memory = self.config.memory_weight * kp if kp is not None else torch.zeros(basis.shape[0], basis.shape[0])
+            fill[name] = {**held_directions(basis, memory, ridge), "ridge": ridge}
         return fill
 
     def remember_keys(self, acc: dict, n_requests: int) -> None:
