@@ -43,16 +43,12 @@ null_dims - held_dims; facts_to_half: facts after which half the null space is h
 n_edits). energy < 1: each edit's keys kept only along their strongest directions in U's range."""
 
 
-def held(U, gram, ridge: float) -> int:
-    import torch
-
-    return int((torch.linalg.eigvalsh(U.T @ gram @ U) > ridge).sum())
-
-
 def truncated_memory(U, keys, owner, batch: int, checkpoints: list[int], energy: float, ridge: float) -> dict:
     """``{n: held_dims}`` of a memory that keeps, per edit of ``batch`` requests, the fewest eigen-
     directions of its keys' Gram in U's range that hold ``energy`` of its trace."""
     import torch
+
+    from hyperedit.editors._nullspace import held_directions
 
     reduced = keys @ U
     memory = torch.zeros(U.shape[1], U.shape[1], dtype=torch.float64)
@@ -66,7 +62,8 @@ def truncated_memory(U, keys, owner, batch: int, checkpoints: list[int], energy:
             k = int((share < energy).sum()) + 1
             memory += evecs[:, :k] @ torch.diag(evals[:k]) @ evecs[:, :k].T
         if start + batch in checkpoints:
-            curve[start + batch] = int((torch.linalg.eigvalsh(memory) > ridge).sum())
+            identity = torch.eye(len(memory), dtype=memory.dtype)  # the memory is kept in U's coordinates
+            curve[start + batch] = held_directions(identity, memory, ridge)["held_dims"]
     return curve
 
 
@@ -99,7 +96,7 @@ def run(args) -> list[dict]:
     from hyperedit.commands._training_setup import parse_layers
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
-    from hyperedit.editors._nullspace import null_space_basis
+    from hyperedit.editors._nullspace import held_directions, null_space_basis
     from hyperedit.models import load_model
     from hyperedit.stats import key_second_moments
     from malmen_leverage import read_keys  # the same key reading as the leverage benchmark
@@ -135,7 +132,7 @@ def run(args) -> list[dict]:
             grams[c] = gram
         for threshold in args.thresholds:
             U = null_space_basis(c0[name].cpu(), threshold)
-            curves = {1.0: {c: held(U, grams[c], ridge) for c in checkpoints}}
+            curves = {1.0: {c: held_directions(U, grams[c], ridge)["held_dims"] for c in checkpoints}}
             if name in energy_names:
                 for energy in (e for e in args.energies if e < 1):
                     curves[energy] = truncated_memory(U, K, owner, args.batch, checkpoints, energy, ridge)

@@ -5,6 +5,8 @@ import pytest
 import torch
 from script_loader import load_script
 
+from hyperedit.editors._nullspace import held_directions
+
 
 @pytest.fixture(scope="module")
 def room():
@@ -18,7 +20,7 @@ def test_compressed_memory_keeps_each_edits_strongest_directions(room):
     owner = torch.tensor([0, 0, 1, 1])
     full = room.truncated_memory(U, keys, owner, batch=1, checkpoints=[1, 2], energy=1.0, ridge=0.1)
     assert full == {1: 2, 2: 4}
-    assert full[2] == room.held(U, keys.T @ keys, 0.1)
+    assert full[2] == held_directions(U, keys.T @ keys, 0.1)["held_dims"]
     # 80 % of each edit's energy: e0 alone holds .9 of edit 0, e2 alone .94 of edit 1
     assert room.truncated_memory(U, keys, owner, batch=1, checkpoints=[1, 2], energy=0.8, ridge=0.1) == {1: 1, 2: 2}
     # the ridge decides what counts as held: e3's 0.25 is below 0.3
@@ -28,6 +30,5 @@ def test_compressed_memory_keeps_each_edits_strongest_directions(room):
 def test_only_the_null_space_counts(room):
     U = torch.eye(4, dtype=torch.float64)[:, 2:]  # a null space of e2, e3
     keys = torch.tensor([[5.0, 0, 0, 0], [0, 0, 1.0, 0]], dtype=torch.float64)
-    assert room.held(U, keys.T @ keys, 0.5) == 1
     assert room.truncated_memory(U, keys, torch.tensor([0, 0]), batch=1, checkpoints=[1], energy=1.0,
                                  ridge=0.5) == {1: 1}
