@@ -104,10 +104,7 @@ def run(args) -> list[dict]:
     torch.set_num_threads(args.threads)
     lm = load_model(args.model)
     low = get_editor("hiedit", lm=lm).low
-    learned = {}
-    for name in low.module_names:
-        net, index = low.nets.net_for(name)
-        learned[name] = float(net.log_lambda[index].detach().double().exp())
+    learned = {name: low.learned_ridge(name) for name in low.module_names}
     names = lm.adapter.module_names(parse_layers(args.layers), "down")
     energy_names = set(lm.adapter.module_names(parse_layers(args.energy_layers), "down"))
     started = time.perf_counter()

@@ -2,7 +2,8 @@
 import torch
 
 from hyperedit.editors import get_editor
-from hyperedit.editors._locate import alphaedit_map, null_space_projector
+from hyperedit.editors._locate import alphaedit_map
+from hyperedit.editors._nullspace import null_space_projector
 from hyperedit.editors.alphaedit import AlphaEdit
 from hyperedit.stats import key_second_moments
 

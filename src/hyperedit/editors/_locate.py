@@ -19,7 +19,6 @@ from ..hooks import capture, edit_output, stop_after
 from ..lm import subject_token_index
 from ..models import LoadedModel
 from ..requests import EditRequest
-from ._nullspace import null_space_projector  # noqa: F401  (re-exported for the AlphaEdit and MetaKE tests)
 
 log = logging.getLogger(__name__)
 

@@ -49,14 +49,16 @@ def null_space_projector(C: torch.Tensor, threshold: float, relative: bool = Fal
     return U @ U.T
 
 
-def held_directions(U: torch.Tensor, gram: torch.Tensor, ridge: float) -> dict:
+def held_directions(U: torch.Tensor, gram: torch.Tensor | None, ridge: float) -> dict:
     """How full a memory of earlier edits is: of the ``null_dims`` directions of U's range (where a
     new edit may write), ``held_dims`` are those in which ``U^T gram U`` (the weighted K_p^T K_p) is
     above ``ridge``, i.e. where keeping the earlier keys outweighs the ridge and a new shift is cut
-    back; ``held_share`` = held_dims / null_dims."""
-    U = U.double()
-    held = torch.linalg.eigvalsh(U.T @ gram.to(device=U.device, dtype=torch.float64) @ U)  # K_p lives on the CPU
-    n_held = int((held > ridge).sum())
+    back; ``held_share`` = held_dims / null_dims. ``gram=None``: no memory yet, nothing held."""
+    n_held = 0
+    if gram is not None:
+        U = U.double()
+        held = torch.linalg.eigvalsh(U.T @ gram.to(device=U.device, dtype=torch.float64) @ U)  # K_p lives on the CPU
+        n_held = int((held > ridge).sum())
     return {"null_dims": int(U.shape[1]), "held_dims": n_held, "held_share": n_held / max(int(U.shape[1]), 1)}
 
 

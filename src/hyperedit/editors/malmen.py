@@ -209,13 +209,15 @@ class MalmenEditor(HyperEditor):
             self.prepare(lm)
         fill = {}
         for name in self.module_names:
-            net, index = self.nets.net_for(name)
-            ridge = float(net.log_lambda[index].detach().double().exp())
-            kp = self.keys.get(name)
-            basis = self._basis(name)
-            memory = self.config.memory_weight * kp if kp is not None else torch.zeros(basis.shape[0], basis.shape[0])
-            fill[name] = {**held_directions(basis, memory, ridge), "ridge": ridge}
+            kp, ridge = self.keys.get(name), self.learned_ridge(name)
+            memory = None if kp is None else self.config.memory_weight * kp
+            fill[name] = {**held_directions(self._basis(name), memory, ridge), "ridge": ridge}
         return fill
+
+    def learned_ridge(self, name: str) -> float:
+        """``e^lambda`` of module ``name`` (float64): the weight of its ridge in the solve."""
+        net, index = self.nets.net_for(name)
+        return float(net.log_lambda[index].detach().double().exp())
 
     def remember_keys(self, acc: dict, n_requests: int) -> None:
         """``nullspace``: add the keys of an edit (its accumulated ``K^T K``, contrast rows included) to K_p."""
