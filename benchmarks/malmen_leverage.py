@@ -19,8 +19,13 @@ Key sites: ``ans`` (MALMEN's rows) and ``subject`` (one row per fact, the last s
 MEMIT and AlphaEdit read keys). Layers: the shipped editor's (24-29) and the locate-then-edit
 editors' (4-8). The shipped editor's learned ``e^lambda`` per module sets the ridge relative to the
 mean squared key norm of its rows; every other site/layer set gets the same relative ridge.
+``--joint`` (our extension) also solves each layer set as one module over the keys of its modules side
+by side: the six modules then write a fact together, each row's value difference being what they
+write in all, so a fact whose key collides in one layer may be written through another.
 
     python benchmarks/malmen_leverage.py --eval-subset 128 --out malmen_leverage
+    python benchmarks/malmen_leverage.py --layer-sets 24-29 --sites ans,subject --joint --sizes 16,256,1024 \
+        --eval-subset 128 --out malmen_leverage_joint
 
 Writes benchmarks/results/<out>.json/.md (one record per dataset x site x layers x N).
 """
@@ -80,9 +85,15 @@ def read_keys(lm, pairs, subjects, names, site: str, batch_size: int = 32):
 
 def leverage(K, ridge, probes):
     """``W = K A^-1 P^T`` (rows of K x probe rows) with ``A = K^T K + ridge I``, for each probe
-    matrix in ``probes``."""
+    matrix in ``probes``. Solved in the smaller of the two spaces: ``K A^-1 = (K K^T + ridge I)^-1 K``
+    when there are fewer rows than key dimensions (the joint key of several layers)."""
     import torch
 
+    if K.shape[0] < K.shape[1]:
+        G = K @ K.T
+        G.diagonal().add_(ridge)
+        L = torch.linalg.cholesky(G)
+        return [torch.cholesky_solve(K @ P.T, L) for P in probes]
     A = K.T @ K
     A.diagonal().add_(ridge)
     L = torch.linalg.cholesky(A)
@@ -145,6 +156,7 @@ def run(args) -> list[dict]:
 
     from hyperedit.bench import current_command, make_record, write_results
     from hyperedit.commands._common import dataset_label
+    from hyperedit.commands._training_setup import parse_layers
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
     from hyperedit.models import load_model
@@ -157,7 +169,9 @@ def run(args) -> list[dict]:
     for name in shipped:
         net, index = editor.nets.net_for(name)
         learned[name] = float(net.log_lambda[index].detach().exp())
-    layer_sets = {"24-29": shipped, "4-8": lm.adapter.module_names(range(4, 9), "down")}
+    layer_sets = {spec: shipped if spec == "24-29" else lm.adapter.module_names(parse_layers(spec), "down")
+                  for spec in args.layer_sets.split(",")}
+    joint = {f"{spec} joint": names for spec, names in layer_sets.items()} if args.joint else {}
     sizes = [int(s) for s in args.sizes.split(",")]
     command, records = current_command(), []
     for spec in args.datasets.split(","):
@@ -174,16 +188,20 @@ def run(args) -> list[dict]:
         for loc_site in ("ans", "tokens"):
             loc_keys, rows = read_keys(lm, loc, [None] * len(loc), all_names, loc_site)
             loc_sets[loc_site] = (loc_keys, torch.tensor(loc_owner)[rows])
-        for site in ("ans", "subject"):
+        for loc_keys, _ in loc_sets.values():
+            _add_joint(loc_keys, joint)
+        for site in args.sites.split(","):
             log.info("%s: reading %s keys", spec, site)
             edit_keys, edit_owner = read_keys(lm, [(r.prompt, r.target) for r in requests], subjects, all_names, site)
             para_subjects = [requests[o].subject for o in para_owner]
             para_keys, para_rows = read_keys(lm, para, para_subjects, all_names, site)
             para_owner_t = torch.tensor(para_owner)[para_rows]
+            _add_joint(edit_keys, joint)
+            _add_joint(para_keys, joint)
             if site == "ans":
                 ratios = {min(n, len(requests)): _ridge_ratio(learned, edit_keys, edit_owner, min(n, len(requests)))
                           for n in sizes}
-            for layers, names in layer_sets.items():
+            for layers, names in {**layer_sets, **{j: [j] for j in joint}}.items():
                 for n in sizes:
                     n = min(n, len(requests))
                     per_module, started = [], time.perf_counter()
@@ -211,6 +229,16 @@ def run(args) -> list[dict]:
     return records
 
 
+def _add_joint(keys: dict, joint: dict) -> None:
+    """Add, under each joint set's name, the keys of its modules side by side: one solve over the
+    concatenated key (the rows are the same positions in every module). Its ridge is the same multiple
+    of the mean squared key norm as the modules'."""
+    import torch
+
+    for name, names in joint.items():
+        keys[name] = torch.cat([keys[n] for n in names], dim=1)
+
+
 def _ridge_ratio(learned: dict, ans_keys: dict, owner, n: int) -> float:
     """Mean over the shipped modules of ``e^lambda / mean ||k||^2`` of their answer-site rows for n facts."""
     return sum(lam / float(ans_keys[m][owner < n].pow(2).sum(1).mean()) for m, lam in learned.items()) / len(learned)
@@ -229,6 +257,10 @@ def main() -> None:
     parser.add_argument("--eval-subset", type=int, default=64)
     parser.add_argument("--ridge-rel", type=float, default=None,
                         help="e^lambda / mean squared key norm for every site (default: the shipped editor's)")
+    parser.add_argument("--layer-sets", default="24-29,4-8", help="comma-separated layer ranges")
+    parser.add_argument("--sites", default="ans,subject")
+    parser.add_argument("--joint", action="store_true",
+                        help="also solve each layer set as one module over its concatenated keys (our extension)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="malmen_leverage")
     args = parser.parse_args()

@@ -39,6 +39,13 @@ POINTS = [
     ("rows: own tested neighbour (oracle)", "malmen_keep_rows", "malmen", {"rows": "neighbour"}),
     ("partition", "malmen_scaling_partition", "malmen", {}),
     ("partition, shift_scale 3", "malmen_scaling_partition_s3", "malmen", {}),
+    ("joint", "malmen_scaling_joint", "malmen", {}),
+    ("joint, shift_scale 0.8", "malmen_scaling_joint_s0.8", "malmen", {}),
+    ("joint, shift_scale 0.6", "malmen_scaling_joint_s0.6", "malmen", {}),
+    ("joint, shift_scale 0.5", "malmen_scaling_joint_s0.5", "malmen", {}),
+    ("joint, shift_scale 0.4", "malmen_scaling_joint_s0.4", "malmen", {}),
+    ("joint, trained through it", "malmen_scaling_joint_trained_s1.0", "malmen", {}),
+    ("joint, trained through it, shift_scale 0.8", "malmen_scaling_joint_trained_s0.8", "malmen", {}),
     ("MEMIT", "locate_cf_val_1000", "memit", {}),
     ("MetaKE(MEMIT)", "locate_cf_val_1000", "metake-memit", {}),
     ("MEMIT", "locate_zsre_knowedit_500", "memit", {}),
@@ -74,15 +81,15 @@ def plot(rows: list[dict], path: Path) -> None:
                                    label="target region"))
         for r in (r for r in rows if r["dataset"] == dataset):
             ours = r["editor"] == "malmen"
-            ax.scatter(r["metrics"]["LS"], r["metrics"]["ES"], marker="o" if ours else "s",
-                       color="tab:blue" if ours else "tab:red", s=30)
+            color = ("tab:purple" if r["label"].startswith("joint") else "tab:blue") if ours else "tab:red"
+            ax.scatter(r["metrics"]["LS"], r["metrics"]["ES"], marker="o" if ours else "s", color=color, s=30)
             ax.annotate(r["label"], (r["metrics"]["LS"], r["metrics"]["ES"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
         ax.set_xlim(0.2, 1.0)
         ax.set_ylim(0.0, 1.0)
         ax.set_xlabel("LS (locality)")
         ax.set_ylabel("ES (efficacy)")
-        ax.set_title(f"{dataset}: MALMEN at 1,024 facts (blue), locate-then-edit (red)")
+        ax.set_title(f"{dataset}: MALMEN at 1,024 facts (blue; joint solve purple), locate-then-edit (red)")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left")
     save_figure(fig, path)

@@ -46,3 +46,21 @@ def test_self_cross_and_reach_follow_the_hat_matrix(leverage):
     shares = [share(int(i)) for i in evaluated]
     assert shares[0] > 0 and shares[-1] > 0
     assert out["same_relation_share"] == pytest.approx(sum(shares) / len(shares), rel=1e-9)
+
+
+@pytest.mark.parametrize("rows, d", [(5, 9), (9, 5)])  # fewer rows than dimensions (dual form) and more
+def test_leverage_equals_the_hat_matrix_in_either_form(leverage, rows, d):
+    gen = torch.Generator().manual_seed(1)
+    K = torch.randn(rows, d, generator=gen, dtype=torch.float64)
+    P = torch.randn(3, d, generator=gen, dtype=torch.float64)
+    (W,) = leverage.leverage(K, 0.3, [P])
+    expected = K @ torch.linalg.solve(K.T @ K + 0.3 * torch.eye(d, dtype=torch.float64), P.T)
+    torch.testing.assert_close(W, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_the_joint_key_is_the_modules_keys_side_by_side(leverage):
+    keys = {"a": torch.arange(6.0).reshape(3, 2), "b": -torch.arange(9.0).reshape(3, 3)}
+    leverage._add_joint(keys, {"a+b": ["a", "b"]})
+    assert keys["a+b"].shape == (3, 5)
+    torch.testing.assert_close(keys["a+b"][:, :2], keys["a"])
+    torch.testing.assert_close(keys["a+b"][:, 2:], keys["b"])

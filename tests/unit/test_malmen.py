@@ -226,3 +226,146 @@ def test_rounds_is_a_runtime_option_and_checked(tiny_llama, tmp_path):
         with pytest.raises(HyperEditError, match=message) as info:
             get_editor("malmen", checkpoint=str(tmp_path / "ckpt"), rounds=bad)
         assert "\n" not in str(info.value)
+
+
+def test_joint_solve_is_the_least_squares_over_all_modules_keys_side_by_side(tiny_llama):
+    """``joint``: the modules' shifts minimise ||sum_m K_m S_m - sum_m D_m||^2 + sum_m e^lambda_m ||S_m||^2
+    (checked against the stacked normal equation in float64), and they are not the per-module solves."""
+    requests = facts(6)
+    editor = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests, solve_dtype="float64", joint=True)
+    for i, net in enumerate(editor.nets.nets.values()):
+        net.log_lambda.data.fill_(-1.0 + i)
+    joint = editor.edit(tiny_llama, requests).shifts
+    cache = cache_requests(tiny_llama.adapter, requests, editor.module_names, "ans")
+    keys, diffs, ridges = [], [], []
+    with torch.no_grad():
+        for name in editor.module_names:
+            k, g = cache[name]
+            net, index = editor.nets.net_for(name)
+            keys.append(k.double())
+            diffs.append(net.value_diffs(k, g, index).double())  # float32 network, solved in float64
+            ridges += [editor.learned_ridge(name)] * k.shape[1]
+    stacked = torch.cat(keys, dim=1)
+    solved = torch.linalg.solve(stacked.T @ stacked + torch.diag(torch.tensor(ridges, dtype=torch.float64)),
+                                stacked.T @ sum(diffs))
+    editor.config.joint = False
+    separate = editor.edit(tiny_llama, requests).shifts
+    start = 0
+    for name, k in zip(editor.module_names, keys):
+        expected = solved[start:start + k.shape[1]]
+        start += k.shape[1]
+        # the delta stores the weight's layout (d_out, d_in); float32 shifts of a float64 solve
+        torch.testing.assert_close(joint[name].T.double(), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+        assert _relative(separate[name].T.double(), expected) > 1e-2
+
+
+def test_joint_options_are_checked():
+    for bad in ({"ridge": "covariance"}, {"partition": True}):
+        with pytest.raises(ValueError, match="joint"):
+            MalmenConfig(layers=[2, 3], joint=True, **bad)
+
+
+def _stacked_joint_solution(editor, cache, penalties):
+    """The joint shifts from the stacked normal equation (float64): keys side by side (times the
+    null-space basis where given), block-diagonal penalty ``penalties[name]`` (e^lambda I included)."""
+    keys, diffs, bases = [], 0, []
+    with torch.no_grad():
+        for name in editor.module_names:
+            k, g = cache[name]
+            net, index = editor.nets.net_for(name)
+            U = penalties[name][1]
+            keys.append(k.double() if U is None else k.double() @ U)
+            diffs = diffs + net.value_diffs(k, g, index).double()
+            bases.append(U)
+    stacked = torch.cat(keys, dim=1)
+    solved = torch.linalg.solve(stacked.T @ stacked + torch.block_diag(*[penalties[n][0] for n in editor.module_names]),
+                                stacked.T @ diffs)
+    out, start = {}, 0
+    for name, k, U in zip(editor.module_names, keys, bases):
+        z = solved[start:start + k.shape[1]]
+        start += k.shape[1]
+        out[name] = z if U is None else U @ z
+    return out
+
+
+def test_joint_rows_to_keep_and_the_null_space_memory_join_each_module_penalty(tiny_llama):
+    """Contrast rows (target 0) and, with ``nullspace``, the memory of earlier edits enter each module's
+    penalty as in the per-module solve; the joint shifts then equal the stacked normal equation."""
+    from hyperedit.editors._nullspace import null_space_basis
+
+    requests, earlier = facts(4), facts(3, start=5)
+    editor = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests + earlier, solve_dtype="float64",
+                          joint=True, nullspace=True, nullspace_threshold=0.5, threshold_relative=True)
+    d_in = editor.nets.net_for(editor.module_names[0])[0].d_in
+    gen = torch.Generator().manual_seed(5)
+    second = {n: (lambda a: a @ a.T)(torch.randn(d_in, 3, generator=gen, dtype=torch.float64))
+              for n in editor.module_names}
+    editor.ridges = second  # C0 for the null space: a rank-3 "generic text" covariance
+    editor.bases = {n: null_space_basis(c, 0.5, True) for n, c in second.items()}
+    editor.edit(tiny_llama, earlier)  # the memory K_p of three earlier facts
+    assert editor.keys.n_edits == 3
+    cache = cache_requests(tiny_llama.adapter, requests, editor.module_names, "ans")
+    rows = {n: (lambda a: a @ a.T)(torch.randn(d_in, 2, generator=gen, dtype=torch.float64)) for n in editor.module_names}
+    acc = editor.new_accumulator()
+    for name in editor.module_names:
+        editor.accumulate(acc, name, *cache[name])
+    editor.add_rows(acc, rows)
+    with torch.no_grad():
+        joint = editor.finish(acc)
+    penalties = {}
+    for name in editor.module_names:
+        U = editor.bases[name].double()
+        held = editor.config.memory_weight * editor.keys.get(name).double() + rows[name]
+        penalties[name] = (U.T @ held @ U + editor.learned_ridge(name) * torch.eye(U.shape[1], dtype=torch.float64), U)
+    expected = _stacked_joint_solution(editor, cache, penalties)
+    for name in editor.module_names:
+        torch.testing.assert_close(joint[name].double(), expected[name], rtol=1e-5,
+                                   atol=1e-6 * float(expected[name].abs().max()))
+        # the shift lies in the null space: C0's directions are kept exactly
+        assert float((second[name] @ joint[name].double()).norm()) < 1e-6 * float(second[name].norm() * joint[name].norm())
+    with pytest.raises(HyperEditError, match="edit-time option"):
+        editor.backward(cache, acc, joint, {n: torch.ones_like(v) for n, v in joint.items()})
+
+
+def test_the_joint_solve_backward_equals_autograd_in_float64(tiny_llama):
+    """The hypernetwork's and lambda's gradients of a loss of the joint shifts, from ``backward``,
+    against autograd through the same solve written with ``torch.linalg.solve`` (float64)."""
+    requests = facts(5)
+    editor = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests, solve_dtype="float64", joint=True)
+    editor.nets.double()
+    for i, net in enumerate(editor.nets.nets.values()):
+        net.log_lambda.data.fill_(0.5 * i)
+    cache = {n: (k.double(), g.double())
+             for n, (k, g) in cache_requests(tiny_llama.adapter, requests, editor.module_names, "ans").items()}
+    gen = torch.Generator().manual_seed(3)
+    names = editor.module_names
+    targets = {n: torch.randn(cache[n][0].shape[1], cache[n][1].shape[1], generator=gen, dtype=torch.float64)
+               for n in names}
+
+    def loss_of(shifts):  # a quadratic loss touching every module's shift
+        return sum(((shifts[n] - targets[n]) ** 2).sum() for n in names)
+
+    params = list(editor.nets.parameters())
+    editor.nets.zero_grad()
+    acc, shifts = editor.predict(cache)
+    grad_shifts = {n: 2 * (shifts[n].double() - targets[n]) for n in names}
+    editor.backward(cache, acc, shifts, grad_shifts)
+    ours = [None if p.grad is None else p.grad.clone() for p in params]
+
+    editor.nets.zero_grad()
+    gram, total, keys, lams = 0, 0, {}, {}
+    for n in names:
+        net, index = editor.nets.net_for(n)
+        keys[n], lams[n] = cache[n][0], net.log_lambda[index].exp()
+        gram = gram + keys[n] @ keys[n].T / lams[n]
+        total = total + net.value_diffs(*cache[n], index)
+    weights = torch.linalg.solve(gram + torch.eye(gram.shape[0], dtype=torch.float64), total)
+    loss_of({n: keys[n].T @ weights / lams[n] for n in names}).backward()
+    compared = 0
+    for p, mine in zip(params, ours):
+        if p.grad is None:
+            assert mine is None or not mine.any()
+            continue
+        torch.testing.assert_close(mine, p.grad, rtol=1e-7, atol=1e-9 * float(p.grad.abs().max()))
+        compared += 1
+    assert compared >= 4  # the networks' weights and every lambda

@@ -70,8 +70,8 @@ class HiEditConfig(HyperEditorConfig, DirectionOptions):
             raise ValueError("memory_modules must be candidates or chosen")
         if self.top_k < 1 or self.policy_hidden < 1 or self.sparsity_coef < 0:
             raise ValueError("top_k and policy_hidden must be >= 1, sparsity_coef >= 0")
-        if self.low != "malmen" and (self.nullspace or self.ridge != "identity"):
-            raise ValueError("ridge and nullspace need low=malmen (a least-squares solve)")
+        if self.low != "malmen" and (self.nullspace or self.ridge != "identity" or self.joint):
+            raise ValueError("ridge, nullspace and joint need low=malmen (a least-squares solve)")
 
     def low_config(self) -> HyperEditorConfig:
         cls = LOW[self.low][1]

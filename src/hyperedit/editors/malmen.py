@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..distributed import current_world
+from ..errors import HyperEditError
 from ..lm import key_gram
 from ._contrast import asked, subject_swaps
 from ._hypernet import Cache, HyperEditor, HyperEditorConfig, RidgeFactor, ridge_solve_backward, token_slices
@@ -30,6 +32,7 @@ from .base import register_editor
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_JOINT = "__joint__"  # the accumulator's entry for ``joint``'s solve, kept for ``backward``
 RIDGES = ("identity", "covariance")
 
 
@@ -49,6 +52,9 @@ class DirectionOptions(NullSpaceOptions):
     ``contrast_weight`` against an edit row); each costs a forward pass, no backward.
     ``contrast_memory``: in a stream, the subjects of that many earlier requests may also be
     swapped in (after the edit's own), so edits of one request get contrast rows too.
+    ``joint`` (our extension): one least-squares solve over the keys of all modules side by side
+    instead of one per module (``solve_joint``); identity ridge only, one rank; trainable without
+    ``nullspace`` and ``contrast``, with them an edit-time option.
     The learned ``lambda`` was fitted for the solve the editor was trained with.
     """
 
@@ -59,9 +65,11 @@ class DirectionOptions(NullSpaceOptions):
     contrast: int = 0
     contrast_weight: float = 1.0
     contrast_memory: int = 0
+    joint: bool = False
 
     DIRECTION_RUNTIME = ("solve_dtype", "ridge", "ridge_samples", "nullspace", "nullspace_threshold",
-                         "threshold_relative", "memory_weight", "contrast", "contrast_weight", "contrast_memory")
+                         "threshold_relative", "memory_weight", "contrast", "contrast_weight", "contrast_memory",
+                         "joint")
 
     def check_direction_options(self) -> None:
         self.check_nullspace_options()
@@ -75,6 +83,8 @@ class DirectionOptions(NullSpaceOptions):
             raise ValueError("ridge_samples must be >= 1")
         if self.contrast < 0 or self.contrast_memory < 0 or not self.contrast_weight > 0:
             raise ValueError("contrast and contrast_memory must be >= 0, contrast_weight > 0")
+        if self.joint and self.ridge != "identity":
+            raise ValueError("joint needs ridge=identity")
 
 
 @dataclass
@@ -86,6 +96,8 @@ class MalmenConfig(HyperEditorConfig, DirectionOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_direction_options()
+        if self.joint and self.partition:
+            raise ValueError("joint and partition exclude each other (one solve for all modules, or one per chunk)")
 
 
 @register_editor("malmen", MalmenConfig, "hypernetwork shifts aggregated by least squares (meta-trained)",
@@ -100,6 +112,8 @@ class MalmenEditor(HyperEditor):
         """Load C0 (``ridge="covariance"`` or ``nullspace``; cached by ``hyperedit.stats``) and the
         null-space bases."""
         cfg = self.config
+        if cfg.joint and current_world().size > 1:  # the rows stay on their rank; only sums are all-reduced
+            raise HyperEditError("joint is not supported in a data-parallel edit; run it on one rank")
         if (cfg.ridge == "covariance" or cfg.nullspace) and getattr(self, "ridges", None) is None:
             from ..stats import key_second_moments
 
@@ -131,9 +145,15 @@ class MalmenEditor(HyperEditor):
         return {}
 
     def accumulate(self, acc: dict, name: str, keys: torch.Tensor, grads: torch.Tensor) -> None:
-        """Add one chunk's ``K^T K`` and ``K^T D`` for module ``name``."""
+        """Add one chunk's ``K^T K`` and ``K^T D`` for module ``name`` (``joint``: keep its rows K, D)."""
         net, index = self.nets.net_for(name)
         dtype = _DTYPES[self.config.solve_dtype]
+        if self.config.joint:
+            rows = acc.setdefault(name, ([], [], []))  # keys, value differences, grams of rows to keep
+            for part in token_slices(keys.shape[0], self.config.net_batch_size):
+                rows[0].append(keys[part].to(dtype))
+                rows[1].append(net.value_diffs(keys[part], grads[part], index).to(dtype))
+            return
         if name not in acc:
             acc[name] = [torch.zeros(net.d_in, net.d_in, dtype=dtype, device=keys.device),
                          torch.zeros(net.d_in, net.d_out, dtype=dtype, device=keys.device), None]
@@ -173,11 +193,15 @@ class MalmenEditor(HyperEditor):
         """Add rows with target 0 (their ``K^T K`` per module) to the systems in ``acc``; modules
         not in ``acc`` (HiEdit: not chosen) are skipped."""
         for name, gram in grams.items():
-            if name in acc:
+            if name in acc and self.config.joint:
+                acc[name][2].append(gram)
+            elif name in acc:
                 acc[name][0].add_(gram.to(device=acc[name][0].device, dtype=acc[name][0].dtype))
 
     def finish(self, acc: dict) -> dict[str, torch.Tensor]:
         """Solve each module's normal equation; the factorisation is kept in ``acc`` for ``backward``."""
+        if self.config.joint:
+            return self.solve_joint(acc)
         shifts = {}
         for name, entry in list(acc.items()):
             net, index = self.nets.net_for(name)
@@ -197,6 +221,77 @@ class MalmenEditor(HyperEditor):
                 acc[name] = [ktk, ktd, factor, None]
                 shifts[name] = factor.solve(ktd).float()
         return shifts
+
+    def solve_joint(self, acc: dict) -> dict[str, torch.Tensor]:
+        """``joint``: the shifts of all modules from one least-squares problem,
+        ``min sum_i ||sum_m k_mi^T S_m - sum_m d_mi||^2 + sum_m tr(S_m^T R_m S_m)``: a row's value
+        differences are what the modules write in all, and a fact whose key collides with others' in
+        one module can be written through another. R_m = e^lambda_m I plus, per module as in the
+        per-module solve, the rows to keep (``contrast``) and, with ``nullspace``, the memory of
+        earlier edits, in the coordinates of the null-space basis U_m (S_m = U_m Z_m).
+
+        Solved in the rows' space (float64): with K~_m the keys (times U_m) and P_m = R_m^-1 K~_m^T,
+        ``Z_m = P_m (sum_m K~_m P_m + I)^-1 T``, T the summed value differences. Every module's cache
+        holds the same rows (the same token positions), so the rows line up."""
+        cfg = self.config
+        names = [n for n in acc if n != _JOINT]
+        keys, kept, plain = {}, {}, not cfg.nullspace and not any(acc[n][2] for n in names)
+        total, gram, solves, bases = None, None, {}, {}
+        for name in names:
+            k = torch.cat(acc[name][0]).double()
+            extra = sum(g.double() for g in acc[name][2]) if acc[name][2] else None
+            if cfg.nullspace:  # what ``remember_keys`` adds to K_p
+                kept[name] = k.T @ k + (0 if extra is None else extra)
+            lam = self.learned_ridge(name)
+            if cfg.nullspace:
+                U = self._basis(name).to(device=k.device, dtype=torch.float64)
+                memory = self.keys.get(name)
+                held = 0 if memory is None else cfg.memory_weight * memory.to(device=k.device, dtype=torch.float64)
+                held = held + (0 if extra is None else extra)
+                bases[name], k = U, k @ U
+                reg = U.T @ held @ U if torch.is_tensor(held) else torch.zeros(U.shape[1], U.shape[1], dtype=torch.float64)
+            else:
+                reg = extra
+            if reg is None:
+                solves[name] = k.T / lam
+            else:
+                reg = reg.clone()
+                reg.diagonal().add_(lam)
+                solves[name] = torch.cholesky_solve(k.T, torch.linalg.cholesky(reg))
+            keys[name] = k
+            part = k @ solves[name]
+            gram = part if gram is None else gram + part
+            d = torch.cat(acc[name][1]).double()
+            total = d if total is None else total + d
+        gram.diagonal().add_(1.0)
+        factor = torch.linalg.cholesky(gram)
+        weights = torch.cholesky_solve(total, factor)
+        shifts = {n: solves[n] @ weights for n in names}
+        shifts = {n: bases[n] @ z if n in bases else z for n, z in shifts.items()}
+        acc.clear()
+        acc.update({n: [kept.get(n), None, None, None] for n in names})  # ``remember_keys`` reads entry 0
+        acc[_JOINT] = (keys, {n: self.learned_ridge(n) for n in names}, factor, shifts) if plain else None
+        return {n: shift.float() for n, shift in shifts.items()}
+
+    def _joint_backward(self, cache: Cache, acc: dict, grad_shifts: dict[str, torch.Tensor],
+                        replicated: bool) -> None:
+        """``backward`` through ``solve_joint``. With G the rows' Gram (+ I), W = G^-1 T and
+        S_m = K_m^T W / e^lambda_m: X = G^-1 sum_m K_m dL/dS_m / e^lambda_m is dL/dT, hence dL/dD_m
+        for every module (T is their sum), and dL/dlambda_m = <K_m^T X - dL/dS_m, S_m>."""
+        if acc.get(_JOINT) is None:
+            raise HyperEditError("joint with nullspace or contrast is an edit-time option; train without them")
+        keys, ridges, factor, shifts = acc[_JOINT]
+        grads = {n: grad_shifts[n].double() for n in keys}
+        x = torch.cholesky_solve(sum(keys[n] @ grads[n] / ridges[n] for n in keys), factor)
+        for name in keys:  # the modules solved (HiEdit: those chosen)
+            net, index = self.nets.net_for(name)
+            if replicated:
+                grad_lam = ((keys[name].T @ x - grads[name]) * shifts[name]).sum()
+                (grad_lam.to(net.log_lambda.dtype) * net.log_lambda[index]).backward()
+            k, g = cache[name]
+            grad_d = x.to(k.dtype)
+            for part in token_slices(k.shape[0], self.config.net_batch_size):
+                (grad_d[part] * net.value_diffs(k[part], g[part], index)).sum().backward()
 
     def memory_fill(self, lm=None) -> dict[str, dict]:
         """``nullspace``: per module, how much of its null space the earlier edits' keys hold above the
@@ -224,7 +319,8 @@ class MalmenEditor(HyperEditor):
         if not self.config.nullspace:
             return
         for name, entry in acc.items():
-            self.keys.add(name, entry[0])
+            if name != _JOINT:
+                self.keys.add(name, entry[0])
         self.keys.n_edits += n_requests
 
     def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
@@ -237,6 +333,9 @@ class MalmenEditor(HyperEditor):
         memory). dL/dlambda depends only on the (all-reduced) sums, so in a data-parallel step one
         rank adds it (``replicated``); dL/dD is per token, each rank adds its share.
         """
+        if self.config.joint:
+            self._joint_backward(cache, acc, grad_shifts, replicated)
+            return
         for name in self.module_names:
             keys, grads = cache[name]
             net, index = self.nets.net_for(name)
