@@ -239,17 +239,16 @@ class MalmenEditor(HyperEditor):
         total, gram, solves, bases = None, None, {}, {}
         for name in names:
             k = torch.cat(acc[name][0]).double()
-            extra = sum(g.double() for g in acc[name][2]) if acc[name][2] else None
-            if cfg.nullspace:  # what ``remember_keys`` adds to K_p
-                kept[name] = k.T @ k + (0 if extra is None else extra)
+            extra = sum(g.to(device=k.device, dtype=torch.float64) for g in acc[name][2]) if acc[name][2] else None
             lam = self.learned_ridge(name)
             if cfg.nullspace:
-                U = self._basis(name).to(device=k.device, dtype=torch.float64)
+                kept[name] = k.T @ k if extra is None else k.T @ k + extra  # what ``remember_keys`` adds to K_p
+                held = torch.zeros_like(kept[name]) if extra is None else extra
                 memory = self.keys.get(name)
-                held = 0 if memory is None else cfg.memory_weight * memory.to(device=k.device, dtype=torch.float64)
-                held = held + (0 if extra is None else extra)
-                bases[name], k = U, k @ U
-                reg = U.T @ held @ U if torch.is_tensor(held) else torch.zeros(U.shape[1], U.shape[1], dtype=torch.float64)
+                if memory is not None:
+                    held = held + cfg.memory_weight * memory.to(device=k.device, dtype=torch.float64)
+                U = self._basis(name).to(device=k.device, dtype=torch.float64)
+                bases[name], k, reg = U, k @ U, U.T @ held @ U
             else:
                 reg = extra
             if reg is None:
