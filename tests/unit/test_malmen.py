@@ -228,43 +228,6 @@ def test_rounds_is_a_runtime_option_and_checked(tiny_llama, tmp_path):
         assert "\n" not in str(info.value)
 
 
-def test_joint_solve_is_the_least_squares_over_all_modules_keys_side_by_side(tiny_llama):
-    """``joint``: the modules' shifts minimise ||sum_m K_m S_m - sum_m D_m||^2 + sum_m e^lambda_m ||S_m||^2
-    (checked against the stacked normal equation in float64), and they are not the per-module solves."""
-    requests = facts(6)
-    editor = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests, solve_dtype="float64", joint=True)
-    for i, net in enumerate(editor.nets.nets.values()):
-        net.log_lambda.data.fill_(-1.0 + i)
-    joint = editor.edit(tiny_llama, requests).shifts
-    cache = cache_requests(tiny_llama.adapter, requests, editor.module_names, "ans")
-    keys, diffs, ridges = [], [], []
-    with torch.no_grad():
-        for name in editor.module_names:
-            k, g = cache[name]
-            net, index = editor.nets.net_for(name)
-            keys.append(k.double())
-            diffs.append(net.value_diffs(k, g, index).double())  # float32 network, solved in float64
-            ridges += [editor.learned_ridge(name)] * k.shape[1]
-    stacked = torch.cat(keys, dim=1)
-    solved = torch.linalg.solve(stacked.T @ stacked + torch.diag(torch.tensor(ridges, dtype=torch.float64)),
-                                stacked.T @ sum(diffs))
-    editor.config.joint = False
-    separate = editor.edit(tiny_llama, requests).shifts
-    start = 0
-    for name, k in zip(editor.module_names, keys):
-        expected = solved[start:start + k.shape[1]]
-        start += k.shape[1]
-        # the delta stores the weight's layout (d_out, d_in); float32 shifts of a float64 solve
-        torch.testing.assert_close(joint[name].T.double(), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
-        assert _relative(separate[name].T.double(), expected) > 1e-2
-
-
-def test_joint_options_are_checked():
-    for bad in ({"ridge": "covariance"}, {"partition": True}):
-        with pytest.raises(ValueError, match="joint"):
-            MalmenConfig(layers=[2, 3], joint=True, **bad)
-
-
 def _stacked_joint_solution(editor, cache, penalties):
     """The joint shifts from the stacked normal equation (float64): keys side by side (times the
     null-space basis where given), block-diagonal penalty ``penalties[name]`` (e^lambda I included)."""
@@ -286,6 +249,33 @@ def _stacked_joint_solution(editor, cache, penalties):
         start += k.shape[1]
         out[name] = z if U is None else U @ z
     return out
+
+
+def test_joint_solve_is_the_least_squares_over_all_modules_keys_side_by_side(tiny_llama):
+    """``joint``: the modules' shifts minimise ||sum_m K_m S_m - sum_m D_m||^2 + sum_m e^lambda_m ||S_m||^2
+    (checked against the stacked normal equation in float64), and they are not the per-module solves."""
+    requests = facts(6)
+    editor = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests, solve_dtype="float64", joint=True)
+    for i, net in enumerate(editor.nets.nets.values()):
+        net.log_lambda.data.fill_(-1.0 + i)
+    joint = editor.edit(tiny_llama, requests).shifts
+    cache = cache_requests(tiny_llama.adapter, requests, editor.module_names, "ans")
+    d_in = cache[editor.module_names[0]][0].shape[1]
+    expected = _stacked_joint_solution(editor, cache, {
+        n: (editor.learned_ridge(n) * torch.eye(d_in, dtype=torch.float64), None) for n in editor.module_names})
+    editor.config.joint = False
+    separate = editor.edit(tiny_llama, requests).shifts
+    for name in editor.module_names:
+        # the delta stores the weight's layout (d_out, d_in); float32 shifts of a float64 solve
+        torch.testing.assert_close(joint[name].T.double(), expected[name], rtol=1e-5,
+                                   atol=1e-6 * float(expected[name].abs().max()))
+        assert _relative(separate[name].T.double(), expected[name]) > 1e-2
+
+
+def test_joint_options_are_checked():
+    for bad in ({"ridge": "covariance"}, {"partition": True}):
+        with pytest.raises(ValueError, match="joint"):
+            MalmenConfig(layers=[2, 3], joint=True, **bad)
 
 
 def test_joint_rows_to_keep_and_the_null_space_memory_join_each_module_penalty(tiny_llama):

@@ -236,27 +236,25 @@ class MalmenEditor(HyperEditor):
         cfg = self.config
         names = [n for n in acc if n != _JOINT]
         keys, kept, plain = {}, {}, not cfg.nullspace and not any(acc[n][2] for n in names)
-        total, gram, solves, bases = None, None, {}, {}
+        total, gram, solves, bases, ridges = None, None, {}, {}, {}
         for name in names:
             k = torch.cat(acc[name][0]).double()
-            extra = sum(g.to(device=k.device, dtype=torch.float64) for g in acc[name][2]) if acc[name][2] else None
-            lam = self.learned_ridge(name)
+            held = sum(g.to(device=k.device, dtype=torch.float64) for g in acc[name][2]) if acc[name][2] else None
             if cfg.nullspace:
-                kept[name] = k.T @ k if extra is None else k.T @ k + extra  # what ``remember_keys`` adds to K_p
-                held = torch.zeros_like(kept[name]) if extra is None else extra
+                kept[name] = k.T @ k if held is None else k.T @ k + held  # what ``remember_keys`` adds to K_p
                 memory = self.keys.get(name)
                 if memory is not None:
-                    held = held + cfg.memory_weight * memory.to(device=k.device, dtype=torch.float64)
+                    memory = cfg.memory_weight * memory.to(device=k.device, dtype=torch.float64)
+                    held = memory if held is None else held + memory
                 U = self._basis(name).to(device=k.device, dtype=torch.float64)
-                bases[name], k, reg = U, k @ U, U.T @ held @ U
-            else:
-                reg = extra
-            if reg is None:
-                solves[name] = k.T / lam
-            else:
-                reg = reg.clone()
-                reg.diagonal().add_(lam)
-                solves[name] = torch.cholesky_solve(k.T, torch.linalg.cholesky(reg))
+                bases[name], k = U, k @ U
+                held = None if held is None else U.T @ held @ U
+            ridges[name] = self.learned_ridge(name)
+            if held is None:  # R_m = e^lambda_m I
+                solves[name] = k.T / ridges[name]
+            else:  # R_m = held + e^lambda_m I, the per-module solve's factorisation
+                net, index = self.nets.net_for(name)
+                solves[name] = RidgeFactor(held, net.log_lambda[index].detach()).solve(k.T)
             keys[name] = k
             part = k @ solves[name]
             gram = part if gram is None else gram + part
@@ -269,7 +267,7 @@ class MalmenEditor(HyperEditor):
         shifts = {n: bases[n] @ z if n in bases else z for n, z in shifts.items()}
         acc.clear()
         acc.update({n: [kept.get(n), None, None, None] for n in names})  # ``remember_keys`` reads entry 0
-        acc[_JOINT] = (keys, {n: self.learned_ridge(n) for n in names}, factor, shifts) if plain else None
+        acc[_JOINT] = (keys, ridges, factor, shifts) if plain else None
         return {n: shift.float() for n, shift in shifts.items()}
 
     def _joint_backward(self, cache: Cache, acc: dict, grad_shifts: dict[str, torch.Tensor],
