@@ -272,6 +272,23 @@ def test_joint_solve_is_the_least_squares_over_all_modules_keys_side_by_side(tin
         assert _relative(separate[name].T.double(), expected[name]) > 1e-2
 
 
+def test_a_large_edit_without_joint_points_to_it_once(tiny_llama, caplog):
+    """From ``JOINT_HINT_FACTS`` facts in one edit the log names the joint setting, once per editor;
+    with ``joint`` on, or below the threshold, it says nothing."""
+    requests = facts(6)
+    quiet = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests, joint=True)
+    told = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests)
+    for editor in (quiet, told):
+        editor.JOINT_HINT_FACTS = 6
+    with caplog.at_level("INFO", logger="hyperedit.editors.malmen"):
+        told.edit(tiny_llama, requests[:5])
+        quiet.edit(tiny_llama, requests)
+        assert "joint=true" not in caplog.text
+        told.edit(tiny_llama, requests)
+        told.edit(tiny_llama, requests)
+    assert caplog.text.count("joint=true") == 1
+
+
 def test_joint_options_are_checked():
     for bad in ({"ridge": "covariance"}, {"partition": True}):
         with pytest.raises(ValueError, match="joint"):
