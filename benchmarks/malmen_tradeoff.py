@@ -46,6 +46,7 @@ POINTS = [
     ("joint, shift_scale 0.4", "malmen_scaling_joint_s0.4", "malmen", {}),
     ("joint, trained through it", "malmen_scaling_joint_trained_s1.0", "malmen", {}),
     ("joint, trained through it, shift_scale 0.8", "malmen_scaling_joint_trained_s0.8", "malmen", {}),
+    ("joint, contrast 1, shift_scale 0.8", "malmen_scaling_joint_c1_s0.8", "malmen", {}),
     ("MEMIT", "locate_cf_val_1000", "memit", {}),
     ("MetaKE(MEMIT)", "locate_cf_val_1000", "metake-memit", {}),
     ("MEMIT", "locate_zsre_knowedit_500", "memit", {}),
