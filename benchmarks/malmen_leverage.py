@@ -21,11 +21,16 @@ editors' (4-8). The shipped editor's learned ``e^lambda`` per module sets the ri
 mean squared key norm of its rows; every other site/layer set gets the same relative ridge.
 ``--joint`` (our extension) also solves each layer set as one module over the keys of its modules side
 by side: the six modules then write a fact together, each row's value difference being what they
-write in all, so a fact whose key collides in one layer may be written through another.
+write in all, so a fact whose key collides in one layer may be written through another. ``--ridges covariance`` solves
+with ``K^T K + r C0`` instead of ``K^T K + r I`` (C0 the key second moment on generic text, scaled to
+mean eigenvalue 1; the covariance ridge, MEMIT's penalty), through whitened keys; ``--ridge-scales``
+multiplies every ridge, to trace how self and reach trade.
 
     python benchmarks/malmen_leverage.py --eval-subset 128 --out malmen_leverage
     python benchmarks/malmen_leverage.py --layer-sets 24-29 --sites ans,subject --joint --sizes 16,256,1024 \
         --eval-subset 128 --out malmen_leverage_joint
+    python benchmarks/malmen_leverage.py --layer-sets 24-29 --sites ans --joint --sizes 1024 --ridges identity,covariance \
+        --ridge-scales 0.3,1,3 --eval-subset 128 --out malmen_leverage_covariance
 
 Writes benchmarks/results/<out>.json/.md (one record per dataset x site x layers x N).
 """
@@ -173,6 +178,11 @@ def run(args) -> list[dict]:
                   for spec in args.layer_sets.split(",")}
     joint = {f"{spec} joint": names for spec, names in layer_sets.items()} if args.joint else {}
     sizes = [int(s) for s in args.sizes.split(",")]
+    ridges = args.ridges.split(",")
+    if not set(ridges) <= {"identity", "covariance"}:
+        raise SystemExit("--ridges: identity and/or covariance")
+    scales = [float(x) for x in args.ridge_scales.split(",")]
+    whiteners = None
     command, records = current_command(), []
     for spec in args.datasets.split(","):
         dataset, split = dataset_label(spec)
@@ -184,59 +194,84 @@ def run(args) -> list[dict]:
         relations = ([r.prompt.replace(r.subject, "{}") if r.subject else f"#{i}" for i, r in enumerate(requests)]
                      if dataset == "counterfact" else None)
         all_names = sorted(set(sum(layer_sets.values(), [])), key=lm.adapter.layer_of)
+        if "covariance" in ridges and whiteners is None:
+            from hyperedit.stats import key_second_moments
+
+            whiteners = {n: whitening(c) for n, c in key_second_moments(lm, all_names, n_samples=args.ridge_samples).items()}
         loc_sets = {}
         for loc_site in ("ans", "tokens"):
             loc_keys, rows = read_keys(lm, loc, [None] * len(loc), all_names, loc_site)
             loc_sets[loc_site] = (loc_keys, torch.tensor(loc_owner)[rows])
-        for loc_keys, _ in loc_sets.values():
-            _add_joint(loc_keys, joint)
         for site in args.sites.split(","):
             log.info("%s: reading %s keys", spec, site)
             edit_keys, edit_owner = read_keys(lm, [(r.prompt, r.target) for r in requests], subjects, all_names, site)
             para_subjects = [requests[o].subject for o in para_owner]
             para_keys, para_rows = read_keys(lm, para, para_subjects, all_names, site)
             para_owner_t = torch.tensor(para_owner)[para_rows]
-            _add_joint(edit_keys, joint)
-            _add_joint(para_keys, joint)
+            # per ridge: the keys solved with (whitened by C0 for the covariance ridge), joint sets added
+            keyed = {kind: [_with_joint(_whitened(keys, whiteners if kind == "covariance" else None), joint)
+                            for keys in (edit_keys, para_keys, *(v[0] for v in loc_sets.values()))]
+                     for kind in ridges}
+            raw_edit = keyed["identity"][0] if "identity" in keyed else _with_joint(edit_keys, joint)
             if site == "ans":
                 ratios = {min(n, len(requests)): _ridge_ratio(learned, edit_keys, edit_owner, min(n, len(requests)))
                           for n in sizes}
-            for layers, names in {**layer_sets, **{j: [j] for j in joint}}.items():
-                for n in sizes:
-                    n = min(n, len(requests))
-                    per_module, started = [], time.perf_counter()
-                    for name in names:
-                        K = edit_keys[name][edit_owner < n]
-                        mean_sq = float(K.pow(2).sum(1).mean())
-                        if site == "ans" and layers == "24-29":
-                            ridge = learned[name]
-                        else:
-                            ridge = (args.ridge_rel or ratios[n]) * mean_sq
-                        m = measure((edit_keys[name], edit_owner), (para_keys[name], para_owner_t),
-                                    {k: (v[0][name], v[1]) for k, v in loc_sets.items()}, n, min(n, n_eval),
-                                    ridge, relations)
-                        m["ridge_rel"] = ridge / mean_sq
-                        per_module.append(m)
-                    metrics = {k: _mean([m[k] for m in per_module]) for k in per_module[0]}
-                    records.append(make_record(
-                        editor=f"malmen-solve[{site},{layers}]", model=lm.name, dataset=dataset, split=split,
-                        mode="batch", n_edits=n, metrics=metrics, edit_time_s=time.perf_counter() - started, peak_rss_mb=None,
-                        command=command, seed=0, site=site, layers=layers, n_evaluated=min(n, n_eval),
-                        n_rows=int((edit_owner < n).sum())))
-                    log.info("%s %s %s n=%d: %s", dataset, site, layers, n,
-                             {k: round(v, 3) for k, v in metrics.items() if v is not None})
-                    write_results(records, args.out, title="Leverage of MALMEN's least-squares solve", notes=NOTES)
+            for kind, scale in ((k, x) for k in ridges for x in scales):
+                edit_k, para_k, *loc_k = keyed[kind]
+                for layers, names in {**layer_sets, **{j: [j] for j in joint}}.items():
+                    for n in sizes:
+                        n = min(n, len(requests))
+                        per_module, started = [], time.perf_counter()
+                        for name in names:
+                            K = raw_edit[name][edit_owner < n]
+                            mean_sq = float(K.pow(2).sum(1).mean())
+                            if site == "ans" and layers == "24-29":
+                                ridge = learned[name]
+                            else:
+                                ridge = (args.ridge_rel or ratios[n]) * mean_sq
+                            ridge *= scale
+                            loc_named = {ls: (keys[name], owner) for (ls, (_, owner)), keys in zip(loc_sets.items(), loc_k)}
+                            m = measure((edit_k[name], edit_owner), (para_k[name], para_owner_t), loc_named,
+                                        n, min(n, n_eval), ridge, relations)
+                            m["ridge_rel"] = ridge / mean_sq
+                            per_module.append(m)
+                        metrics = {k: _mean([m[k] for m in per_module]) for k in per_module[0]}
+                        label = layers + ("" if kind == "identity" else f", {kind}") + ("" if scale == 1 else f", x{scale:g}")
+                        records.append(make_record(
+                            editor=f"malmen-solve[{site},{label}]", model=lm.name, dataset=dataset, split=split,
+                            mode="batch", n_edits=n, metrics=metrics, edit_time_s=time.perf_counter() - started,
+                            peak_rss_mb=None, command=command, seed=0, site=site, layers=layers, ridge=kind,
+                            ridge_scale=scale, n_evaluated=min(n, n_eval), n_rows=int((edit_owner < n).sum())))
+                        log.info("%s %s %s n=%d: %s", dataset, site, label, n,
+                                 {k: round(v, 3) for k, v in metrics.items() if v is not None})
+                        write_results(records, args.out, title="Leverage of MALMEN's least-squares solve", notes=NOTES)
     return records
 
 
-def _add_joint(keys: dict, joint: dict) -> None:
-    """Add, under each joint set's name, the keys of its modules side by side: one solve over the
-    concatenated key (the rows are the same positions in every module). Its ridge is the same multiple
-    of the mean squared key norm as the modules'."""
+def _with_joint(keys: dict, joint: dict) -> dict:
+    """``keys`` and, under each joint set's name, the keys of its modules side by side: one solve over
+    the concatenated key (the rows are the same positions in every module). Its ridge is the same
+    multiple of the mean squared key norm as the modules'."""
     import torch
 
-    for name, names in joint.items():
-        keys[name] = torch.cat([keys[n] for n in names], dim=1)
+    return {**keys, **{name: torch.cat([keys[n] for n in names], dim=1) for name, names in joint.items()}}
+
+
+def whitening(C):
+    """``W`` with ``W W^T = C^-1``, C scaled to mean eigenvalue 1 (eigenvalues clamped at 1e-9), so that
+    the covariance ridge's weights ``K (K^T K + r C)^-1 k`` are the identity ridge's on whitened keys
+    ``K W`` and ``W^T k``: ``K W (W^T K^T K W + r I)^-1 W^T k``. The scaling makes the ridge ``r`` carry
+    the same weight on average as with the identity (C0 on generic text; MEMIT's and the covariance
+    ridge's penalty)."""
+    import torch
+
+    C = C.double()
+    e, V = torch.linalg.eigh(C * C.shape[0] / C.trace())
+    return V / e.clamp_min(1e-9).sqrt()
+
+
+def _whitened(keys: dict, whiteners: dict | None) -> dict:
+    return keys if whiteners is None else {n: k @ whiteners[n] for n, k in keys.items()}
 
 
 def _ridge_ratio(learned: dict, ans_keys: dict, owner, n: int) -> float:
@@ -257,6 +292,11 @@ def main() -> None:
     parser.add_argument("--eval-subset", type=int, default=64)
     parser.add_argument("--ridge-rel", type=float, default=None,
                         help="e^lambda / mean squared key norm for every site (default: the shipped editor's)")
+    parser.add_argument("--ridges", default="identity",
+                        help="identity and/or covariance (the key second moment C0 on generic text, scaled to mean "
+                             "eigenvalue 1, as the ridge's shape)")
+    parser.add_argument("--ridge-scales", default="1", help="comma-separated multipliers of every ridge")
+    parser.add_argument("--ridge-samples", type=int, default=2000, help="corpus texts for C0")
     parser.add_argument("--layer-sets", default="24-29,4-8", help="comma-separated layer ranges")
     parser.add_argument("--sites", default="ans,subject")
     parser.add_argument("--joint", action="store_true",

@@ -59,8 +59,39 @@ def test_leverage_equals_the_hat_matrix_in_either_form(leverage, rows, d):
 
 
 def test_the_joint_key_is_the_modules_keys_side_by_side(leverage):
-    keys = {"a": torch.arange(6.0).reshape(3, 2), "b": -torch.arange(9.0).reshape(3, 3)}
-    leverage._add_joint(keys, {"a+b": ["a", "b"]})
+    keys = leverage._with_joint({"a": torch.arange(6.0).reshape(3, 2), "b": -torch.arange(9.0).reshape(3, 3)},
+                                {"a+b": ["a", "b"]})
     assert keys["a+b"].shape == (3, 5)
     torch.testing.assert_close(keys["a+b"][:, :2], keys["a"])
     torch.testing.assert_close(keys["a+b"][:, 2:], keys["b"])
+
+
+@pytest.mark.parametrize("rows", [4, 9])  # fewer rows than key dimensions (dual solve) and more
+def test_whitened_keys_give_the_covariance_ridge_weights(leverage, rows):
+    """``K W`` and ``P W`` with the identity ridge r give ``K (K^T K + r C)^-1 P^T``, C scaled to mean
+    eigenvalue 1, as the covariance ridge's solve would."""
+    gen = torch.Generator().manual_seed(1)
+    d, r = 6, 0.7
+    A = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    C = A @ A.T + 0.1 * torch.eye(d, dtype=torch.float64)
+    K = torch.randn(rows, d, generator=gen, dtype=torch.float64)
+    P = torch.randn(3, d, generator=gen, dtype=torch.float64)
+    W = leverage.whitening(C)
+    (got,) = leverage.leverage(K @ W, r, [P @ W])
+    scaled = C * d / C.trace()
+    expected = K @ torch.linalg.solve(K.T @ K + r * scaled, P.T)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_leverage_curves_group_by_dataset_ridge_and_solve_and_sort_by_reach():
+    curves = load_script("benchmarks/malmen_leverage_curves.py").curves
+
+    def record(dataset, layers, ridge, reach, own):
+        out = {"dataset": dataset, "n_edits": 1024, "layers": layers, "metrics": {"loc_reach_ans": reach, "self": own}}
+        return out if ridge is None else out | {"ridge": ridge}
+
+    lines = curves([record("cf", "24-29", None, .5, .3), record("cf", "24-29", "identity", .2, .1),
+                    record("cf", "24-29 joint", "covariance", .9, .7), record("zsre", "24-29 joint", "identity", .4, .2)])
+    assert lines == {("cf", 1024, "identity ridge, per module"): [(.2, .1), (.5, .3)],
+                     ("cf", 1024, "covariance ridge, joint"): [(.9, .7)],
+                     ("zsre", 1024, "identity ridge, joint"): [(.4, .2)]}
