@@ -47,6 +47,8 @@ POINTS = [
     ("joint, trained through it", "malmen_scaling_joint_trained_s1.0", "malmen", {}),
     ("joint, trained through it, shift_scale 0.8", "malmen_scaling_joint_trained_s0.8", "malmen", {}),
     ("joint, contrast 1, shift_scale 0.8", "malmen_scaling_joint_c1_s0.8", "malmen", {}),
+    ("joint, ridge x0.1, shift_scale 0.5", "malmen_scaling_joint_ridge0.1_s0.5", "malmen", {}),
+    ("joint, ridge x0.1, shift_scale 0.35", "malmen_scaling_joint_ridge0.1_s0.35", "malmen", {}),
     ("joint, trained through it on 6,000 facts", "malmen_scaling_6k_joint_s1.0", "malmen", {}),
     ("joint, trained through it on 6,000 facts, shift_scale 0.8", "malmen_scaling_6k_joint_s0.8", "malmen", {}),
     ("joint, trained through it on 6,000 facts, shift_scale 0.6", "malmen_scaling_6k_joint_s0.6", "malmen", {}),
