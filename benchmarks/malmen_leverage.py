@@ -40,6 +40,7 @@ import argparse
 import logging
 import time
 from collections import defaultdict
+from itertools import product
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -178,10 +179,7 @@ def run(args) -> list[dict]:
                   for spec in args.layer_sets.split(",")}
     joint = {f"{spec} joint": names for spec, names in layer_sets.items()} if args.joint else {}
     sizes = [int(s) for s in args.sizes.split(",")]
-    ridges = args.ridges.split(",")
-    if not set(ridges) <= {"identity", "covariance"}:
-        raise SystemExit("--ridges: identity and/or covariance")
-    scales = [float(x) for x in args.ridge_scales.split(",")]
+    ridges, scales = args.ridges, args.ridge_scales
     whiteners = None
     command, records = current_command(), []
     for spec in args.datasets.split(","):
@@ -212,39 +210,35 @@ def run(args) -> list[dict]:
             keyed = {kind: [_with_joint(_whitened(keys, whiteners if kind == "covariance" else None), joint)
                             for keys in (edit_keys, para_keys, *(v[0] for v in loc_sets.values()))]
                      for kind in ridges}
-            raw_edit = keyed["identity"][0] if "identity" in keyed else _with_joint(edit_keys, joint)
             if site == "ans":
                 ratios = {min(n, len(requests)): _ridge_ratio(learned, edit_keys, edit_owner, min(n, len(requests)))
                           for n in sizes}
-            for kind, scale in ((k, x) for k in ridges for x in scales):
+            loc_owners = [owner for _, owner in loc_sets.values()]
+            solved_sets = {**layer_sets, **{j: [j] for j in joint}}
+            for kind, scale, (layers, names), n in product(ridges, scales, solved_sets.items(),
+                                                            sorted({min(n, len(requests)) for n in sizes})):
                 edit_k, para_k, *loc_k = keyed[kind]
-                for layers, names in {**layer_sets, **{j: [j] for j in joint}}.items():
-                    for n in sizes:
-                        n = min(n, len(requests))
-                        per_module, started = [], time.perf_counter()
-                        for name in names:
-                            K = raw_edit[name][edit_owner < n]
-                            mean_sq = float(K.pow(2).sum(1).mean())
-                            if site == "ans" and layers == "24-29":
-                                ridge = learned[name]
-                            else:
-                                ridge = (args.ridge_rel or ratios[n]) * mean_sq
-                            ridge *= scale
-                            loc_named = {ls: (keys[name], owner) for (ls, (_, owner)), keys in zip(loc_sets.items(), loc_k)}
-                            m = measure((edit_k[name], edit_owner), (para_k[name], para_owner_t), loc_named,
-                                        n, min(n, n_eval), ridge, relations)
-                            m["ridge_rel"] = ridge / mean_sq
-                            per_module.append(m)
-                        metrics = {k: _mean([m[k] for m in per_module]) for k in per_module[0]}
-                        label = layers + ("" if kind == "identity" else f", {kind}") + ("" if scale == 1 else f", x{scale:g}")
-                        records.append(make_record(
-                            editor=f"malmen-solve[{site},{label}]", model=lm.name, dataset=dataset, split=split,
-                            mode="batch", n_edits=n, metrics=metrics, edit_time_s=time.perf_counter() - started,
-                            peak_rss_mb=None, command=command, seed=0, site=site, layers=layers, ridge=kind,
-                            ridge_scale=scale, n_evaluated=min(n, n_eval), n_rows=int((edit_owner < n).sum())))
-                        log.info("%s %s %s n=%d: %s", dataset, site, label, n,
-                                 {k: round(v, 3) for k, v in metrics.items() if v is not None})
-                        write_results(records, args.out, title="Leverage of MALMEN's least-squares solve", notes=NOTES)
+                started, per_module = time.perf_counter(), []
+                for name in names:
+                    # the ridge is set on the raw keys; a joint key's squared norm is its modules' sum
+                    mean_sq = sum(float(edit_keys[m][edit_owner < n].pow(2).sum(1).mean())
+                                  for m in joint.get(name, [name]))
+                    ridge = scale * (learned[name] if site == "ans" and layers == "24-29"
+                                     else (args.ridge_rel or ratios[n]) * mean_sq)
+                    loc_named = {ls: (keys[name], owner) for ls, keys, owner in zip(loc_sets, loc_k, loc_owners)}
+                    m = measure((edit_k[name], edit_owner), (para_k[name], para_owner_t), loc_named,
+                                n, min(n, n_eval), ridge, relations)
+                    per_module.append(m | {"ridge_rel": ridge / mean_sq})
+                metrics = {k: _mean([m[k] for m in per_module]) for k in per_module[0]}
+                label = layers + ("" if kind == "identity" else f", {kind}") + ("" if scale == 1 else f", x{scale:g}")
+                records.append(make_record(
+                    editor=f"malmen-solve[{site},{label}]", model=lm.name, dataset=dataset, split=split,
+                    mode="batch", n_edits=n, metrics=metrics, edit_time_s=time.perf_counter() - started,
+                    peak_rss_mb=None, command=command, seed=0, site=site, layers=layers, ridge=kind,
+                    ridge_scale=scale, n_evaluated=min(n, n_eval), n_rows=int((edit_owner < n).sum())))
+                log.info("%s %s %s n=%d: %s", dataset, site, label, n,
+                         {k: round(v, 3) for k, v in metrics.items() if v is not None})
+                write_results(records, args.out, title="Leverage of MALMEN's least-squares solve", notes=NOTES)
     return records
 
 
@@ -270,6 +264,13 @@ def whitening(C):
     return V / e.clamp_min(1e-9).sqrt()
 
 
+def _ridge_kinds(value: str) -> list[str]:
+    kinds = value.split(",")
+    if not set(kinds) <= {"identity", "covariance"}:
+        raise argparse.ArgumentTypeError("identity and/or covariance")
+    return kinds
+
+
 def _whitened(keys: dict, whiteners: dict | None) -> dict:
     return keys if whiteners is None else {n: k @ whiteners[n] for n, k in keys.items()}
 
@@ -292,10 +293,11 @@ def main() -> None:
     parser.add_argument("--eval-subset", type=int, default=64)
     parser.add_argument("--ridge-rel", type=float, default=None,
                         help="e^lambda / mean squared key norm for every site (default: the shipped editor's)")
-    parser.add_argument("--ridges", default="identity",
+    parser.add_argument("--ridges", type=_ridge_kinds, default="identity",
                         help="identity and/or covariance (the key second moment C0 on generic text, scaled to mean "
                              "eigenvalue 1, as the ridge's shape)")
-    parser.add_argument("--ridge-scales", default="1", help="comma-separated multipliers of every ridge")
+    parser.add_argument("--ridge-scales", type=lambda v: [float(x) for x in v.split(",")], default="1",
+                        help="comma-separated multipliers of every ridge")
     parser.add_argument("--ridge-samples", type=int, default=2000, help="corpus texts for C0")
     parser.add_argument("--layer-sets", default="24-29,4-8", help="comma-separated layer ranges")
     parser.add_argument("--sites", default="ans,subject")

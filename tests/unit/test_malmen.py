@@ -10,6 +10,7 @@ from hyperedit.editors import get_editor
 from hyperedit.editors._hypernet import CONFIG_FILE, cache_requests
 from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
 from hyperedit.editors.mend import MendConfig, MendEditor
+from hyperedit.editors.rledit import RLEditEditor
 from hyperedit.errors import HyperEditError
 from hyperedit.requests import EditRequest, LocalityPrompt
 
@@ -287,6 +288,7 @@ def test_a_large_edit_without_joint_points_to_it_once(tiny_llama, caplog):
         told.edit(tiny_llama, requests)
         told.edit(tiny_llama, requests)
     assert caplog.text.count("joint=true") == 1
+    assert RLEditEditor.JOINT_HINT_FACTS is None  # measured for MALMEN only
 
 
 def test_joint_options_are_checked():

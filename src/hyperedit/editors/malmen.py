@@ -110,13 +110,13 @@ class MalmenEditor(HyperEditor):
     _said_joint = False  # a large edit was told of ``joint`` once
     #: From this many facts in one edit the joint solve with shifts scaled by 0.6 measured better
     #: on both evaluation splits (1,024 facts and whole splits; docs/malmen.md, "One solve for all
-    #: six modules"); below a few hundred the per-module default writes more. Measured for MALMEN
-    #: only (RLEdit inherits this class and is told nothing).
-    JOINT_HINT_FACTS = 1000
+    #: six modules"); below a few hundred the per-module default writes more. None: no hint (an
+    #: editor it was not measured for).
+    JOINT_HINT_FACTS: int | None = 1000
 
     def edit(self, lm, requests):
-        if (self.name == "malmen" and len(requests) >= self.JOINT_HINT_FACTS and not self.config.joint
-                and not self._said_joint):
+        hint = self.JOINT_HINT_FACTS
+        if hint is not None and len(requests) >= hint and not self.config.joint and not self._said_joint:
             self._said_joint = True
             log.info("editing %d facts at once: --set joint=true --set shift_scale=0.6 measured better for MALMEN "
                      "at this scale on SmolLM2-135M (docs/malmen.md, 'One solve for all six modules')", len(requests))

@@ -55,6 +55,7 @@ class RLEditEditor(MalmenEditor):
     """MALMEN-style editing with a hypernetwork trained by ``training.trajectory``."""
 
     config_class = RLEditConfig
+    JOINT_HINT_FACTS = None  # the joint solve's large-edit setting was measured for MALMEN only
 
     # ----- trajectory protocol ----------------------------------------------------------------
     def parameters(self):
