@@ -17,6 +17,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import HyperEditError
+
+class WriteError(HyperEditError):
+    """Writing an output failed (a full disk, a file size limit, an I/O error); nothing was left."""
+
+
 TEMP_PREFIX = ".hyperedit-tmp-"
 OLD_PREFIX = ".hyperedit-old-"
 
@@ -28,9 +34,30 @@ def _umask() -> int:
 
 
 def _publish_mode(path: Path) -> None:
-    """Give a finished temporary the mode a plain ``open``/``mkdir`` would have given it."""
-    base = 0o777 if path.is_dir() else 0o666
-    os.chmod(path, base & ~_umask())
+    """Give a finished temporary, and everything inside it, the mode a plain ``open``/``mkdir``
+    would have given it (``tempfile`` makes them private, and some writers, such as safetensors,
+    write through private temporaries of their own)."""
+    mask = _umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def publish_modes(path: str | os.PathLike) -> None:
+    """``_publish_mode`` for writers that manage their own temporaries (checkpoint folders)."""
+    _publish_mode(Path(path))
+
+
+def check_writable(folder: str | os.PathLike) -> str | None:
+    """None if a file can be created in ``folder``, else why not (a read-only file system, no
+    permission). Tried with a real temporary file: ``os.access`` does not see every reason."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-probe-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.unlink(name)
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -70,6 +97,20 @@ def sweep_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def _write_failures_as_one_line(path: Path):
+    """Turn an I/O failure while writing ``path`` (``OSError``; safetensors' own error wraps the
+    same) into a ``WriteError`` line; the caller's cleanup has already removed the temporary."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriteError(f"{path}: writing failed ({exc.strerror or exc}); nothing was written") from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError" or "I/O error" not in str(exc):
+            raise
+        raise WriteError(f"{path}: writing failed ({str(exc).split('I/O error: ')[-1]}); nothing was written") from None
+
+
 def _temp_prefix(path: Path) -> str:
     return f"{TEMP_PREFIX}{os.getpid()}-{path.name}-"
 
@@ -88,7 +129,8 @@ def atomic_file(path: str | os.PathLike, fsync: bool = False):
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        with _write_failures_as_one_line(path):
+            yield tmp
         if fsync:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
@@ -121,7 +163,8 @@ def atomic_directory(path: str | os.PathLike):
     sweep_stale_temporaries(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:
-        yield tmp
+        with _write_failures_as_one_line(path):
+            yield tmp
         _publish_mode(tmp)
         old = None
         if path.exists():

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, publish_modes
 from .errors import HyperEditError
 
 LATEST = "LATEST"
@@ -54,6 +54,7 @@ class CheckpointStore:
             for item in tmp.iterdir():
                 with open(item, "rb") as handle:
                     os.fsync(handle.fileno())
+            publish_modes(tmp)
             if final.exists():  # a checkpoint of this step from an interrupted earlier attempt
                 shutil.rmtree(final)
             os.replace(tmp, final)

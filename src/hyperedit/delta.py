@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import DeltaMismatchError, HyperEditError
+from .errors import DeltaMismatchError, HyperEditError, NonFiniteDeltaError
 from .models.adapters import ModelAdapter
 from .models.placement import check_on_device
 from .outputs import write_directory
@@ -126,6 +126,16 @@ class EditDelta:
         meta = {**self.meta, "composed_of": [self.meta.get("editor"), other.meta.get("editor")]}
         return EditDelta(shifts, meta)
 
+    def check_finite(self, where: str = "the edit") -> None:
+        """Raise ``NonFiniteDeltaError`` if any shift holds inf or NaN (an unstable option such as a
+        huge learning rate); every editor's result, every save and every ledger entry is checked."""
+        for name, shift in self.shifts.items():
+            bad = int((~torch.isfinite(shift)).sum())
+            if bad:
+                raise NonFiniteDeltaError(
+                    f"{where}: the shift of {name} holds {bad} non-finite value(s) of {shift.numel()}; "
+                    f"nothing was saved or applied (an option such as lr may be too large)")
+
     def norms(self) -> dict[str, float]:
         return {name: float(t.float().norm()) for name, t in self.shifts.items()}
 
@@ -135,6 +145,7 @@ class EditDelta:
 
         An earlier delta there is replaced; anything else is refused (``hyperedit.outputs``)."""
         path = Path(path)
+        self.check_finite()
         with write_directory(path, "delta") as tmp:
             save_file({k: v.contiguous().cpu() for k, v in self.shifts.items()}, str(tmp / SHIFTS_FILE))
             (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True, default=str))
@@ -158,6 +169,7 @@ class EditDelta:
         except SafetensorError as exc:
             raise HyperEditError(f"{shifts_file}: unreadable safetensors file ({exc})") from exc
         delta = cls(shifts, meta)
+        delta.check_finite(str(shifts_file))
         if meta.get("shapes") and {k: list(v.shape) for k, v in shifts.items()} != meta["shapes"]:
             raise HyperEditError(f"{path}: shapes in {META_FILE} do not match {SHIFTS_FILE}")
         return delta

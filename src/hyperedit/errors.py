@@ -28,3 +28,7 @@ class DeltaMismatchError(HyperEditError):
 
 class OptionError(HyperEditError, ValueError):
     """An option value that does not fit the model (e.g. a layer out of range); also a ValueError."""
+
+
+class NonFiniteDeltaError(HyperEditError):
+    """An edit whose shifts hold inf or NaN: never saved, applied or recorded."""

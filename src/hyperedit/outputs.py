@@ -10,8 +10,11 @@ and every directory it writes goes through ``write_directory``:
 - an output may not be, or contain, one of the command's inputs, the current directory or one
   above it, and two outputs of one command may not overlap.
 
-Directories hyperedit creates carry a small marker file (``MARKER``) naming their kind. Result
-files (``NAME.json``, ``NAME.md``, ``NAME.png``) are recognised by their content.
+Directories hyperedit creates carry a small marker file (``MARKER``) naming their kind and the
+files hyperedit wrote there; replacing one removes only those: a file the user added inside (notes,
+a copy of something) makes the replacement refuse (``foreign_entries``). Run directories, written
+over time, are checked against their known layout instead. Result files (``NAME.json``,
+``NAME.md``, ``NAME.png``) are recognised by their content.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_directory, atomic_write_text, sweep_stale_temporaries
+from .atomic import (OLD_PREFIX, TEMP_PREFIX, atomic_directory, atomic_write_text, check_writable,
+                     sweep_stale_temporaries)
 from .errors import HyperEditError
 
 MARKER = ".hyperedit-output"
@@ -45,13 +49,65 @@ class Output:
     kind: str
 
 
-def _resolved(path) -> Path:
-    return Path(path).expanduser().resolve()
+def _resolved(path, option: str | None = None) -> Path:
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        where = f"{option} {path}" if option else str(path)
+        raise OutputError(f"{where}: cannot be resolved ({exc})") from None
 
 
-def mark(folder: str | os.PathLike, kind: str) -> None:
-    """Record in ``folder`` that hyperedit made it, as an output of ``kind``."""
-    atomic_write_text(Path(folder) / MARKER, json.dumps({"kind": kind}) + "\n")
+def mark(folder: str | os.PathLike, kind: str, files: list[str] | None = None) -> None:
+    """Record in ``folder`` that hyperedit made it, as an output of ``kind`` holding ``files``
+    (paths relative to ``folder``; None for run directories, which are checked by their layout)."""
+    record = {"kind": kind} if files is None else {"kind": kind, "files": sorted(files)}
+    atomic_write_text(Path(folder) / MARKER, json.dumps(record) + "\n")
+
+
+def _files_under(folder: Path) -> list[str]:
+    return [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*"))
+            if p.name != MARKER and (p.is_file() or p.is_symlink())]
+
+
+# Outputs written before markers listed their files: the files each kind is made of.
+_LEGACY_FILES = {"delta": {"delta.json", "shifts.safetensors"}, "editor-state": {"editor.json", "editor.safetensors"}}
+_MODEL_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "tokenizer.model", "spiece.model", "merges.txt", "vocab.txt")
+_RUN_NAMES = {"LATEST", "metrics.jsonl", "result.json"}
+
+
+def _is_ours_in_run(entry: Path) -> bool:
+    """A top-level entry of a run directory that hyperedit writes there."""
+    if entry.name in _RUN_NAMES or entry.name.startswith((TEMP_PREFIX, OLD_PREFIX)):
+        return True
+    if entry.name == "checkpoints" and entry.is_dir():
+        return all(p.is_dir() and p.name.startswith(("step-", ".step-")) for p in entry.iterdir())
+    if entry.suffix == ".safetensors":  # a fact cache kept in the run directory
+        return _safetensors_metadata_has(entry, "key")
+    return kind_of(entry) is not None
+
+
+def foreign_entries(folder: str | os.PathLike, kind: str) -> list[str]:
+    """What inside hyperedit's output ``folder`` hyperedit did not write there (empty: safe to replace)."""
+    folder = Path(folder)
+    if kind in RUN_KINDS:
+        return sorted(p.name for p in folder.iterdir() if p.name != MARKER and not _is_ours_in_run(p))
+    listed = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        listed = json.loads((folder / MARKER).read_text()).get("files")
+    present = [f for f in _files_under(folder) if not Path(f).name.startswith((TEMP_PREFIX, OLD_PREFIX))]
+    if isinstance(listed, list):
+        owned = set(listed)
+        owned_dirs = {parent.as_posix() for f in owned for parent in Path(f).parents}
+        foreign = [f for f in present if f not in owned]
+        foreign += [d.relative_to(folder).as_posix() + "/" for d in folder.rglob("*")
+                    if d.is_dir() and not d.is_symlink() and not d.name.startswith((TEMP_PREFIX, OLD_PREFIX))
+                    and d.relative_to(folder).as_posix() not in owned_dirs]
+        return sorted(foreign)
+    if kind in _LEGACY_FILES:
+        return sorted(f for f in present if f not in _LEGACY_FILES[kind])
+    if kind == "model":
+        return sorted(f for f in present if "/" in f or not any(Path(f).match(p) for p in _MODEL_PATTERNS))
+    return []  # the model cache lives in hyperedit's own cache directory
 
 
 def _legacy_kind(folder: Path) -> str | None:
@@ -91,13 +147,15 @@ def kind_of(path: str | os.PathLike) -> str | None:
 
 def _is_target_cache(path: Path) -> bool:
     """A safetensors file of target vectors (``editors._targets.TargetCache.save``)."""
-    if path.suffix != ".safetensors":
-        return False
+    return path.suffix == ".safetensors" and _safetensors_metadata_has(path, "entries")
+
+
+def _safetensors_metadata_has(path: Path, key: str) -> bool:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return "entries" in (handle.metadata() or {})
+            return key in (handle.metadata() or {})
     except (OSError, SafetensorError, ValueError):
         return False
 
@@ -128,7 +186,7 @@ def claim(path: str | os.PathLike, kind: str, *, option: str = "--out", overwrit
     if kind not in DIRECTORY_KINDS + FILE_KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
     where = f"{option} {path}"
-    resolved = _resolved(path)
+    resolved = _resolved(path, option)
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise OutputError(f"{where}: is the current directory or one above it; name a new directory")
@@ -137,8 +195,10 @@ def claim(path: str | os.PathLike, kind: str, *, option: str = "--out", overwrit
             if parent.exists():
                 if not parent.is_dir():
                     raise OutputError(f"{where}: {parent} is a file, not a directory")
+                _check_writable(where, parent)
                 break
         return resolved
+    _check_writable(where, resolved.parent)
     if kind in DIRECTORY_KINDS:
         if not resolved.is_dir() or resolved.is_symlink():
             raise OutputError(f"{where}: exists and is not a directory; a {kind} is written as a directory")
@@ -152,10 +212,22 @@ def claim(path: str | os.PathLike, kind: str, *, option: str = "--out", overwrit
         raise OutputError(f"{where}: exists and holds {what}; choose a new path (it is never replaced)")
     if resume and kind in RUN_KINDS:
         return resolved
+    foreign = foreign_entries(resolved, kind) if resolved.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(f"{where}: holds an earlier hyperedit {kind} and files hyperedit did not write there "
+                          f"({shown}); it is never replaced: move them out or choose a new path")
     if not overwrite:
         hint = "--resume to continue it or --overwrite to start over" if kind in RUN_KINDS else "--overwrite to replace it"
         raise OutputError(f"{where}: holds an earlier hyperedit {kind}; pass {hint}")
     return resolved
+
+
+def _check_writable(where: str, folder: Path) -> None:
+    """Refuse up front, before any model work, a folder the output cannot be written into."""
+    problem = check_writable(folder)
+    if problem:
+        raise OutputError(f"{where}: cannot write into {folder} ({problem})")
 
 
 def check_paths(outputs: list[Output], inputs: list[tuple[str, str | os.PathLike | None]] = (), *,
@@ -166,7 +238,7 @@ def check_paths(outputs: list[Output], inputs: list[tuple[str, str | os.PathLike
     names that are not paths, such as ``counterfact:val``, are skipped).
     """
     outputs = [o for o in outputs if o.path is not None]
-    resolved = [_resolved(o.path) for o in outputs]
+    resolved = [_resolved(o.path, o.option) for o in outputs]
     for i, (a, pa) in enumerate(zip(outputs, resolved)):
         for b, pb in zip(outputs[i + 1:], resolved[i + 1:]):
             if pa == pb or pa in pb.parents or pb in pa.parents:
@@ -175,7 +247,7 @@ def check_paths(outputs: list[Output], inputs: list[tuple[str, str | os.PathLike
         for option, given in inputs:
             if given is None or not os.path.lexists(Path(given).expanduser()):
                 continue
-            pi = _resolved(given)
+            pi = _resolved(given, option)
             if pi == po or po in pi.parents:
                 raise OutputError(f"{out.option} {out.path}: would replace the input given by {option} {given}")
     for out in outputs:  # resuming a run rewrites the result files it writes at the end
@@ -193,7 +265,7 @@ def write_directory(path: str | os.PathLike, kind: str):
     claim(path, kind, overwrite=True)
     with atomic_directory(path) as tmp:
         yield tmp
-        mark(tmp, kind)
+        mark(tmp, kind, files=_files_under(Path(tmp)))
 
 
 def start_run_directory(path: str | os.PathLike, kind: str, *, resume: bool = False,

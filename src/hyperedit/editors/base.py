@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from ..delta import EditDelta
-from ..errors import HyperEditError
+from ..errors import HyperEditError, OptionError
 from ..models.limits import check_request_lengths
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
@@ -57,14 +58,17 @@ def register_editor(name: str, config_class: type, summary: str, needs_checkpoin
 
 
 def _length_checked(edit: Callable) -> Callable:
-    """``edit`` that first refuses requests longer than the model's context (one line, no model work)."""
+    """``edit`` that first refuses requests longer than the model's context (one line, no model work)
+    and never returns a delta with non-finite shifts (``EditDelta.check_finite``)."""
     if getattr(edit, "checks_lengths", False):  # inherited from a registered parent class
         return edit
 
     @functools.wraps(edit)
     def checked(self, lm: LoadedModel, requests: Sequence[EditRequest], *args, **kwargs) -> EditDelta:
         check_request_lengths(lm.adapter, requests)
-        return edit(self, lm, requests, *args, **kwargs)
+        delta = edit(self, lm, requests, *args, **kwargs)
+        delta.check_finite()
+        return delta
 
     checked.checks_lengths = True
     return checked
@@ -83,8 +87,12 @@ def editor_entry(name: str) -> EditorEntry:
 
 
 def make_config(config_class: type, overrides: dict | None, base: dict | None = None) -> Any:
-    """Build a config dataclass from a dict, rejecting unknown keys and wrong types with one line.
+    """Build a config dataclass from a dict; every problem is one ``OptionError`` line.
 
+    The one place editor options are validated (the CLI, the ledger and the service all build
+    configs here): unknown keys, wrong types, numbers that are not finite (``lr=1e999`` is
+    infinite and passes ``lr > 0``; NaN passes every comparison), and the ranges each config
+    class checks in its ``__post_init__`` (its ValueError becomes an ``OptionError``).
     ``base`` (e.g. a checkpoint's saved config) fills the fields that ``overrides`` leaves out;
     its keys that the class no longer knows are ignored.
     """
@@ -92,16 +100,37 @@ def make_config(config_class: type, overrides: dict | None, base: dict | None = 
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise HyperEditError(
+        raise OptionError(
             f"unknown option(s) {', '.join(unknown)} for {config_class.__name__}; known: {', '.join(sorted(fields))}"
         )
     for key, value in overrides.items():
         _check_option_type(config_class, fields[key], value)
+        _check_finite(config_class, key, value)
     merged = {k: v for k, v in (base or {}).items() if k in fields}
     try:
-        return config_class(**{**merged, **overrides})
-    except (TypeError, ValueError) as exc:
-        raise HyperEditError(f"invalid {config_class.__name__}: {exc}") from exc
+        config = config_class(**{**merged, **overrides})
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise OptionError(f"invalid {config_class.__name__}: {exc}") from None
+    for field in fields:
+        _check_finite(config_class, field, getattr(config, field, None))
+    return config
+
+
+def _numbers(value: Any):
+    """The floats in an option value, also inside lists, tuples and dicts."""
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+
+
+def _check_finite(config_class: type, name: str, value: Any) -> None:
+    if any(not math.isfinite(x) for x in _numbers(value)):
+        raise OptionError(f"option {name}={value!r} of {config_class.__name__}: must be a finite number")
 
 
 def _check_option_type(config_class: type, field: dataclasses.Field, value: Any) -> None:
@@ -116,7 +145,7 @@ def _check_option_type(config_class: type, field: dataclasses.Field, value: Any)
     else:
         ok = isinstance(value, expected)
     if not ok:
-        raise HyperEditError(f"option {field.name}={value!r} of {config_class.__name__}: expected {expected.__name__}, "
+        raise OptionError(f"option {field.name}={value!r} of {config_class.__name__}: expected {expected.__name__}, "
                              f"got {type(value).__name__}")
 
 

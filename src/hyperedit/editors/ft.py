@@ -33,6 +33,8 @@ class FTConfig:
     stop_loss: float = 0.05  # stop early once the mean target NLL is below this
 
     def __post_init__(self):
+        if self.layers is not None and not list(self.layers):
+            raise ValueError("layers must name at least one layer (or be null for the default)")
         if self.steps < 1 or self.lr <= 0 or self.max_rel_norm <= 0 or self.batch_size < 1:
             raise ValueError("steps, lr, max_rel_norm and batch_size must be positive")
 
@@ -69,7 +71,7 @@ class FineTuneEditor:
                     with torch.no_grad():
                         for w, w0, radius in zip(weights, originals, radii):
                             shift = w - w0
-                            norm = float(shift.norm())
+                            norm = float(shift.double().norm())  # float32's norm overflows to inf for huge steps
                             if norm > radius:
                                 w.copy_(w0 + shift * (radius / norm))
                 shifts = {n: (w.detach() - w0) for n, w, w0 in zip(names, weights, originals)}
