@@ -8,6 +8,7 @@ are the model's (log-softmax of its logits, before temperature or top-p).
 """
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -47,6 +48,14 @@ def _top(logp: torch.Tensor, k: int) -> list[tuple[int, float]]:
     return list(zip(ids.tolist(), values.tolist()))
 
 
+def _forward(model, ids: torch.Tensor, cache):
+    """One forward with a KV cache (the keyword is ``cache`` in newer transformers,
+    ``past_key_values`` before); returns the logits and the cache."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=ids, use_cache=True, **({name: cache} if cache is not None else {}))
+    return out.logits, getattr(out, name, None)
+
+
 @torch.no_grad()
 def decode(model, prompt_ids: list[int], max_new: int, sampling: Sampling, eos_id: int | None,
            should_stop: Callable[[int, list[int]], bool], want_prompt_logprobs: bool = False) -> Decoded:
@@ -55,14 +64,14 @@ def decode(model, prompt_ids: list[int], max_new: int, sampling: Sampling, eos_i
     n, k = sampling.n, sampling.top_logprobs
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids] * n, dtype=torch.long, device=device)
-    out = model(input_ids=ids, use_cache=True)
+    all_logits, cache = _forward(model, ids, None)
     prompt_lp, prompt_top = [], []
     if want_prompt_logprobs:
-        logp = torch.log_softmax(out.logits[0, :-1].float(), -1)
+        logp = torch.log_softmax(all_logits[0, :-1].float(), -1)
         chosen = logp.gather(1, ids[0, 1:, None]).squeeze(1).tolist()
         prompt_lp = [None] + chosen
         prompt_top = [None] + ([_top(row, k) for row in logp] if k else [[] for _ in chosen])
-    past, logits = out.past_key_values, out.logits[:, -1].float()
+    logits = all_logits[:, -1].float()
     generator = torch.Generator(device="cpu").manual_seed(
         sampling.seed if sampling.seed is not None else random.getrandbits(63))
     warpers = [TemperatureLogitsWarper(sampling.temperature)] if sampling.temperature > 0 else []
@@ -92,6 +101,6 @@ def decode(model, prompt_ids: list[int], max_new: int, sampling: Sampling, eos_i
         if all(done) or step == max_new - 1:
             break
         ids = torch.cat([ids, nxt[:, None]], 1)
-        out = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1].float()
+        step_logits, cache = _forward(model, nxt[:, None], cache)
+        logits = step_logits[:, -1].float()
     return Decoded(prompt_lp, prompt_top, seqs)

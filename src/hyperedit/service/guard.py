@@ -44,7 +44,7 @@ class RequestGuard:
         if refusal is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
             body, refusal = await self._read_body(receive, headers)
             if refusal is None:
-                receive = _replay(body)
+                receive = _replay(body, receive)
         if refusal is not None:
             status, message, extra = refusal
             return await _send_error(send, status, message, extra)
@@ -85,17 +85,19 @@ class RequestGuard:
                 return b"".join(chunks), None
 
 
-def _replay(body: bytes):
+def _replay(body: bytes, receive):
+    """A ``receive`` that gives the app the body already read, then the client's later messages
+    (a streaming response listens for the disconnect)."""
     sent = False
 
-    async def receive():
+    async def replay():
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
 
 
 async def _send_error(send, status: int, message: str, extra: dict) -> None:
