@@ -33,7 +33,7 @@ def engine(tiny_dirs, tmp_path):
 
 @pytest.fixture
 def client(engine):
-    return TestClient(create_app(engine))
+    return TestClient(create_app(engine), base_url="http://127.0.0.1")
 
 
 def _generate(client, prompt=EDIT["prompt"]):
@@ -74,7 +74,7 @@ def test_queued_edits_are_applied_together_in_one_entry(tiny_dirs, tmp_path):
     lm = load_model(str(tiny_dirs["llama"]))
     engine = Engine(lm, Ledger(tmp_path / "ws"), ServiceConfig(editor_options=FT, batch_window_s=0.5))
     try:
-        client = TestClient(create_app(engine))
+        client = TestClient(create_app(engine), base_url="http://127.0.0.1")
         edits = [EDIT, {"prompt": "john plays the sport of", "target": "tennis"},
                  {"prompt": "mary plays the sport of", "target": "golf"}]
         jobs = [client.post("/edits", json={"requests": [e]}) for e in edits]
@@ -104,7 +104,7 @@ def test_queued_edits_are_applied_together_in_one_entry(tiny_dirs, tmp_path):
     ("/edits", {"requests": [EDIT], "editor": "malmen"}, 400, "needs a trained checkpoint"),
     ("/ledger/5/revert", {}, 404, "no ledger entry 5"),
     ("/v1/completions", {"prompt": "the " * 100}, 400, "accepts at most 40"),
-    ("/v1/completions", {"prompt": "the city", "n": 2}, 400, "only n=1"),
+    ("/v1/completions", {"prompt": "the city", "n": 9}, 400, "n must be between 1 and 8"),
 ])
 def test_bad_requests_get_a_4xx_with_a_clear_message(client, path, body, status, message):
     kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {"json": body}
@@ -116,8 +116,8 @@ def test_bad_requests_get_a_4xx_with_a_clear_message(client, path, body, status,
 
 def test_reverting_twice_and_unknown_jobs(client):
     client.post("/edits", json={"requests": [EDIT], "wait": True})
-    assert client.post("/ledger/1/revert").status_code == 200
-    res = client.post("/ledger/1/revert")
+    assert client.post("/ledger/1/revert", json={}).status_code == 200
+    res = client.post("/ledger/1/revert", json={})
     assert res.status_code == 400 and "already reverted" in res.json()["error"]["message"]
     assert client.get("/edits/99").status_code == 404
     assert client.get("/nowhere").status_code == 404
@@ -180,13 +180,13 @@ def test_official_openai_client_talks_to_the_completions_endpoint(engine):
         while not server.started and time.time() < deadline:
             time.sleep(0.05)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        out = client.completions.create(model="tiny", prompt=EDIT["prompt"], max_tokens=3)
+        out = client.completions.create(model=engine.serving.name, prompt=EDIT["prompt"], max_tokens=3, temperature=0)
         expected = engine.complete(EDIT["prompt"], 3)
         assert out.choices[0].text == expected.text and out.object == "text_completion"
         assert out.usage.completion_tokens == expected.completion_tokens
         assert [m.id for m in client.models.list().data] == [engine.serving.name]
         with pytest.raises(openai.BadRequestError, match="accepts at most 40"):
-            client.completions.create(model="tiny", prompt="the " * 100, max_tokens=3)
+            client.completions.create(model=engine.serving.name, prompt="the " * 100, max_tokens=3)
     finally:
         server.should_exit = True
         thread.join(10)

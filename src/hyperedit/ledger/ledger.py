@@ -248,6 +248,9 @@ class Ledger:
         return _Computed(delta, state_hash, [e.id for e in chain], seconds)
 
     def _insert(self, computed: "_Computed", requests, *, source, editor, options, checkpoint, measure, lm) -> LedgerEntry:
+        bad = sorted(name for name, shift in computed.delta.shifts.items() if not torch.isfinite(shift).all())
+        if bad:  # an option out of range (e.g. an infinite learning rate) gives NaN or infinite shifts
+            raise HyperEditError(f"the edit's shifts are not finite ({', '.join(bad[:3])}); nothing was recorded")
         metrics = _measure(lm, requests, computed.delta) if measure else {}
         delta_hash = self.blobs.put(computed.delta.shifts)
         values = LedgerEntry(

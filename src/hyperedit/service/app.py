@@ -5,12 +5,12 @@ shape OpenAI clients read), and the service keeps serving.
 """
 from __future__ import annotations
 
-import time
-import uuid
+import asyncio
 from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,16 +19,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..data.user_jsonl import requests_from_records
 from ..errors import HyperEditError
 from .engine import Engine
+from .gate import ServiceBusy
+from .guard import RequestGuard, allowed_hosts_for
+from .openai_api import ModelNotFound, Text, add_openai_routes, model_not_found_response, valid_unicode
+
+MAX_BODY_BYTES = 1_000_000
 
 
 class GenerateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prompt: str
+    model_config = ConfigDict(extra="forbid", strict=True)
+    prompt: Text
     max_tokens: int = 16
 
 
 class EditBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     requests: list[Any] = Field(description="edits in the user format of docs/data.md")
     editor: str | None = Field(None, description="editing method (default: the service's)")
     options: dict | None = Field(None, description="editor options (default: the service's for its editor)")
@@ -36,18 +41,24 @@ class EditBody(BaseModel):
 
 
 class RevertBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     recompute: bool = False
 
 
-class CompletionBody(BaseModel):
-    """OpenAI ``/v1/completions`` request; decoding is greedy (sampling options are accepted and ignored)."""
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    prompt: str | list[str]
-    max_tokens: int = 16
-    stop: str | list[str] | None = None
-    n: int = 1
+def _check_unicode(value, where: str) -> None:
+    """Raise HyperEditError for a string anywhere in ``value`` that is not valid Unicode."""
+    if isinstance(value, str):
+        try:
+            valid_unicode(value)
+        except ValueError as exc:
+            raise HyperEditError(f"{where}: {exc}") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_unicode(k, where)
+            _check_unicode(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value, 1):
+            _check_unicode(v, f"{where}[{i}]")
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -62,19 +73,38 @@ def _validation_message(exc: RequestValidationError) -> str:
             return f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
         if where == "body":
             return f"request body: {err.get('msg')} (send a JSON object with Content-Type: application/json)"
-        parts.append(f"{where}: {err.get('msg')}")
-    return "; ".join(parts)
+        supported = err.get("type") != "extra_forbidden"
+        parts.append(f"{where}: {err.get('msg') if supported else 'parameter not supported by this service'}")
+    return "; ".join(dict.fromkeys(parts))
 
 
-def create_app(engine: Engine) -> FastAPI:
+def create_app(engine: Engine, *, host: str = "127.0.0.1", api_key: str | None = None,
+               allowed_hosts: tuple[str, ...] = (), max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The app for a service bound to ``host``: requests must name that host; with ``api_key``
+    every endpoint but the page needs it as a Bearer token."""
     app = FastAPI(title="hyperedit", version="1",
                   description="A language model whose facts can be edited, with a revertible ledger of edits.")
     app.state.engine = engine
+    app.add_middleware(RequestGuard, api_key=api_key, allowed_hosts=allowed_hosts_for(host, allowed_hosts),
+                       max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         engine.stats.count("client_errors")
-        return _error(422, _validation_message(exc))
+        # OpenAI clients expect 400 for a bad parameter; the service's own API keeps 422
+        return _error(400 if request.url.path.startswith("/v1/") else 422, _validation_message(exc))
+
+    @app.exception_handler(ModelNotFound)
+    async def _no_model(request: Request, exc: ModelNotFound):
+        engine.stats.count("client_errors")
+        return model_not_found_response(exc)
+
+    @app.exception_handler(ServiceBusy)
+    async def _busy(request: Request, exc: ServiceBusy):
+        engine.stats.count("busy_refusals")
+        response = _error(503, str(exc), "server_busy")
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(HyperEditError)
     async def _user_error(request: Request, exc: HyperEditError):
@@ -91,7 +121,7 @@ def create_app(engine: Engine) -> FastAPI:
         return resources.files(__package__).joinpath("static/index.html").read_text()
 
     @app.get("/health")
-    def health():
+    async def health():  # on the event loop: answers while every worker thread is busy
         return {"status": "ok", "model": engine.serving.name, "active_entries": list(engine.active)}
 
     @app.post("/generate")
@@ -100,15 +130,25 @@ def create_app(engine: Engine) -> FastAPI:
         return {"text": c.text, "finish_reason": c.finish_reason, "active_entries": list(c.active_entries)}
 
     @app.post("/edits", status_code=202)
-    def submit(body: EditBody):
+    async def submit(body: EditBody):
+        _check_unicode(body.requests, "request body, field 'requests'")
+        _check_unicode(body.options, "request body, field 'options'")
         requests = requests_from_records(body.requests, "request body, field 'requests'")
-        job = engine.submit(requests, body.editor, body.options)
+        job = await run_in_threadpool(engine.submit, requests, body.editor, body.options)
         if body.wait:
-            job.done.wait()
-            if job.status == "failed":
-                return _error(422, f"edit failed: {job.error}", "edit_failed")
+            while not job.done.is_set():  # waits on the event loop, not in a worker thread
+                await asyncio.sleep(0.05)
+            if job.status in ("failed", "cancelled"):
+                return _error(422, f"edit {job.status}: {job.error}", "edit_failed")
             return JSONResponse(job.public(), status_code=200)
         return job.public()
+
+    @app.post("/edits/{job_id}/cancel")
+    def cancel(job_id: int):
+        try:
+            return engine.cancel(job_id).public()
+        except KeyError:
+            return _error(404, f"no edit job {job_id}", "not_found")
 
     @app.get("/edits/{job_id}")
     def job_status(job_id: int):
@@ -138,34 +178,10 @@ def create_app(engine: Engine) -> FastAPI:
         return engine.revert(entry_id, recompute=bool(body and body.recompute))
 
     @app.get("/metrics")
-    def metrics():
+    async def metrics():
         return {**engine.stats.snapshot(), "queue_length": engine.queue_length(),
+                "generations_waiting": engine.gate.waiting,
                 "active_entries": len(engine.active), "model": engine.serving.name}
 
-    @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{"id": engine.serving.name, "object": "model", "owned_by": "hyperedit"}]}
-
-    @app.post("/v1/completions")
-    def completions(body: CompletionBody):
-        if body.n != 1:
-            raise HyperEditError("only n=1 is supported")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise HyperEditError("prompt must not be empty")
-        stop = [body.stop] if isinstance(body.stop, str) else body.stop
-        for p in prompts:
-            engine.check_prompt(p, body.max_tokens)  # every prompt checked before any is run
-        results = [engine.complete(p, body.max_tokens, stop) for p in prompts]
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": engine.serving.name,
-            "choices": [{"text": c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason}
-                        for i, c in enumerate(results)],
-            "usage": {"prompt_tokens": sum(c.prompt_tokens for c in results),
-                      "completion_tokens": sum(c.completion_tokens for c in results),
-                      "total_tokens": sum(c.prompt_tokens + c.completion_tokens for c in results)},
-            "system_fingerprint": "entries-" + "-".join(map(str, results[-1].active_entries)),
-        }
-
+    add_openai_routes(app, engine)
     return app

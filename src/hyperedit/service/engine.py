@@ -12,7 +12,9 @@ import copy
 import itertools
 import json
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ from ..ledger.weights import LedgerWeights
 from ..models import LoadedModel
 from ..models.adapters import ModelAdapter
 from ..requests import EditRequest
+from .decode import Decoded, Sampling, decode
+from .gate import AdmissionGate, ServiceBusy
+from .options import check_client_options
 from .rwlock import ReadWriteLock
 from .stats import ServiceStats
 
@@ -45,6 +50,17 @@ class ServiceConfig:
     batch_window_s: float = 0.2  # how long the worker waits for more edits to join a batch
     measure_metrics: bool = True
     poll_ledger_s: float = 1.0  # how often an idle worker looks for changes made by other processes
+    generation_slots: int = 2  # generations run at once
+    max_waiting: int = 16  # generations waiting for a slot; beyond, 503 with Retry-After
+    max_queued_edits: int = 64  # edit jobs waiting for the worker; beyond, 503
+    edit_timeout_s: float = 600.0  # an edit batch running longer is interrupted and its jobs fail
+    edit_nice: int = 10  # the edit worker thread's niceness (Linux), so generations keep their share of CPU
+    max_choices: int = 8  # OpenAI ``n``
+    revert_wait_s: float = 2.0  # a revert waits this long for a running edit, then gets a 503
+
+
+class EditInterrupted(HyperEditError):
+    """An edit passed its time limit or was cancelled."""
 
 
 @dataclass
@@ -53,7 +69,9 @@ class EditJob:
     requests: list[EditRequest]
     editor: str
     options: dict
-    status: str = "queued"  # queued | applied | failed
+    status: str = "queued"  # queued | running | applied | failed | cancelled
+    cancel_requested: bool = False
+    deadline: float | None = None  # monotonic time by which a running job must finish
     entry_id: int | None = None
     error: str | None = None
     submitted_at: float = field(default_factory=time.time)
@@ -92,6 +110,10 @@ class Engine:
         self._job_ids = itertools.count(1)
         self._queue: queue.Queue[EditJob] = queue.Queue()
         self._stop = threading.Event()
+        self._running: list[EditJob] = []  # the batch the worker is applying
+        self.worker.model.register_forward_pre_hook(self._interrupt_if_due)
+        self.gate = AdmissionGate(self.config.generation_slots, self.config.max_waiting,
+                                  lambda: self.stats.snapshot()["generation_latency_s"]["p50"])
         self.check_editor(self.config.editor, self.config.editor_options)
         with self._ledger_mutex:
             self._publish()
@@ -118,9 +140,9 @@ class Engine:
         """Greedy continuation of ``prompt`` on one consistent version of the weights."""
         n_prompt = self.check_prompt(prompt, max_tokens)
         adapter, tok = self.serving.adapter, self.serving.tokenizer
-        start = time.perf_counter()
         batch = adapter.encode_prompts([prompt], device=self.serving.device)
-        with self._lock.reading():
+        with self.gate.reserve(), self._lock.reading():
+            start = time.perf_counter()
             active = self.active
             out = self.serving.model.generate(**batch, max_new_tokens=max_tokens, do_sample=False,
                                               pad_token_id=tok.pad_token_id)
@@ -134,6 +156,20 @@ class Engine:
         self.stats.generation(time.perf_counter() - start)
         return Completion(text, n_prompt, len(ids), finish, active)
 
+    def decode(self, prompt_ids: list[int], max_new: int, sampling: Sampling, should_stop,
+               want_prompt_logprobs: bool = False, reservation=None) -> tuple[Decoded, tuple[int, ...]]:
+        """Sampled or greedy continuations of token ids (the OpenAI endpoints), on one version of
+        the weights; returns them and that version's active entries."""
+        with reservation or self.gate.reserve(), self._lock.reading():
+            if self.serving.adapter.is_seq2seq:
+                raise HyperEditError("the /v1 endpoints need a decoder-only model; use /generate")
+            start = time.perf_counter()
+            active = self.active
+            out = decode(self.serving.model, prompt_ids, max_new, sampling, self.serving.tokenizer.eos_token_id,
+                         should_stop, want_prompt_logprobs)
+        self.stats.generation(time.perf_counter() - start)
+        return out, active
+
     # ----- edits ---------------------------------------------------------------------------
     def check_editor(self, name: str, options: dict) -> None:
         """Raise HyperEditError unless ``name`` is an editor this service can run with ``options``."""
@@ -146,7 +182,15 @@ class Engine:
         make_config(entry.config_class, options)
 
     def submit(self, requests: list[EditRequest], editor: str | None = None, options: dict | None = None) -> EditJob:
-        """Queue edits (checked now, applied by the worker in batches); returns the job."""
+        """Queue edits (checked now, applied by the worker in batches); returns the job.
+
+        Options a client sends are checked against the service's limits (no file names, bounded
+        counts); the service's own options for its editor are the operator's and are not."""
+        if options is not None:
+            check_client_options(editor_entry(editor or self.config.editor).config_class, options)
+        if self._queue.qsize() >= self.config.max_queued_edits:
+            raise ServiceBusy(f"{self._queue.qsize()} edit jobs are waiting; retry later",
+                              retry_after=self.config.batch_window_s + 5)
         editor = editor or self.config.editor
         options = dict(self.config.editor_options if options is None and editor == self.config.editor else options or {})
         if not requests:
@@ -171,10 +215,25 @@ class Engine:
             raise KeyError(job_id)
         return self._jobs[job_id]
 
+    def cancel(self, job_id: int) -> EditJob:
+        """Cancel a queued job, or interrupt a running one at its editor's next model forward."""
+        job = self.job(job_id)
+        if job.status in ("queued", "running"):
+            job.cancel_requested = True
+            if job.status == "queued":
+                self._finish([job], "cancelled", "cancelled by a client")
+        return job
+
     def revert(self, entry_id: int, recompute: bool = False) -> dict:
-        with self._ledger_mutex:
+        """Revert an entry; while an edit is being applied, wait briefly and then answer busy
+        (a request thread is never held for the length of an edit)."""
+        if not self._ledger_mutex.acquire(timeout=self.config.revert_wait_s):
+            raise ServiceBusy("an edit is being applied; retry the revert when it is done", retry_after=5)
+        try:
             result = self.ledger.revert(entry_id, recompute=recompute)
             self._publish()
+        finally:
+            self._ledger_mutex.release()
         self.stats.count("reverts")
         return result
 
@@ -187,10 +246,17 @@ class Engine:
 
     # ----- worker ----------------------------------------------------------------------------
     def _work(self) -> None:
+        if sys.platform.startswith("linux") and self.config.edit_nice:
+            try:  # per thread on Linux; the thread's math-library workers, started later, inherit it
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.config.edit_nice)
+            except OSError:
+                log.warning("could not lower the edit worker's priority")
         last_check = time.monotonic()
         while not self._stop.is_set():
             try:
                 first = self._queue.get(timeout=0.2)
+                if first.status == "cancelled":
+                    continue
             except queue.Empty:
                 if time.monotonic() - last_check >= self.config.poll_ledger_s:
                     self._follow_external_changes()
@@ -204,6 +270,8 @@ class Engine:
                     job = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if job.status == "cancelled":
+                    continue
                 same = (job.editor, json.dumps(job.options, sort_keys=True)) == \
                        (first.editor, json.dumps(first.options, sort_keys=True))
                 if same and size + len(job.requests) <= self.config.max_batch:
@@ -215,26 +283,55 @@ class Engine:
                 self._queue.put(job)
             self._apply(batch)
 
+    def _interrupt_if_due(self, module, args) -> None:
+        """Forward pre-hook on the worker model: every editor runs the model, so a running batch
+        past its deadline or cancelled stops at its next forward."""
+        for job in self._running:
+            if job.cancel_requested:
+                raise EditInterrupted("cancelled by a client")
+            if job.deadline is not None and time.monotonic() > job.deadline:
+                raise EditInterrupted(f"the edit ran past the service's time limit of {self.config.edit_timeout_s:g} s")
+
+    def _finish(self, jobs: list[EditJob], status: str, error: str | None = None, entry_id: int | None = None) -> None:
+        for job in jobs:
+            job.status, job.error, job.entry_id = status, error, entry_id
+            job.done.set()
+        self.stats.count(f"edit_jobs_{status}", len(jobs))
+
     def _apply(self, batch: list[EditJob]) -> None:
+        """Apply a batch as one entry; when it fails for another reason than its time limit, each
+        job is retried alone, so one bad job does not fail the jobs batched with it."""
         requests = [r for job in batch for r in job.requests]
         first = batch[0]
         try:
             with self._ledger_mutex:
-                entry = self.ledger.apply(requests, first.editor, first.options, checkpoint=self.config.checkpoint
-                                          if first.editor == self.config.editor else None,
-                                          metrics=self.config.measure_metrics)
+                deadline = time.monotonic() + self.config.edit_timeout_s
+                for job in batch:
+                    job.status, job.deadline = "running", deadline
+                self._running = batch
+                try:
+                    entry = self.ledger.apply(requests, first.editor, first.options, checkpoint=self.config.checkpoint
+                                              if first.editor == self.config.editor else None,
+                                              metrics=self.config.measure_metrics)
+                finally:
+                    self._running = []
                 self._publish()
-        except Exception as exc:  # a failed edit must not stop the worker
-            log.exception("edit batch failed")
-            for job in batch:
-                job.status, job.error = "failed", str(exc) or type(exc).__name__
-                job.done.set()
-            self.stats.count("edit_jobs_failed", len(batch))
+        except EditInterrupted as exc:
+            log.warning("edit batch interrupted: %s", exc)
+            cancelled = [j for j in batch if j.cancel_requested]
+            self._finish(cancelled, "cancelled", str(exc))
+            self._finish([j for j in batch if not j.cancel_requested], "failed", str(exc))
             return
-        for job in batch:
-            job.status, job.entry_id = "applied", entry.id
-            job.done.set()
-        self.stats.count("edit_jobs_applied", len(batch))
+        except Exception as exc:  # a failed edit must not stop the worker
+            if len(batch) > 1:
+                log.warning("edit batch of %d jobs failed (%s); applying each alone", len(batch), exc)
+                for job in batch:
+                    self._apply([job])
+                return
+            log.exception("edit job failed")
+            self._finish(batch, "failed", str(exc) or type(exc).__name__)
+            return
+        self._finish(batch, "applied", entry_id=entry.id)
         self.stats.count("edit_batches")
 
     def _follow_external_changes(self) -> None:
