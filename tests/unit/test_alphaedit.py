@@ -66,11 +66,11 @@ def test_alphaedit_on_tiny_model_flips_facts_and_preserves_corpus_keys(tiny_llam
 def test_sequential_state_accumulates_and_round_trips(tiny_llama, tmp_path):
     lm = tiny_llama
     editor = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, **{**TINY, "v_steps": 2})
-    assert editor.state_dict()["n_edits"] == 0
+    assert editor.stream_state()[0]["n_edits"] == 0
     editor.edit(lm, FACTS[:1])
-    one = {k: v.clone() for k, v in editor.state_dict().items()}
+    one = {k: v.clone() for k, v in editor.stream_state()[0].items()}
     editor.edit(lm, FACTS[1:])
-    two = editor.state_dict()
+    two = editor.stream_state()[0]
     assert int(two["n_edits"]) == 2
     for key in one:
         if key.startswith("kp/"):
@@ -79,7 +79,7 @@ def test_sequential_state_accumulates_and_round_trips(tiny_llama, tmp_path):
     loaded = AlphaEdit.load(tmp_path / "ed")
     assert loaded.config == editor.config
     for key, value in two.items():
-        assert torch.equal(loaded.state_dict()[key], value)
+        assert torch.equal(loaded.stream_state()[0][key], value)
     # the earlier keys constrain the next solve: same K, different map once K_p is known
     K = torch.randn(1, 64, dtype=torch.float64)
     name = editor.modules(lm)[0]
@@ -134,15 +134,15 @@ def test_refresh_rebuilds_the_memory_from_the_keys_the_edited_model_reads(tiny_l
             moved = editor.keys.get(names[1]) - stale[names[1]]
             assert float(moved.norm()) > 1e-3 * float(stale[names[1]].norm())
     # the edited requests are part of the sequential state
-    state = editor.state_dict()
+    state = editor.stream_state()[0]
     other = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, refresh_every=1, **TINY)
-    other.load_state_dict(state)
+    other.load_stream_state(state)
     assert other.edited == editor.edited and other.refreshed_at == 2
     for key, value in state.items():
-        assert torch.equal(other.state_dict()[key], value)
+        assert torch.equal(other.stream_state()[0][key], value)
     # a state saved without them cannot be refreshed
     stripped = get_editor("alphaedit", l2=1e-4, nullspace_threshold=1e-6, refresh_every=1, **TINY)
-    stripped.load_state_dict({k: v for k, v in state.items() if k not in ("edited", "refreshed_at")})
+    stripped.load_stream_state({k: v for k, v in state.items() if k not in ("edited", "refreshed_at")})
     with pytest.raises(HyperEditError, match="refresh_every"):
         stripped.refresh_keys(lm)
     with pytest.raises(HyperEditError, match="refresh_every"):

@@ -206,10 +206,11 @@ class _CountingEditor:
         shape = lm.adapter.in_out_shape(name)
         return EditDelta.from_in_out(lm.adapter, {name: torch.full(shape, 1e-3) * self.count}, editor=self.name)
 
-    def state_dict(self):
-        return {"count": self.count.clone()}
+    def stream_state(self):
+        return {"count": self.count.clone()}, {"kind": "counting"}
 
-    def load_state_dict(self, state):
+    def load_stream_state(self, state, meta):
+        assert meta == {"kind": "counting"}
         self.count = state["count"].clone()
 
 
@@ -302,7 +303,7 @@ def test_alphaedit_with_refreshed_memory_resumes_exactly(tiny_dirs, tmp_path, mo
                                 **{**TINY, "v_steps": 2})
             runner = LifelongRunner(lm, editor, make_requests(6), _config(), run_dir)
             out = runner.run(resume=True, restore=False, max_edits=stop, progress=False)
-        return runner.weights(), editor.state_dict(), out
+        return runner.weights(), editor.stream_state()[0], out
 
     whole, state, summary = final_state(tmp_path / "a", [None])
     parts, resumed_state, resumed = final_state(tmp_path / "b", [2, 4, None])

@@ -58,7 +58,7 @@ def test_metake_flips_planted_facts_with_diagnostics(tiny_llama, inner, extra):
         assert len(info[key]["realised_fraction"]) == len(FACTS)
     assert 1 <= len(info["proxy_loss_curve"]) <= 3
     if inner == "alphaedit":
-        assert int(editor.state_dict()["n_edits"]) == len(FACTS)  # only the final write is remembered
+        assert int(editor.stream_state()[0]["n_edits"]) == len(FACTS)  # only the final write is remembered
         # its memory's fill is the inner AlphaEdit's: one key per fact and layer, each above the ridge
         fill = editor.memory_fill(lm)
         assert fill == editor.inner.memory_fill(lm) and set(fill) == set(editor.inner.modules(lm))

@@ -67,9 +67,6 @@ def result_outputs(option: str, base: str | None, suffixes=(".json", ".md")) -> 
     return [Output(option, f"{base}{suffix}", "result") for suffix in suffixes] if base else []
 
 
-SPLITTABLE_EDITORS = ("malmen", "mend")  # their edits are sums over facts (hyperedit.distributed)
-
-
 def add_nproc_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="data-parallel ranks on this machine, launched with torchrun (malmen, mend; train: also "
@@ -77,13 +74,15 @@ def add_nproc_arg(parser: argparse.ArgumentParser) -> None:
                              "default 1 (docs/distributed.md)")
 
 
-def relaunch_ranks(args, splittable: tuple[str, ...] = SPLITTABLE_EDITORS) -> int:
-    """``--nproc N`` in the parent: run the same command as N ranks under torchrun (``splittable``:
-    the editors whose work this command can share over ranks)."""
+def relaunch_ranks(args, splits=lambda capabilities: capabilities.splittable) -> int:
+    """``--nproc N`` in the parent: run the same command as N ranks under torchrun (``splits``: whether
+    this command can share an editor's work over ranks, from its declared ``Capabilities``)."""
     from ..distributed.launch import launched_by_torchrun, relaunch
+    from ..editors import editors_that
 
     if args.nproc < 1:
         raise HyperEditError("--nproc must be at least 1")
+    splittable = editors_that(splits)
     if getattr(args, "editor", None) not in splittable:
         raise HyperEditError(f"--nproc: {args.editor} does not split its work over ranks; "
                              f"use {' or '.join(splittable)}")

@@ -71,23 +71,6 @@ def editor_config_from_args(args, entry):
     return make_config(entry.config_class, options)
 
 
-# The editor whose trained hypernetwork ``--init-from`` names, per trained editor; None: HiEdit's
-# low level (``--set low=...``), or a HiEdit when the checkpoint holds one.
-WARM_START_SOURCES = {"malmen": "malmen", "mend": "mend", "rledit": "malmen", "hiedit": None}
-# What a HiEdit warm start takes over from a HiEdit checkpoint besides the hypernetwork's shape.
-HIEDIT_SHAPE = ["low", "top_k", "policy_hidden"]
-
-
-def _saved_editor(path: str) -> str | None:
-    """The editor name a checkpoint (or training run) directory says it holds."""
-    from ..editors._hypernet import read_checkpoint_meta
-
-    try:
-        return read_checkpoint_meta(path)[1].get("editor")
-    except (HyperEditError, OSError):  # get_editor says what is wrong with it
-        return None
-
-
 def add_init_from_arg(group) -> None:
     group.add_argument("--init-from", metavar="DIR",
                        help="warm start: the hypernetwork starts as this trained editor's (malmen, mend: "
@@ -97,28 +80,14 @@ def add_init_from_arg(group) -> None:
 
 
 def warm_start_source(args, editor_config):
-    """The trained editor named by ``--init-from`` (or None). The hypernetwork shape options of
-    ``editor_config`` (layers, module kind, rank, blocks) are set to the checkpoint's; the key site
-    (``token``) too, unless ``--set token=...`` asks for another one (the shapes do not depend on
-    it, so a network trained at one site may be trained on at another)."""
+    """The trained editor named by ``--init-from`` (or None), ``editor_config``'s shape set to its
+    (``editors._warm_start``); the key site too, unless ``--set token=...`` asks for another."""
     if not args.init_from:
         return None
-    from ..editors import get_editor
+    from ..editors._warm_start import warm_start_source as source_for
 
-    wanted = WARM_START_SOURCES[args.editor]
-    if wanted is None:
-        wanted = "hiedit" if _saved_editor(args.init_from) == "hiedit" else editor_config.low
-    source = get_editor(wanted, checkpoint=args.init_from)
-    keys = ["layers", "module_kind", "rank", "n_blocks"] + (HIEDIT_SHAPE if wanted == "hiedit" else [])
-    if "token" in parse_overrides(args):
-        log.info("--init-from: token = %s (given; the checkpoint's is %s)", editor_config.token, source.config.token)
-    else:
-        keys.append("token")
-    for key in keys:
-        if getattr(editor_config, key) != getattr(source.config, key):
-            log.info("--init-from: %s = %s (the checkpoint's)", key, getattr(source.config, key))
-            setattr(editor_config, key, getattr(source.config, key))
-    return source
+    keep = ("token",) if "token" in parse_overrides(args) else ()
+    return source_for(args.editor, editor_config, args.init_from, keep=keep)
 
 
 def apply_warm_start(editor, source, lm, args, info: dict) -> None:

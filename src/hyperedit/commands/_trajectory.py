@@ -14,9 +14,6 @@ from ._training_setup import apply_warm_start, prepare_training, training_config
 
 log = logging.getLogger(__name__)
 
-TRAJECTORY_EDITORS = ("rledit", "hiedit")
-
-
 def add_trajectory_args(parser) -> None:
     """The options of trajectory training (used only with --editor rledit|hiedit)."""
     g = parser.add_argument_group("trajectory training (rledit, hiedit)")

@@ -116,7 +116,9 @@ def _target_cache(args, editor, lm):
     Must run on the unedited model: a pinned cache is keyed by the weights it starts from."""
     if not (args.target_cache or args.pin_targets):
         return None
-    if not hasattr(editor, "target_cache"):
+    from ..editors.protocols import PinnableTargets
+
+    if not isinstance(editor, PinnableTargets):
         raise HyperEditError(f"--target-cache / --pin-targets: editor {editor.name!r} computes no target vectors")
     from ..editors._targets import TargetCache
 

@@ -7,14 +7,11 @@ from pathlib import Path
 from ..errors import HyperEditError
 from ._common import (add_data_dir_arg, add_model_args, add_nproc_arg, add_overwrite_arg, emit_json, join_ranks,
                       load_model_from_args, relaunch_ranks)
-from ._trajectory import TRAJECTORY_EDITORS, add_trajectory_args, run_trajectory
+from ._trajectory import add_trajectory_args, run_trajectory
 from ._training_setup import (add_init_from_arg, apply_warm_start, check_run_paths, prepare_training, training_config,
                               warm_start_source)
 
 log = logging.getLogger(__name__)
-
-TRAINABLE = ("malmen", "mend", "rledit", "hiedit")
-
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="meta-train a hypernetwork editor (malmen, mend)",
@@ -29,7 +26,9 @@ def register(sub) -> None:
                                    "writes the run (docs/distributed.md).")
     add_model_args(p)
     add_data_dir_arg(p)
-    p.add_argument("--editor", choices=TRAINABLE, default="malmen")
+    p.add_argument("--editor", default="malmen",
+                   help="a trainable editor (malmen, mend: meta-training; rledit, hiedit: over trajectories; "
+                        "`hyperedit editors` lists them); default: %(default)s")
     p.add_argument("--train", default="zsre,counterfact",
                    help="comma-separated training sources: zsre, counterfact, NAME:SPLIT or files")
     p.add_argument("--limit-train", type=int, help="use at most N requests of each source")
@@ -70,17 +69,29 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _training_kind(editor: str) -> str:
+    """``meta`` or ``trajectory``, as ``editor`` declares (one line, exit 2, for an untrainable one)."""
+    from ..editors import editor_entry, editors_that
+
+    kind = editor_entry(editor).capabilities.training
+    if kind is None:
+        raise HyperEditError(f"--editor {editor}: not trainable; trainable: "
+                             f"{', '.join(editors_that(lambda c: c.trainable))}")
+    return kind
+
+
 def run(args) -> int:
+    kind = _training_kind(args.editor)
     if args.nproc > 1:  # options and --out are checked here, once, before any rank starts
-        if args.editor in TRAJECTORY_EDITORS and args.trajectories_per_step < args.nproc:
+        if kind == "trajectory" and args.trajectories_per_step < args.nproc:
             raise HyperEditError(f"--nproc {args.nproc}: {args.editor} shares whole trajectories over ranks; "
                                  f"give --trajectories-per-step {args.nproc} or more")
         check_run_paths(args)
-        return relaunch_ranks(args, TRAINABLE)
+        return relaunch_ranks(args, lambda capabilities: capabilities.trainable)  # training of either kind splits
     world = join_ranks(args)
     if world.is_main:
         check_run_paths(args)
-    if args.editor in TRAJECTORY_EDITORS:
+    if kind == "trajectory":
         return run_trajectory(args)
     from ..training import MetaTrainConfig, MetaTrainer, load_pool, split_validation
     from ..training.data import fingerprint

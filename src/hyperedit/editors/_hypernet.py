@@ -255,6 +255,18 @@ class HyperEditor:
     def module_names(self) -> list[str]:
         return self.nets.module_names if self.nets is not None else []
 
+    SHAPE = ("layers", "module_kind", "rank", "n_blocks", "token")  # what ``--init-from`` takes over
+
+    @staticmethod
+    def warm_start_editor(config, saved: str | None) -> str | None:
+        """Which of the declared warm-start editors ``--init-from`` loads (None: the usual one)."""
+        return None
+
+    def warm_start_shape(self) -> tuple[str, ...]:
+        """Config fields a warm start from this editor takes over (``_warm_start``): the
+        hypernetwork's shape and its key site."""
+        return self.SHAPE
+
     def warm_start(self, source: "HyperEditor") -> None:
         """Start training from ``source``'s trained hypernetwork over the same modules (weights,
         normaliser statistics, edit ``lr`` and ridge strength)."""

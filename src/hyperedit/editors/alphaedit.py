@@ -4,7 +4,7 @@ preserved knowledge's keys.
 P = U U^T over the eigenvectors of C = E[k k^T] with eigenvalue below ``nullspace_threshold``;
 per layer S = (P (K^T K + K_p^T K_p) + l2 I)^{-1} P K^T R, which lies in the range of P, so keys in
 P's null space keep their outputs. ``K_p`` are the keys of this editor's earlier edits: each
-``edit`` call adds its keys (sequential editing), kept in ``state_dict()`` and saved with ``save``.
+``edit`` call adds its keys (sequential editing), kept in ``stream_state()`` and saved with ``save``.
 
 ``refresh_every`` (our extension): every edit of a stream moves the keys that later layers read for
 every subject, edited or not (each edited layer changes the input of the layers above it), so the
@@ -31,6 +31,8 @@ from .base import make_config, register_editor
 from .memit import LocateEditor
 
 STATE_FILE, CONFIG_FILE = "state.safetensors", "config.json"
+STATE_KIND = "alphaedit"  # meta["kind"] of its stream_state
+LEGACY_KIND = "state_dict"  # what lifelong checkpoints wrote for it before stream_state was its only name
 
 
 @dataclass
@@ -54,7 +56,8 @@ class AlphaEditConfig(L.LocateConfig, NullSpaceOptions):
             raise ValueError("refresh_every needs accumulate=True (there are no earlier keys to re-read)")
 
 
-@register_editor("alphaedit", AlphaEditConfig, "AlphaEdit: MEMIT with null-space projected updates, sequential K_p")
+@register_editor("alphaedit", AlphaEditConfig, "AlphaEdit: MEMIT with null-space projected updates, sequential K_p",
+                 stateful=True)
 class AlphaEdit(LocateEditor):
     """AlphaEdit (Fang et al. 2025) with sequential state ``K_p^T K_p`` per edited module."""
 
@@ -139,17 +142,23 @@ class AlphaEdit(LocateEditor):
         self.keys.reset()
         self.edited, self.refreshed_at = [], 0
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """``{"kp/<module>": K_p^T K_p (d_in, d_in) float64, "n_edits": ()}`` (``KeyState``); with
-        ``refresh_every`` also the edited requests (``edited``: JSON as UTF-8 bytes) and ``refreshed_at``."""
+    def stream_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(``{"kp/<module>": K_p^T K_p (d_in, d_in) float64, "n_edits": ()}`` (``KeyState``), with
+        ``refresh_every`` also the edited requests (``edited``: JSON as UTF-8 bytes) and
+        ``refreshed_at``; ``{"kind": "alphaedit"}``) (``protocols.SequentialState``)."""
         state = self.keys.state_dict()
         if self.config.refresh_every:
             text = json.dumps([[r.prompt, r.target, r.subject] for r in self.edited])
             state["edited"] = torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
             state["refreshed_at"] = torch.tensor(self.refreshed_at)
-        return state
+        return state, {"kind": STATE_KIND}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_stream_state(self, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+        """Restore a ``stream_state``; states saved before it had a kind (``{"kind": "state_dict"}``
+        in lifelong checkpoints, none in ledger blobs and ``save`` directories) load too."""
+        kind = (meta or {}).get("kind")
+        if kind not in (None, STATE_KIND, LEGACY_KIND):
+            raise HyperEditError(f"the editor state is {kind!r}, not AlphaEdit's")
         self.keys.load_state_dict(state, what="AlphaEdit")
         self.edited, self.refreshed_at = [], 0
         if "edited" in state:
@@ -164,7 +173,7 @@ class AlphaEdit(LocateEditor):
         """Write config (JSON) and sequential state (safetensors) into directory ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path / STATE_FILE))
+        save_file({k: v.contiguous() for k, v in self.stream_state()[0].items()}, str(path / STATE_FILE))
         (path / CONFIG_FILE).write_text(json.dumps({"editor": self.name, "config": asdict(self.config)}, indent=2))
         return path
 
@@ -175,5 +184,5 @@ class AlphaEdit(LocateEditor):
             raise HyperEditError(f"{path}: not a saved AlphaEdit editor ({STATE_FILE} and {CONFIG_FILE} expected)")
         meta = json.loads((path / CONFIG_FILE).read_text())
         editor = cls(make_config(AlphaEditConfig, meta.get("config", {})))
-        editor.load_state_dict(load_file(str(path / STATE_FILE)))
+        editor.load_stream_state(load_file(str(path / STATE_FILE)))
         return editor

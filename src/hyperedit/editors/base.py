@@ -1,8 +1,9 @@
-"""The editor protocol and the registry every editor joins.
+"""The registry every editor joins, with what it declares it can do.
 
-An editor turns requests into an ``EditDelta`` and leaves the model as it found it. The CLI,
-the evaluation runners and the benchmarks only talk to this protocol, never to a method by name.
-Editors with learned state (hypernetworks) also implement ``from_checkpoint``.
+An editor turns requests into an ``EditDelta`` and leaves the model as it found it
+(``protocols.Editor``). The CLI, the evaluation runners and the benchmarks only talk to the
+protocols of ``editors.protocols`` and to the ``Capabilities`` declared here, never to a method
+by name. Editors with learned state (hypernetworks) also implement ``from_checkpoint``.
 """
 from __future__ import annotations
 
@@ -10,25 +11,16 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Sequence
 
 from ..delta import EditDelta
 from ..errors import HyperEditError, OptionError
 from ..models.limits import check_request_lengths
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
+from .protocols import TRAINING_KINDS, Capabilities, Editor, SequentialState, TrajectoryTrainable, implements
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Editor(Protocol):
-    name: str
-    config: Any
-
-    def edit(self, lm: LoadedModel, requests: Sequence[EditRequest]) -> EditDelta:
-        """Compute the delta writing ``requests``; the model is unchanged on return."""
-        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,23 +30,39 @@ class EditorEntry:
     config_class: type
     needs_checkpoint: bool
     summary: str
+    capabilities: Capabilities = Capabilities()
 
 
 _REGISTRY: dict[str, EditorEntry] = {}
 
 
-def register_editor(name: str, config_class: type, summary: str, needs_checkpoint: bool = False):
-    """Class decorator: add an editor to the registry under ``name`` (duplicates rejected)."""
+def register_editor(name: str, config_class: type, summary: str, needs_checkpoint: bool = False, *,
+                    splittable: bool = False, training: str | None = None, warm_start: Sequence[str] = (),
+                    stateful: bool = False):
+    """Class decorator: add an editor to the registry under ``name`` (duplicates rejected), with
+    its ``Capabilities`` (see there). A declared capability the class lacks is refused here."""
+    capabilities = Capabilities(splittable, training, tuple(warm_start), stateful)
 
     def decorate(cls):
         if name in _REGISTRY:
             raise RuntimeError(f"editor {name!r} registered twice")
-        _REGISTRY[name] = EditorEntry(name, cls, config_class, needs_checkpoint, summary)
+        _check_capabilities(name, cls, capabilities)
+        _REGISTRY[name] = EditorEntry(name, cls, config_class, needs_checkpoint, summary, capabilities)
         cls.name = name
         cls.edit = _length_checked(cls.edit)
         return cls
 
     return decorate
+
+
+def _check_capabilities(name: str, cls: type, capabilities: Capabilities) -> None:
+    if capabilities.training not in (None, *TRAINING_KINDS):
+        raise RuntimeError(f"editor {name!r}: training must be one of {TRAINING_KINDS} or None")
+    if capabilities.stateful != implements(cls, SequentialState):
+        raise RuntimeError(f"editor {name!r}: stateful={capabilities.stateful} but the class "
+                           f"{'lacks' if capabilities.stateful else 'has'} stream_state/load_stream_state")
+    if capabilities.training == "trajectory" and not implements(cls, TrajectoryTrainable):
+        raise RuntimeError(f"editor {name!r}: trajectory training needs the TrajectoryTrainable protocol")
 
 
 def _length_checked(edit: Callable) -> Callable:
@@ -77,6 +85,12 @@ def _length_checked(edit: Callable) -> Callable:
 def editor_names() -> list[str]:
     _load_builtin_editors()
     return sorted(_REGISTRY)
+
+
+def editors_that(test: Callable[[Capabilities], bool]) -> list[str]:
+    """Names of the registered editors whose capabilities pass ``test``, sorted."""
+    _load_builtin_editors()
+    return sorted(n for n, entry in _REGISTRY.items() if test(entry.capabilities))
 
 
 def editor_entry(name: str) -> EditorEntry:
@@ -177,5 +191,5 @@ def _load_builtin_editors() -> None:
     from .. import editors as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_") and info.name != "base":
+        if not info.name.startswith("_") and info.name not in ("base", "protocols"):
             importlib.import_module(f"{package.__name__}.{info.name}")

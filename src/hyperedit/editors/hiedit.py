@@ -27,7 +27,8 @@ from ._hypernet import (CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requ
 from .base import make_config, register_editor
 from .malmen import DirectionOptions, MalmenConfig, MalmenEditor
 from .mend import MendConfig, MendEditor
-from .rledit import Proposal, edit_lr_parameters, hypernet_parameter_groups
+from .protocols import MemoryReport, Proposal
+from .rledit import edit_lr_parameters, hypernet_parameter_groups
 
 LOW = {"malmen": (MalmenEditor, MalmenConfig), "mend": (MendEditor, MendConfig)}
 
@@ -80,7 +81,7 @@ class HiEditConfig(HyperEditorConfig, DirectionOptions):
 
 
 @register_editor("hiedit", HiEditConfig, "policy-selected modules + hypernetwork shifts (lifelong, trained)",
-                 needs_checkpoint=True)
+                 needs_checkpoint=True, training="trajectory", warm_start=("hiedit", "malmen", "mend"), stateful=True)
 class HiEditEditor:
     """Per edit: encode [k; g] of every candidate, keep the top-k modules, shift only those."""
 
@@ -180,8 +181,7 @@ class HiEditEditor:
     def memory_fill(self, lm=None) -> dict[str, dict]:
         """How full the low level's null-space memory is per candidate module (``MalmenEditor.memory_fill``;
         empty when the low level has none)."""
-        fill = getattr(self.low, "memory_fill", None)
-        return fill(lm) if fill is not None else {}
+        return self.low.memory_fill(lm) if isinstance(self.low, MemoryReport) else {}
 
     def begin_trajectory(self) -> None:
         self.low.keys.reset()
@@ -229,6 +229,16 @@ class HiEditEditor:
         norms = torch.stack([full[n].pow(2).sum() for n in names])
         intr = self.config.sparsity_coef * (mask * norms).sum() / self.config.top_k if intrinsic else zero
         return ext + intr
+
+    @staticmethod
+    def warm_start_editor(config: HiEditConfig, saved: str | None) -> str:
+        """``--init-from``: a HiEdit checkpoint as a HiEdit (policy included), else a trained editor
+        of the low level's kind."""
+        return "hiedit" if saved == "hiedit" else config.low
+
+    def warm_start_shape(self) -> tuple[str, ...]:
+        shape = self.low.warm_start_shape()
+        return shape[:-1] + ("low", "top_k", "policy_hidden") + shape[-1:]
 
     def warm_start(self, source) -> None:
         """Start from a trained HiEdit (low level and policy, e.g. to train a shipped one on with

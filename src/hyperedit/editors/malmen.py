@@ -101,7 +101,7 @@ class MalmenConfig(HyperEditorConfig, DirectionOptions):
 
 
 @register_editor("malmen", MalmenConfig, "hypernetwork shifts aggregated by least squares (meta-trained)",
-                 needs_checkpoint=True)
+                 needs_checkpoint=True, splittable=True, training="meta", warm_start=("malmen",), stateful=True)
 class MalmenEditor(HyperEditor):
     """Massive editing: any number of facts in one least-squares aggregation per module."""
 

@@ -19,7 +19,7 @@ class MendConfig(HyperEditorConfig):
 
 
 @register_editor("mend", MendConfig, "hypernetwork rank-1 shifts summed over facts (meta-trained)",
-                 needs_checkpoint=True)
+                 needs_checkpoint=True, splittable=True, training="meta", warm_start=("mend",), stateful=True)
 class MendEditor(HyperEditor):
     """Summed rank-1 shifts from the shared hypernetwork."""
 

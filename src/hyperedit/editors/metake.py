@@ -40,6 +40,7 @@ from . import _locate as L
 from .alphaedit import AlphaEdit, AlphaEditConfig
 from .base import register_editor
 from .memit import MEMIT, MEMITConfig
+from .protocols import MemoryReport, SequentialState
 
 log = logging.getLogger(__name__)
 _INNER = {"memit": (MEMIT, MEMITConfig), "alphaedit": (AlphaEdit, AlphaEditConfig)}
@@ -71,7 +72,8 @@ class MetaKEConfig(AlphaEditConfig):
             raise ValueError("meta_steps >= 0, meta_lr > 0 and meta_max_scale >= 1 required")
 
 
-@register_editor("metake", MetaKEConfig, "MetaKE: targets refined through the inner solver's closed form (--set inner=memit|alphaedit)")
+@register_editor("metake", MetaKEConfig, "MetaKE: targets refined through the inner solver's closed form (--set inner=memit|alphaedit)",
+                 stateful=True)
 class MetaKE:
     """MetaKE over an inner MEMIT or AlphaEdit editor (whose sequential state it carries)."""
 
@@ -90,17 +92,19 @@ class MetaKE:
     def target_cache(self, cache) -> None:
         self.inner.target_cache = cache
 
-    def state_dict(self) -> dict:
-        return self.inner.state_dict() if hasattr(self.inner, "state_dict") else {}
+    def stream_state(self) -> tuple[dict, dict]:
+        """The inner AlphaEdit's sequential state (none over MEMIT, which keeps no memory)."""
+        if isinstance(self.inner, SequentialState):
+            return self.inner.stream_state()
+        return {}, {"kind": "memit"}
 
-    def load_state_dict(self, state: dict) -> None:
-        if hasattr(self.inner, "load_state_dict"):
-            self.inner.load_state_dict(state)
+    def load_stream_state(self, tensors: dict, meta: dict | None = None) -> None:
+        if isinstance(self.inner, SequentialState):
+            self.inner.load_stream_state(tensors, meta)
 
     def memory_fill(self, lm: LoadedModel) -> dict[str, dict]:
         """The inner AlphaEdit's ``memory_fill`` (empty over MEMIT, which keeps no memory)."""
-        fill = getattr(self.inner, "memory_fill", None)
-        return fill(lm) if fill is not None else {}
+        return self.inner.memory_fill(lm) if isinstance(self.inner, MemoryReport) else {}
 
     # ----- the editor -------------------------------------------------------------------------
     def edit(self, lm: LoadedModel, requests: Sequence[EditRequest]) -> EditDelta:

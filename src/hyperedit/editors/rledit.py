@@ -3,12 +3,12 @@
 Editing is MALMEN's (keys and value gradients on the current model, least-squares shifts); what
 differs is the training (``hyperedit.training.trajectory``): losses with memory backtracking on a
 model that carries every earlier shift of the trajectory, plus a shift-norm regulariser. This
-file also defines the small *trajectory protocol* the trainer talks to (``Proposal``,
-``trajectory_propose``, ``trajectory_backward``), which HiEdit implements as well.
+editor implements the trajectory protocol the trainer talks to (``protocols.TrajectoryTrainable``,
+``Proposal``), which HiEdit implements as well.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,17 +17,7 @@ from safetensors.torch import load_file
 from ._hypernet import WEIGHTS_FILE, cache_requests
 from .base import register_editor
 from .malmen import MalmenConfig, MalmenEditor
-
-
-@dataclass
-class Proposal:
-    """Shifts one edit proposes during training: ``shifts`` (d_in, d_out) per changed module;
-    ``full`` the shifts of every candidate module when a policy chose a subset (else None);
-    ``state`` whatever the editor's backward needs."""
-
-    shifts: dict[str, torch.Tensor]
-    full: dict[str, torch.Tensor] | None = None
-    state: dict = field(default_factory=dict)
+from .protocols import Proposal
 
 
 @dataclass
@@ -50,7 +40,7 @@ def hypernet_parameter_groups(nets, meta_lr: float, lr_meta_lr: float) -> list[d
 
 
 @register_editor("rledit", RLEditConfig, "MALMEN hypernetwork trained over lifelong editing trajectories",
-                 needs_checkpoint=True)
+                 needs_checkpoint=True, training="trajectory", warm_start=("malmen",), stateful=True)
 class RLEditEditor(MalmenEditor):
     """MALMEN-style editing with a hypernetwork trained by ``training.trajectory``."""
 

@@ -6,8 +6,8 @@ the most recent edits, of the earliest ones, and zero-shot general ability (``ev
 against its value before the stream, and, for an editor with a null-space memory of earlier edits
 (``memory_fill``), how many of the directions a new edit may write in it holds. After the stream:
 ES/GS/LS over all edits and over the first ``num_pre``. Any editor of the registry works; stateful
-editors (AlphaEdit's K_p) are resumable through ``stream_state() -> (tensors, meta)`` /
-``load_stream_state(tensors, meta)`` or, failing that, ``state_dict()`` / ``load_state_dict(tensors)``.
+editors (AlphaEdit's K_p, the hypernetwork editors' memory) are resumable through
+``editors.protocols.SequentialState``.
 
 The run directory holds checkpoints (``hyperedit.checkpoints.CheckpointStore``): the current weights
 of every module touched so far (safetensors) and ``stream.json`` (edits done, curves, timings), so
@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..bench.records import peak_rss_during
+from ..editors.protocols import MemoryReport, SequentialState
 from ..errors import HyperEditError
 from ..models.limits import check_request_lengths
 from ..requests import EditRequest
@@ -245,8 +246,7 @@ class LifelongRunner:
         the hypernetwork editors with ``nullspace``), summed over its modules; None for editors without.
         A full memory leaves a new edit only directions in which it is cut back (docs/lifelong.md), so
         the stream says so once, when nine tenths are held."""
-        fill_of = getattr(self.editor, "memory_fill", None)
-        per_module = fill_of(self.lm) if fill_of is not None else None
+        per_module = self.editor.memory_fill(self.lm) if isinstance(self.editor, MemoryReport) else None
         if not per_module:
             return None
         held, null = (sum(m[k] for m in per_module.values()) for k in ("held_dims", "null_dims"))
@@ -307,11 +307,8 @@ class LifelongRunner:
             save_file({k: v.contiguous().cpu() for k, v in self.weights().items()} or {"_empty": torch.zeros(1)},
                       str(folder / WEIGHTS_FILE))
             meta = None
-            if hasattr(self.editor, "stream_state"):
+            if isinstance(self.editor, SequentialState):
                 tensors, meta = self.editor.stream_state()
-            elif hasattr(self.editor, "state_dict") and hasattr(self.editor, "load_state_dict"):
-                tensors, meta = self.editor.state_dict(), {"kind": "state_dict"}
-            if meta is not None:
                 tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
                 save_file(tensors or {"_empty": torch.zeros(1)}, str(folder / EDITOR_FILE))
             state = {**asdict(self.state), "info": self.info, "editor_state": meta,
@@ -338,8 +335,8 @@ class LifelongRunner:
         meta = data.get("editor_state")
         if meta is not None:
             tensors = {k: v for k, v in load_file(str(folder / EDITOR_FILE)).items() if k != "_empty"}
-            if meta == {"kind": "state_dict"}:
-                self.editor.load_state_dict(tensors)
-            else:
-                self.editor.load_stream_state(tensors, meta)
+            if not isinstance(self.editor, SequentialState):
+                raise HyperEditError(f"{folder}: the stream's editor kept a sequential state; "
+                                     f"editor {self.info['editor']!r} keeps none")
+            self.editor.load_stream_state(tensors, meta)
         log.info("resumed the stream after %d edits from %s", self.state.done, folder)

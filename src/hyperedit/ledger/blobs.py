@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ..errors import HyperEditError
 
 BLOB_DIR = "blobs"
 SUFFIX = ".safetensors"
+META_KEY = "hyperedit_meta"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,9 +41,10 @@ class BlobStore:
     def path(self, digest: str) -> Path:
         return self.root / f"{digest}{SUFFIX}"
 
-    def put(self, tensors: dict[str, torch.Tensor]) -> str:
-        """Store tensors and return the sha256 of the file's bytes."""
-        data = save({k: tensors[k].detach().contiguous().cpu() for k in sorted(tensors)})
+    def put(self, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> str:
+        """Store tensors (and ``meta``, JSON in the file's header) and return the sha256 of the file's bytes."""
+        header = {META_KEY: json.dumps(meta, sort_keys=True)} if meta else None
+        data = save({k: tensors[k].detach().contiguous().cpu() for k in sorted(tensors)}, metadata=header)
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
         if target.is_file():
@@ -62,6 +65,19 @@ class BlobStore:
     def get(self, digest: str) -> dict[str, torch.Tensor]:
         """The tensors of a blob (cached: blobs never change once written)."""
         return _load(str(self.path(digest)))
+
+    def get_meta(self, digest: str) -> dict | None:
+        """The ``meta`` a blob was stored with (None: none, as in blobs written before it existed)."""
+        path = str(self.path(digest))
+        try:
+            with safe_open(path, framework="pt") as fh:
+                text = (fh.metadata() or {}).get(META_KEY)
+        except (SafetensorError, FileNotFoundError, OSError) as exc:
+            raise HyperEditError(f"{path}: cannot read ledger blob ({exc})") from exc
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            raise HyperEditError(f"{path}: ledger blob metadata is not JSON") from None
 
     def check(self, digest: str) -> str | None:
         """None if the blob exists and its bytes hash to its name, else what is wrong."""

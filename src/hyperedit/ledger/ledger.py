@@ -17,10 +17,9 @@ from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from ..data.user_jsonl import user_record
 from ..delta import EditDelta
+from ..editors.protocols import SequentialState
 from ..errors import HyperEditError
 from ..outputs import claim, write_directory
 from ..requests import EditRequest
@@ -234,18 +233,27 @@ class Ledger:
         from ..editors import get_editor
 
         editor = get_editor(editor_name, checkpoint=checkpoint, lm=self.lm, **options)
-        prior = next((e for e in reversed(chain) if e.editor == editor_name and e.state_hash), None)
-        if prior is not None and hasattr(editor, "load_state_dict"):
-            editor.load_state_dict(self.blobs.get(prior.state_hash))
+        stateful = isinstance(editor, SequentialState)
+        if stateful:
+            self._continue_state(editor, editor_name, directory_hash(checkpoint), chain)
         start = time.perf_counter()
         delta = editor.edit(self.lm, requests)
         seconds = time.perf_counter() - start
         delta.meta.setdefault("config", asdict(editor.config) if is_dataclass(editor.config) else {})
         state_hash = None
-        state = editor.state_dict() if hasattr(editor, "state_dict") else None
-        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            state_hash = self.blobs.put(state)
+        if stateful:
+            tensors, meta = editor.stream_state()
+            if tensors:
+                state_hash = self.blobs.put(tensors, meta)
         return _Computed(delta, state_hash, [e.id for e in chain], seconds)
+
+    def _continue_state(self, editor, editor_name: str, checkpoint_hash: str | None, chain) -> None:
+        """Give ``editor`` the sequential state of the latest entry of ``chain`` made by the same
+        editor from the same checkpoint (its memory of every earlier edit of the history)."""
+        prior = next((e for e in reversed(chain) if e.editor == editor_name and e.state_hash
+                      and e.checkpoint_hash == checkpoint_hash), None)
+        if prior is not None:
+            editor.load_stream_state(self.blobs.get(prior.state_hash), self.blobs.get_meta(prior.state_hash) or {})
 
     def _insert(self, computed: "_Computed", requests, *, source, editor, options, checkpoint, measure, lm) -> LedgerEntry:
         bad = sorted(name for name, shift in computed.delta.shifts.items() if not torch.isfinite(shift).all())

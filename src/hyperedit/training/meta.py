@@ -42,6 +42,7 @@ from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_s
 from ..delta import EditDelta
 from ..distributed import (all_reduce_floats, all_reduce_gradients_, all_reduce_sum_, barrier, current_world,
                            shard)
+from ..editors.protocols import LearnedRidge
 from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, trainable_weights
 from ..models.limits import check_request_lengths
@@ -254,7 +255,7 @@ class MetaTrainer:
         squares = all_reduce_floats([float(cache[name][0].double().pow(2).sum()) for name in names], self.world)
         for name, total in zip(names, squares):
             net, index = self.editor.nets.net_for(name)
-            ridge_trace = self.editor.ridge_trace(name) if hasattr(self.editor, "ridge_trace") else net.d_in
+            ridge_trace = self.editor.ridge_trace(name) if isinstance(self.editor, LearnedRidge) else net.d_in
             scale = torch.tensor(total / ridge_trace, dtype=torch.float64)
             net.log_lambda.data[index] = float(scale.clamp_min(1e-12).log())
         log.info("initial e^lambda (tr(K^T K)/tr(R) of the first batch): %s", ", ".join(

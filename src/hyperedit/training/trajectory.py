@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 
 from ..delta import EditDelta
 from ..distributed import all_reduce_floats, all_reduce_gradients_, barrier, current_world, shard
+from ..editors.protocols import TrajectoryTrainable
 from ..errors import HyperEditError
 from ..lm import trainable_weights
 from ..models.limits import check_request_lengths
@@ -135,10 +136,12 @@ def add_shifts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[s
 
 
 class TrajectoryTrainer:
-    """Trains ``editor`` (with the trajectory protocol of ``editors.rledit``) over editing trajectories."""
+    """Trains ``editor`` (``editors.protocols.TrajectoryTrainable``) over editing trajectories."""
 
     def __init__(self, editor, lm, train: list[EditRequest], config: TrajectoryConfig, run_dir: str | Path,
                  info: dict | None = None):
+        if not isinstance(editor, TrajectoryTrainable):
+            raise HyperEditError(f"editor {getattr(editor, 'name', '?')!r} cannot be trained over trajectories")
         check_request_lengths(lm.adapter, train)
         self.editor, self.lm, self.train, self.config = editor, lm, train, config
         self.run_dir = Path(run_dir)
