@@ -106,7 +106,8 @@ def join_ranks(args):
 
 
 def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="benchmark data directory (default: $HYPEREDIT_DATA_DIR or ../shared/data)")
+    parser.add_argument("--data-dir", help="benchmark data directory (default: $HYPEREDIT_DATA_DIR, ../shared/data, or where "
+                             "`hyperedit data fetch` puts it; docs/data.md)")
 
 
 def parse_overrides(args) -> dict:

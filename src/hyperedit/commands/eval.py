@@ -26,7 +26,8 @@ def register(sub) -> None:
     add_model_args(p)
     add_editor_args(p)
     add_data_dir_arg(p)
-    p.add_argument("--data", default="counterfact:val", help="NAME:SPLIT or a requests file (default: %(default)s)")
+    p.add_argument("--data", default="counterfact:val", help="NAME:SPLIT (counterfact:sample, zsre:sample, fever:sample are packaged; others: "
+                        "`hyperedit data fetch NAME`) or a requests file (default: %(default)s)")
     p.add_argument("--n-edits", type=int, default=100, help="number of requests edited (default: %(default)s)")
     p.add_argument("--offset", type=int, default=0, help="skip the first N requests of the split")
     p.add_argument("--mode", choices=["batch", "single", "sequential"], default="batch",

@@ -39,11 +39,26 @@ def _repo_data_dir() -> Path | None:
     return candidate.resolve() if candidate.is_dir() else None
 
 
+class DataDirNotFound(HyperEditError):
+    """No benchmark data directory was named and none of the default places holds one."""
+
+
+def user_data_dir() -> Path:
+    """The per-user data directory, where ``hyperedit data fetch`` puts benchmark data by default:
+    ``$XDG_DATA_HOME/hyperedit/data`` (``~/.local/share/hyperedit/data``; on Windows under
+    ``%LOCALAPPDATA%``). Written out here rather than taken from platformdirs: one path."""
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "hyperedit" / "data"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "hyperedit" / "data"
+
+
 def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """Find the benchmark data directory.
 
     Order: ``explicit``, the ``HYPEREDIT_DATA_DIR`` environment variable, ``../shared/data``
-    relative to the current directory, ``../shared/data`` relative to the repository root.
+    relative to the current directory, ``../shared/data`` relative to the repository root, the
+    per-user directory ``user_data_dir()`` (where ``hyperedit data fetch`` writes).
     """
     for value, origin in ((explicit, "data_dir argument"), (os.environ.get(ENV_VAR), ENV_VAR)):
         if value is not None and str(value) != "":
@@ -57,9 +72,11 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:
     repo_candidate = _repo_data_dir()
     if repo_candidate is not None:
         return repo_candidate
-    raise HyperEditError(
-        f"benchmark data directory not found: pass data_dir=..., or set {ENV_VAR}=/path/to/shared/data,"
-        " or run from a directory next to shared/data"
+    if user_data_dir().is_dir():
+        return user_data_dir()
+    raise DataDirNotFound(
+        f"benchmark data directory not found: get the data with `hyperedit data fetch NAME` (`hyperedit data list`),"
+        f" or set {ENV_VAR}, or pass data_dir=..."
     )
 
 

@@ -10,7 +10,8 @@ import os
 import random
 from typing import Callable, Iterable
 
-from hyperedit.data._common import Record, read_records, resolve_data_dir
+from hyperedit.data._common import Record, read_records
+from hyperedit.data.registry import require_file
 from hyperedit.errors import HyperEditError
 
 GENERAL_TASKS = ("sst2", "mrpc", "cola", "rte", "nli", "mmlu", "dialogue", "sentiment")
@@ -101,9 +102,7 @@ def read_general_task(task: str, data_dir: str | os.PathLike | None = None) -> l
     """Every row of ``general/<task>.jsonl``, normalised, in file order."""
     if task not in ROW_BUILDERS:
         raise HyperEditError(f"unknown general task {task!r}; known: {', '.join(GENERAL_TASKS)}")
-    path = resolve_data_dir(data_dir) / "general" / f"{task}.jsonl"
-    if not path.is_file():
-        raise HyperEditError(f"general task file missing: {path}")
+    path = require_file(f"general/{task}.jsonl", data_dir, what=f"general task {task}")
     build = ROW_BUILDERS[task]
     return [build(Record(str(path), number, data)) for number, data in read_records(path)]
 

@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from hyperedit.data._common import Records, read_records, resolve_data_dir
+from hyperedit.data._common import Records, read_records
 from hyperedit.data.counterfact import map_counterfact, map_rome
 from hyperedit.data.fever import map_fever
+from hyperedit.data.registry import require_file
 from hyperedit.data.user_jsonl import map_user
 from hyperedit.data.zsre import map_knowedit, map_mend_zsre
 from hyperedit.errors import HyperEditError, InputError
@@ -23,6 +24,15 @@ DATASETS: dict[str, str] = {
     "fever:v0.1-full": "fever/fever_symmetric_v0.1_full.jsonl",
     "fever:v0.2-dev": "fever/fever_symmetric_v0.2_dev.jsonl",
     "fever:v0.2-test": "fever/fever_symmetric_v0.2_test.jsonl",
+}
+
+# NAME:sample -> a file of at most 200 records packaged with hyperedit (samples/README.md): these
+# work offline, with no data directory.
+SAMPLES_DIR = Path(__file__).with_name("samples")
+SAMPLES: dict[str, str] = {
+    "counterfact:sample": "counterfact_val_200.jsonl",
+    "zsre:sample": "zsre_knowedit_test_200.jsonl",
+    "fever:sample": "fever_v0.1_full_200.jsonl",
 }
 
 MAPPERS: dict[str, Callable[[Records, str], list[EditRequest]]] = {
@@ -90,7 +100,7 @@ def load_requests(
     limit: int | None = None,
     offset: int = 0,
 ) -> list[EditRequest]:
-    """Load edit requests from ``NAME:SPLIT`` (see ``DATASETS``) or from a file path.
+    """Load edit requests from ``NAME:SPLIT`` (see ``DATASETS``, ``SAMPLES``) or from a file path.
 
     The whole file is read and checked, then ``[offset : offset + limit]`` is returned.
     """
@@ -99,16 +109,16 @@ def load_requests(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise HyperEditError(f"limit must be a non-negative integer or None, got {limit!r}")
     text = os.fspath(spec)
-    if text in DATASETS:
-        base = resolve_data_dir(data_dir)
-        path = base / DATASETS[text]
-        if not path.is_file():
-            raise HyperEditError(f"{text}: file {DATASETS[text]} is missing from the data directory {base}")
+    if text in SAMPLES:
+        requests = load_file(SAMPLES_DIR / SAMPLES[text], text)
+    elif text in DATASETS:
+        path = require_file(DATASETS[text], data_dir, what=text)
         requests = load_file(path, str(path))
     elif Path(text).is_file() or Path(text).is_dir():
         requests = load_file(text)
     elif _SPEC.match(text) and Path(text).suffix.lower() not in (".json", ".jsonl"):
-        raise HyperEditError(f"unknown dataset {text!r}; known: {', '.join(DATASETS)} (or give a file path)")
+        raise HyperEditError(f"unknown dataset {text!r}; known: {', '.join([*DATASETS, *SAMPLES])}"
+                             " (or give a file path)")
     else:
         raise HyperEditError(f"input file not found: {text}")
     end = None if limit is None else offset + limit
