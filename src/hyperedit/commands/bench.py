@@ -16,6 +16,7 @@ def register(sub) -> None:
     run = actions.add_parser("run", help="measure the protocols' experiments not yet done")
     run.add_argument("protocols", nargs="+", metavar="PROTOCOL_FILE", help="JSON protocol file(s)")
     run.add_argument("--results", help="results folder (default: benchmarks/results/leaderboard)")
+    run.add_argument("--only", help="comma-separated protocol names to run (default: every protocol of the files)")
     run.add_argument("--editors", help="comma-separated editor labels to run (default: all of the protocol)")
     run.add_argument("--models", help="comma-separated models to run (default: all of the protocol)")
     run.add_argument("--dry-run", action="store_true", help="list what would run, measure nothing")
@@ -43,6 +44,12 @@ def run_bench(args) -> int:
 
         torch.set_num_threads(args.threads)
     protocols = [p for path in args.protocols for p in load_protocols(path)]  # all checked before any work
+    only = _names(args.only)
+    if only:
+        unknown = only - {p.name for p in protocols}
+        if unknown:
+            raise HyperEditError(f"--only: no protocol named {', '.join(sorted(unknown))} in the files")
+        protocols = [p for p in protocols if p.name in only]
     for protocol in protocols:
         for name, status in run_protocol(protocol, args.results, _names(args.editors), _names(args.models),
                                          args.dry_run):

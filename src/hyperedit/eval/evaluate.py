@@ -107,7 +107,8 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
                     row["PS"] = value
     metrics.update(_probability_scores(by_kind, n))
     if generated:
-        gen_metrics, gen_rows = generated_metrics(adapter, requests, reference, batch_size)
+        first_tokens = {pair: s.predicted[0] for pair, s in zip(zip(prompts, targets), scores) if s.predicted}
+        gen_metrics, gen_rows = generated_metrics(adapter, requests, reference, batch_size, first_tokens)
         metrics.update(gen_metrics)
         for row, extra in zip(rows, gen_rows):
             row.update(extra)

@@ -63,8 +63,8 @@ def generation_lengths(adapter: ModelAdapter, probes: list[Probe], default: int)
 
 @torch.no_grad()
 def greedy_tokens(adapter: ModelAdapter, prompts: list[str], lengths: list[int], batch_size: int = 32) -> list[list[int]]:
-    """Greedy continuation token ids of each prompt, ``lengths[i]`` tokens at most (fewer at EOS or
-    at the context limit)."""
+    """Greedy continuation token ids of each prompt, ``lengths[i]`` tokens at most (fewer when EOS,
+    kept as the last token, comes first, or at the context limit)."""
     model, tok = adapter.model, adapter.tokenizer
     device = next(model.parameters()).device
     limit = context_limit(adapter)
@@ -85,13 +85,16 @@ def greedy_tokens(adapter: ModelAdapter, prompts: list[str], lengths: list[int],
         for row, i in zip(new.tolist(), chunk):
             row = row[:lengths[i]]
             if eos is not None and eos in row:
-                row = row[:row.index(eos)]
+                row = row[:row.index(eos) + 1]  # the stop is part of what was generated
             out[i] = row
     return out
 
 
-def match_scores(adapter: ModelAdapter, probe: Probe, tokens: list[int]) -> tuple[float, float]:
-    """(exact match, prefix match) of a generation against the probe's answers, best over answers."""
+def match_scores(adapter: ModelAdapter, probe: Probe, tokens: list[int] | None) -> tuple[float, float]:
+    """(exact match, prefix match) of a generation against the probe's answers, best over answers
+    (None: a generation ``generate_for`` ruled out from its first token)."""
+    if tokens is None:
+        return 0.0, 0.0
     tok = adapter.tokenizer
     whole = normalise(tok.decode(tokens, skip_special_tokens=True))
     exact = prefix = 0.0
@@ -106,13 +109,70 @@ def match_scores(adapter: ModelAdapter, probe: Probe, tokens: list[int]) -> tupl
 
 
 def generate_for(adapter: ModelAdapter, probes: list[Probe], batch_size: int = 32,
-                 default_length: int = 3) -> list[list[int]]:
-    """Greedy tokens for every probe, each distinct (prompt, length) generated once."""
+                 default_length: int = 3, first_tokens: dict | None = None) -> list[list[int] | None]:
+    """Greedy tokens for every probe, each distinct (prompt, length) generated once.
+
+    ``first_tokens``: ``{(prompt, first answer): greedy first token}`` from a teacher-forced pass
+    (its argmax at the prompt's last position is greedy decoding's first token); a probe whose
+    first token already rules every answer out is not generated (None)."""
     lengths = generation_lengths(adapter, probes, default_length)
-    keys = list(dict.fromkeys(zip((p.prompt for p in probes), lengths)))
+    needed = [not _ruled_out(adapter, first_tokens.get((p.prompt, p.answers[0])), p.answers)
+              if first_tokens and p.answers else True for p in probes]
+    keys = list(dict.fromkeys(k for k, need in zip(zip((p.prompt for p in probes), lengths), needed) if need))
     tokens = greedy_tokens(adapter, [k[0] for k in keys], [k[1] for k in keys], batch_size)
     found = dict(zip(keys, tokens))
-    return [found[(p.prompt, n)] for p, n in zip(probes, lengths)]
+    return [found[(p.prompt, n)] if need else None for p, n, need in zip(probes, lengths, needed)]
+
+
+def _ruled_out(adapter: ModelAdapter, first: int | None, answers) -> bool:
+    """Whether a continuation starting with token ``first`` matches none of ``answers`` whatever
+    follows. Decided only when the token's text ends in a letter or digit (then the normalised
+    continuation starts with the token's normalised text) and decodes cleanly; else generate."""
+    if first is None:
+        return False
+    text = adapter.tokenizer.decode([first], skip_special_tokens=True)
+    head = normalise(text)
+    if not head or "\ufffd" in text or not text[-1].isalnum() or normalise(text[-1]) != text[-1].lower():
+        return False
+    targets = [t for t in map(normalise, answers) if t]
+    return all(not (t.startswith(head) or head.startswith(t + " ")) for t in targets)
+
+
+@torch.no_grad()
+def follows(adapter: ModelAdapter, prompts: list[str], continuations: list[list[int]], batch_size: int = 32) -> list[bool]:
+    """Whether greedy decoding from each prompt would produce exactly these tokens: a teacher-forced
+    pass whose argmax equals the next token at every position (what ``LS_gen`` asks, at the cost of
+    one forward instead of a generation)."""
+    from ..lm import target_logits
+
+    device = next(adapter.model.parameters()).device
+    tok = adapter.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    out = [True] * len(prompts)  # nothing generated: nothing that could change
+    todo = sorted((i for i, c in enumerate(continuations) if c), key=lambda i: (len(prompts[i]), i))
+    for chunk in iter_chunks(todo, batch_size):
+        ids = [tok(adapter.format_prompt(prompts[i]), add_special_tokens=True)["input_ids"] for i in chunk]
+        conts = [continuations[i] for i in chunk]
+        if adapter.is_seq2seq:
+            batch = {**_right_pad(ids, pad, "input_ids"), "labels": _right_pad(conts, -100, "labels")["labels"]}
+        else:
+            batch = _right_pad([p + c for p, c in zip(ids, conts)], pad, "input_ids")
+            batch["labels"] = _right_pad([[-100] * len(p) + c for p, c in zip(ids, conts)], -100, "labels")["labels"]
+        result = target_logits(adapter, {k: v.to(device) for k, v in batch.items()})
+        hits = result.logits.argmax(-1) == result.targets
+        for n, i in enumerate(chunk):
+            out[i] = bool(hits[result.example == n].all())
+    return out
+
+
+def _right_pad(seqs: list[list[int]], value: int, key: str) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    tensor = torch.full((len(seqs), width), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        tensor[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return {key: tensor, "attention_mask": mask} if key == "input_ids" else {key: tensor}
 
 
 def portability_probes(request) -> list[tuple[str, Probe]]:
@@ -127,10 +187,12 @@ def locality_probes(pairs) -> list[Probe]:
     return [Probe(prompt, (text,)) for _, prompt, text, _ in pairs]
 
 
-def generated_metrics(adapter: ModelAdapter, requests, reference, batch_size: int = 32) -> tuple[dict, list[dict]]:
+def generated_metrics(adapter: ModelAdapter, requests, reference, batch_size: int = 32,
+                      first_tokens: dict | None = None) -> tuple[dict, list[dict]]:
     """``ES_gen``/``GS_gen``/``PS_gen`` (prefix match) with their ``_em`` (exact match) twins, ``PS_gen``
     per portability kind, and ``LS_gen`` when ``reference`` holds the unedited generations; metrics
-    are means over requests of each request's mean, and one row of them per request."""
+    are means over requests of each request's mean, and one row of them per request.
+    ``first_tokens``: see ``generate_for``."""
     n = len(requests)
     probes, owner, names = [], [], []
     for i, r in enumerate(requests):
@@ -143,14 +205,15 @@ def generated_metrics(adapter: ModelAdapter, requests, reference, batch_size: in
             probes.append(probe)
             owner.append(i), names.append(("PS", f"PS_{kind}"))
     values: dict[str, list[tuple[int, float]]] = {}
-    for i, probe, tokens, keys in zip(owner, probes, generate_for(adapter, probes, batch_size), names):
+    generations = generate_for(adapter, probes, batch_size, first_tokens=first_tokens)
+    for i, probe, tokens, keys in zip(owner, probes, generations, names):
         exact, prefix = match_scores(adapter, probe, tokens)
         for key in keys:
             values.setdefault(f"{key}_gen", []).append((i, prefix))
             values.setdefault(f"{key}_gen_em", []).append((i, exact))
     if reference is not None and getattr(reference, "generated", None) is not None:
-        now = generate_for(adapter, locality_probes(reference.pairs), batch_size)
-        values["LS_gen"] = [(i, float(a == b)) for (i, *_), a, b in zip(reference.pairs, reference.generated, now)]
+        same = follows(adapter, [p for _, p, _, _ in reference.pairs], reference.generated, batch_size)
+        values["LS_gen"] = [(i, float(kept)) for (i, *_), kept in zip(reference.pairs, same)]
     rows: list[dict] = [{} for _ in range(n)]
     metrics = {}
     for key, found in values.items():

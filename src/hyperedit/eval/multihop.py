@@ -33,9 +33,10 @@ def multihop_scores(adapter, cases, batch_size: int = 32) -> list[dict]:
     prompts = [(c, QUESTION_TEMPLATE.format(question=q)) for c in cases for q in c.questions]
     new = [Probe(p, c.answers) for c, p in prompts]
     old = [Probe(p, c.old_answers) for c, p in prompts]
-    tokens = generate_for(adapter, new + [o for o in old if o.answers], batch_size)
-    new_tokens, old_tokens = tokens[:len(new)], iter(tokens[len(new):])
     teacher = score_pairs(adapter, [p for _, p in prompts], [c.answers[0] for c, _ in prompts], batch_size)
+    first = {(p, c.answers[0]): s.predicted[0] for (c, p), s in zip(prompts, teacher) if s.predicted}
+    new_tokens = generate_for(adapter, new, batch_size, first_tokens=first)
+    old_tokens = iter(generate_for(adapter, [o for o in old if o.answers], batch_size))
     out, at = [], 0
     for case in cases:
         rows = range(at, at + len(case.questions))
