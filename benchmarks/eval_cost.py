@@ -22,6 +22,9 @@ def main(argv=None) -> int:
     ap.add_argument("--label", required=True, help="name of the code version measured")
     ap.add_argument("--append", action="store_true", help="add to the records already in the results file")
     ap.add_argument("--name", default="eval_cost")
+    ap.add_argument("--results-dir", help="folder of the results file (default: benchmarks/results)")
+    ap.add_argument("--generated", action="store_true",
+                    help="also the generated-answer metrics (ES_gen ...; code versions that have them)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
@@ -38,20 +41,22 @@ def main(argv=None) -> int:
     lm = load_model(args.model)
     requests = load_requests(args.data, limit=args.n)
     start = time.process_time()
-    reference = locality_reference(lm.adapter, requests, 32)
+    extra = {"generated": True} if args.generated else {}
+    reference = locality_reference(lm.adapter, requests, 32, **extra)
     reference_cpu = time.process_time() - start
     start = time.process_time()
-    (metrics, _), seconds, peak = peak_rss_during(evaluate, lm.adapter, requests, reference, 32)
+    (metrics, _), seconds, peak = peak_rss_during(evaluate, lm.adapter, requests, reference, 32, **extra)
     evaluate_cpu = time.process_time() - start
     dataset, split = dataset_label(args.data)
     record = make_record(editor="none (unedited)", model=lm.name, dataset=dataset, split=split, mode="batch",
                          n_edits=len(requests), metrics=metrics, edit_time_s=0.0, peak_rss_mb=peak,
                          command="PYTHONPATH=src " + current_command(), seed=0, label=args.label,
                          evaluate_cpu_s=round(evaluate_cpu, 2), evaluate_wall_s=round(seconds, 2),
-                         reference_cpu_s=round(reference_cpu, 2), threads=1)
-    path = Path(DEFAULT_RESULTS_DIR) / f"{args.name}.json"
+                         reference_cpu_s=round(reference_cpu, 2), threads=1, generated=args.generated)
+    results_dir = Path(args.results_dir or DEFAULT_RESULTS_DIR)
+    path = results_dir / f"{args.name}.json"
     records = json.loads(path.read_text()) if args.append and path.is_file() else []
-    write_results(records + [record], args.name, title="evaluation cost on the unedited model",
+    write_results(records + [record], args.name, results_dir, title="evaluation cost on the unedited model",
                   notes="CPU seconds of one thread; `label` names the code version measured.")
     return 0
 

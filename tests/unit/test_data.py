@@ -82,7 +82,8 @@ def test_knowedit_mapping_and_subject_drop(caplog):
         LocalityPrompt("The taxon rank of Brimwort is", "species"),
         LocalityPrompt("Brimwort taxon rank", "species"),
     )
-    assert first.meta["portability"]["Reasoning"][0]["ground_truth"] == "mint family"
+    assert first.meta["portability"] == [{"kind": "Reasoning", "prompt": first.meta["portability"][0]["prompt"],
+                                          "answers": ["mint family"]}]
     assert same.target == "Oslo" and same.old_target is None  # ground_truth[0] == target_new
     assert dropped.subject is None and dropped.prompt == "Who is Quentin Lyle's mother?"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

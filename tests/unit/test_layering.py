@@ -20,7 +20,7 @@ FLOORS = [
     {"lm", "delta", "data", "nets", "stats", "prefix"},
     {"editors"},
     {"training", "eval", "bench", "ledger"},
-    {"service"},
+    {"service", "suite"},
     {"commands", "cli", "__init__", "__main__"},
 ]
 FLOOR_OF = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}

@@ -9,6 +9,8 @@ from typing import Callable
 from hyperedit.data._common import Records, read_records
 from hyperedit.data.counterfact import map_counterfact, map_rome
 from hyperedit.data.fever import map_fever
+from hyperedit.data.knowedit import map_wikibio
+from hyperedit.data.mquake import MQuAKECase, map_mquake, map_mquake_cases
 from hyperedit.data.registry import require_file
 from hyperedit.data.user_jsonl import map_user
 from hyperedit.data.zsre import map_knowedit, map_mend_zsre
@@ -24,6 +26,12 @@ DATASETS: dict[str, str] = {
     "fever:v0.1-full": "fever/fever_symmetric_v0.1_full.jsonl",
     "fever:v0.2-dev": "fever/fever_symmetric_v0.2_dev.jsonl",
     "fever:v0.2-test": "fever/fever_symmetric_v0.2_test.jsonl",
+    "wiki_counterfact:train": "knowedit/wiki_counterfact_train.json",
+    "wiki_counterfact:test": "knowedit/wiki_counterfact_test.jsonl",
+    "wiki_recent:train": "knowedit/wiki_recent_train.json",
+    "wikibio:train": "knowedit/wikibio_train.json",
+    "wikibio:test": "knowedit/wikibio_test.json",
+    "mquake:hard": "mquake/MQuAKE-hard.json",
 }
 
 # NAME:sample -> a file of at most 200 records packaged with hyperedit (samples/README.md): these
@@ -41,6 +49,8 @@ MAPPERS: dict[str, Callable[[Records, str], list[EditRequest]]] = {
     "counterfact-easyedit": map_counterfact,
     "counterfact-rome": map_rome,
     "fever": map_fever,
+    "wikibio": map_wikibio,
+    "mquake": map_mquake,
     "user": map_user,
 }
 
@@ -57,7 +67,9 @@ def detect_format(record: dict) -> str | None:
     """The layout of a file, judged from its first record's fields (None if unknown)."""
     keys = set(record)
     if "requested_rewrite" in keys:
-        return "counterfact-rome"
+        return "mquake" if isinstance(record["requested_rewrite"], list) else "counterfact-rome"
+    if {"text", "labels", "concept"} <= keys:
+        return "wikibio"
     if "src" in keys and "answers" in keys:
         return "zsre-mend"
     if "claim" in keys and "label" in keys:
@@ -75,13 +87,7 @@ def detect_format(record: dict) -> str | None:
 
 def load_file(path: str | os.PathLike, source: str | None = None) -> list[EditRequest]:
     """Read one file in any supported layout."""
-    path = Path(path)
-    source = source or str(path)
-    if path.is_dir():
-        raise HyperEditError(f"{source} is a directory; give a requests file (JSON or JSONL) or NAME:SPLIT")
-    if not path.is_file():
-        raise HyperEditError(f"input file not found: {source}")
-    records = read_records(path, source)
+    records, source = _records(path, source)
     first_number, first = records[0]
     fmt = detect_format(first)
     if fmt is None:
@@ -89,9 +95,26 @@ def load_file(path: str | os.PathLike, source: str | None = None) -> list[EditRe
         raise InputError(
             source, first_number, None,
             f"unrecognised record layout (fields: {fields}); expected MEND/KnowEdit zsRE, CounterFact,"
-            " FEVER or the user format (prompt, target, ...)",
+            " WikiBio, MQuAKE, FEVER or the user format (prompt, target, ...)",
         )
     return MAPPERS[fmt](records, source)
+
+
+def _records(path: str | os.PathLike, source: str | None) -> tuple[Records, str]:
+    path = Path(path)
+    source = source or str(path)
+    if path.is_dir():
+        raise HyperEditError(f"{source} is a directory; give a requests file (JSON or JSONL) or NAME:SPLIT")
+    if not path.is_file():
+        raise HyperEditError(f"input file not found: {source}")
+    return read_records(path, source), source
+
+
+def _check_window(limit, offset) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise HyperEditError(f"offset must be a non-negative integer, got {offset!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise HyperEditError(f"limit must be a non-negative integer or None, got {limit!r}")
 
 
 def load_requests(
@@ -104,22 +127,36 @@ def load_requests(
 
     The whole file is read and checked, then ``[offset : offset + limit]`` is returned.
     """
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise HyperEditError(f"offset must be a non-negative integer, got {offset!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise HyperEditError(f"limit must be a non-negative integer or None, got {limit!r}")
+    _check_window(limit, offset)
+    path, source = resolve_spec(spec, data_dir)
+    end = None if limit is None else offset + limit
+    return load_file(path, source)[offset:end]
+
+
+def load_mquake_cases(spec: str | os.PathLike = "mquake:hard", data_dir: str | os.PathLike | None = None,
+                      limit: int | None = None, offset: int = 0) -> list[MQuAKECase]:
+    """MQuAKE cases (each a chain of rewrites and its multi-hop questions) from ``mquake:hard`` or a file."""
+    _check_window(limit, offset)
+    path, source = resolve_spec(spec, data_dir)
+    records, source = _records(path, source)
+    if detect_format(records[0][1]) != "mquake":
+        raise InputError(source, records[0][0], "requested_rewrite", "not an MQuAKE record (a list of rewrites)")
+    end = None if limit is None else offset + limit
+    return map_mquake_cases(records, source)[offset:end]
+
+
+def resolve_spec(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The file of ``NAME:SPLIT`` (under the data directory) or of a path, and how errors name it."""
     text = os.fspath(spec)
     if text in SAMPLES:
-        requests = load_file(SAMPLES_DIR / SAMPLES[text], text)
-    elif text in DATASETS:
+        path = SAMPLES_DIR / SAMPLES[text]
+        return path, text
+    if text in DATASETS:
         path = require_file(DATASETS[text], data_dir, what=text)
-        requests = load_file(path, str(path))
-    elif Path(text).is_file() or Path(text).is_dir():
-        requests = load_file(text)
-    elif _SPEC.match(text) and Path(text).suffix.lower() not in (".json", ".jsonl"):
+        return path, str(path)
+    if Path(text).is_file() or Path(text).is_dir():
+        return Path(text), text
+    if _SPEC.match(text) and Path(text).suffix.lower() not in (".json", ".jsonl"):
         raise HyperEditError(f"unknown dataset {text!r}; known: {', '.join([*DATASETS, *SAMPLES])}"
                              " (or give a file path)")
-    else:
-        raise HyperEditError(f"input file not found: {text}")
-    end = None if limit is None else offset + limit
-    return requests[offset:end]
+    raise HyperEditError(f"input file not found: {text}")

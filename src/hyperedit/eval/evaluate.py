@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from ..models.adapters import ModelAdapter
 from ..models.limits import LOCALITY_CONTINUATION_TOKENS
 from ..requests import EditRequest
-from .metrics import PairScore, agreement, generate, mean, ngram_entropy, score_examples, score_pairs
+from .generation import generate_for, generated_metrics, locality_probes, portability_probes
+from .metrics import (PairScore, agreement, generate, mean, ngram_entropy, per_request_means, score_examples,
+                      score_pairs)
 
 
 @dataclass
@@ -20,10 +22,13 @@ class LocalityReference:
 
     pairs: list[tuple[int, str, str, bool]]  # (request index, prompt, target text, target from dataset)
     predicted: list[list[int]]
+    generated: list[list[int]] | None = None  # greedy tokens per pair (eval.generation), when asked for
 
 
-def locality_reference(adapter: ModelAdapter, requests: list[EditRequest], batch_size: int = 32) -> LocalityReference:
-    """Record the unedited model's predictions on every locality prompt.
+def locality_reference(adapter: ModelAdapter, requests: list[EditRequest], batch_size: int = 32,
+                       generated: bool = False) -> LocalityReference:
+    """Record the unedited model's predictions on every locality prompt (and, with ``generated``,
+    its greedy generations, for ``LS_gen``).
 
     Prompts without a dataset answer are continued greedily for a few tokens, and that
     continuation is what locality is measured on.
@@ -39,20 +44,17 @@ def locality_reference(adapter: ModelAdapter, requests: list[EditRequest], batch
                 text = continuations[(i, loc.prompt)].strip() or "the"
                 pairs.append((i, loc.prompt, text, False))
     scores = score_pairs(adapter, [p for _, p, _, _ in pairs], [t for _, _, t, _ in pairs], batch_size)
-    return LocalityReference(pairs, [s.predicted for s in scores])
-
-
-def _per_request(values: list[tuple[int, float]], n: int) -> list[float | None]:
-    """Average values that belong to the same request, so each request weighs the same."""
-    buckets: list[list[float]] = [[] for _ in range(n)]
-    for i, v in values:
-        buckets[i].append(v)
-    return [mean(b) for b in buckets]
+    tokens = generate_for(adapter, locality_probes(pairs), batch_size) if generated else None
+    return LocalityReference(pairs, [s.predicted for s in scores], tokens)
 
 
 def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: LocalityReference | None,
-             batch_size: int = 32, fluency_prompts: int = 0) -> tuple[dict, list[dict]]:
-    """Metrics over all requests, and one row of per-request values for each request."""
+             batch_size: int = 32, fluency_prompts: int = 0, generated: bool = False) -> tuple[dict, list[dict]]:
+    """Metrics over all requests, and one row of per-request values for each request.
+
+    ``PS`` is teacher-forced accuracy on portability prompts (their first answer); ``generated``
+    adds the generated-answer metrics of ``eval.generation`` (``ES_gen``, ``GS_gen``, ``PS_gen``,
+    ``LS_gen``)."""
     n = len(requests)
     prompts, targets, owner, kind = [], [], [], []
 
@@ -63,6 +65,9 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
         add(i, r.prompt, r.target, "es")
         for text in r.rephrasings:
             add(i, text, r.target, "gs")
+        for probe_kind, probe in portability_probes(r):
+            add(i, probe.prompt, probe.answers[0], "ps")
+            add(i, probe.prompt, probe.answers[0], f"ps_{probe_kind}")
         if r.old_target is not None:
             add(i, r.prompt, r.old_target, "es_old")
             for text in r.rephrasings:
@@ -77,15 +82,15 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
     for i, what, s in zip(owner, kind, scores):
         by_kind.setdefault(what, []).append((i, s))
 
-    es = _per_request([(i, s.accuracy) for i, s in by_kind.get("es", [])], n)
-    gs = _per_request([(i, s.accuracy) for i, s in by_kind.get("gs", [])], n)
+    es = per_request_means([(i, s.accuracy) for i, s in by_kind.get("es", [])], n)
+    gs = per_request_means([(i, s.accuracy) for i, s in by_kind.get("gs", [])], n)
     rows = [{"id": r.id, "ES": es[i], "GS": gs[i]} for i, r in enumerate(requests)]
     metrics = {"ES": mean(es), "GS": mean(gs)}
 
     if reference is not None and reference.pairs:
-        ls = _per_request([(i, agreement(ref, s.predicted)) for (i, _, _, _), ref, s
+        ls = per_request_means([(i, agreement(ref, s.predicted)) for (i, _, _, _), ref, s
                            in zip(reference.pairs, reference.predicted, loc_scores)], n)
-        ls_data = _per_request([(i, s.accuracy) for (i, _, _, from_data), s in zip(reference.pairs, loc_scores) if from_data], n)
+        ls_data = per_request_means([(i, s.accuracy) for (i, _, _, from_data), s in zip(reference.pairs, loc_scores) if from_data], n)
         metrics["LS"] = mean(ls)
         metrics["LS_data"] = mean(ls_data)
         for row, a, b in zip(rows, ls, ls_data):
@@ -93,7 +98,20 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
     else:
         metrics["LS"] = None
 
+    for what in by_kind:
+        if what == "ps" or what.startswith("ps_"):
+            ps = per_request_means([(i, s.accuracy) for i, s in by_kind[what]], n)
+            metrics[what.upper() if what == "ps" else "PS_" + what[3:]] = mean(ps)
+            if what == "ps":
+                for row, value in zip(rows, ps):
+                    row["PS"] = value
     metrics.update(_probability_scores(by_kind, n))
+    if generated:
+        first_tokens = {pair: s.predicted[0] for pair, s in zip(zip(prompts, targets), scores) if s.predicted}
+        gen_metrics, gen_rows = generated_metrics(adapter, requests, reference, batch_size, first_tokens)
+        metrics.update(gen_metrics)
+        for row, extra in zip(rows, gen_rows):
+            row.update(extra)
     if fluency_prompts:
         texts = generate(adapter, [r.prompt for r in requests[:fluency_prompts]], max_new_tokens=30)
         metrics["fluency"] = mean(ngram_entropy(t) for t in texts)
@@ -133,6 +151,6 @@ def _probability_scores(by_kind: dict, n: int) -> dict:
                 diff = s_new.prob - s_old.prob
                 wins.append((i, float(sign * diff > 0)))
                 gaps.append((i, sign * diff))
-        out[f"{name}_score"] = mean(_per_request(wins, n))
-        out[f"{name}_magnitude"] = mean(_per_request(gaps, n))
+        out[f"{name}_score"] = mean(per_request_means(wins, n))
+        out[f"{name}_magnitude"] = mean(per_request_means(gaps, n))
     return out

@@ -67,6 +67,15 @@ def mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def per_request_means(values: list[tuple[int, float]], n: int) -> list[float | None]:
+    """Average the values that belong to the same request (index ``i`` of ``(i, value)``), so each of
+    the ``n`` requests weighs the same; None for a request without values."""
+    buckets: list[list[float]] = [[] for _ in range(n)]
+    for i, v in values:
+        buckets[i].append(v)
+    return [mean(b) for b in buckets]
+
+
 def agreement(reference: list[int], predicted: list[int]) -> float:
     """Fraction of positions where two argmax sequences agree (locality against the unedited model)."""
     return sum(a == b for a, b in zip(reference, predicted)) / max(1, len(reference))

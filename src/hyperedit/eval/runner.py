@@ -24,17 +24,17 @@ def _config_dict(editor) -> dict:
 
 
 def _edit_and_evaluate(lm, editor, requests: list[EditRequest], eval_batch_size: int, fluency_n: int,
-                       reference=None):
+                       reference=None, generated: bool = True):
     """Locality reference on the unedited model (unless given), edit, evaluate with the delta applied,
     revert.
 
     Returns ``(metrics, rows, delta, edit_seconds, peak_rss_mb)``; the model is as it was on return.
     """
     if reference is None:
-        reference = locality_reference(lm.adapter, requests, eval_batch_size)
+        reference = locality_reference(lm.adapter, requests, eval_batch_size, generated=generated)
     delta, seconds, peak = peak_rss_during(editor.edit, lm, requests)
     with delta.applied(lm.model):
-        metrics, rows = evaluate(lm.adapter, requests, reference, eval_batch_size, fluency_n)
+        metrics, rows = evaluate(lm.adapter, requests, reference, eval_batch_size, fluency_n, generated=generated)
     return metrics, rows, delta, seconds, peak
 
 
@@ -46,8 +46,10 @@ def _pre_edit_metrics(adapter, requests, eval_batch_size: int, fluency_n: int) -
 
 def run_batch(lm, editor, requests: list[EditRequest], *, dataset: str, split: str, command: str | None = None,
               seed: int = 0, eval_batch_size: int = 32, fluency: bool = False, pre_metrics: bool = True,
-              keep_rows: bool = False, reference=None) -> dict:
+              keep_rows: bool = False, reference=None, generated: bool = True) -> dict:
     """Edit all ``requests`` at once, measure, revert; return one result record (mode ``batch``).
+
+    ``generated``: also the generated-answer metrics (``ES_gen`` ..., ``eval.generation``).
 
     ``reference``: ``locality_reference`` of these requests on this (unedited) model, when several
     editors are measured on the same batch (it is computed here otherwise)."""
@@ -56,7 +58,7 @@ def run_batch(lm, editor, requests: list[EditRequest], *, dataset: str, split: s
     before = _pre_edit_metrics(lm.adapter, requests, eval_batch_size, fluency_n) if pre_metrics else None
     log.info("editing %d requests with %s", len(requests), editor.name)
     metrics, rows, delta, seconds, peak = _edit_and_evaluate(lm, editor, requests, eval_batch_size, fluency_n,
-                                                             reference)
+                                                             reference, generated)
     extra = {"config": _config_dict(editor), "metrics_pre_edit": before,
              "time_per_request_s": seconds / max(1, len(requests)), "delta_norm": sum(delta.norms().values())}
     if keep_rows:
@@ -68,7 +70,7 @@ def run_batch(lm, editor, requests: list[EditRequest], *, dataset: str, split: s
 
 def run_single(lm, editor, requests: list[EditRequest], *, dataset: str, split: str, command: str | None = None,
                seed: int = 0, eval_batch_size: int = 32, fluency: bool = False, pre_metrics: bool = True,
-               keep_rows: bool = False) -> dict:
+               keep_rows: bool = False, generated: bool = True) -> dict:
     """Edit each request alone on the unedited model, evaluate it, revert (mode ``single``).
 
     This is the protocol of EasyEdit and most papers. Each metric of the record is the mean over
@@ -82,7 +84,7 @@ def run_single(lm, editor, requests: list[EditRequest], *, dataset: str, split: 
     per_request, rows, times, peak, delta_norms = [], [], [], 0.0, []
     for request in progress(requests, desc=f"{editor.name} single edits", unit="edit"):
         metrics, request_rows, delta, seconds, request_peak = _edit_and_evaluate(
-            lm, editor, [request], eval_batch_size, 1 if fluency else 0)
+            lm, editor, [request], eval_batch_size, 1 if fluency else 0, generated=generated)
         per_request.append(metrics)
         rows.extend(request_rows)
         times.append(seconds)
@@ -103,12 +105,13 @@ def run_single(lm, editor, requests: list[EditRequest], *, dataset: str, split: 
 
 
 def run_sequential(lm, editor, batches: list[list[EditRequest]], *, dataset: str, split: str,
-                   command: str | None = None, seed: int = 0, eval_batch_size: int = 32, fluency: bool = False) -> dict:
+                   command: str | None = None, seed: int = 0, eval_batch_size: int = 32, fluency: bool = False,
+                   generated: bool = True) -> dict:
     """Apply each batch's delta on top of the earlier ones, then evaluate every edit (mode ``sequential``)."""
     adapter = lm.adapter
     requests = [r for batch in batches for r in batch]
     check_request_lengths(adapter, requests)
-    reference = locality_reference(adapter, requests, eval_batch_size)
+    reference = locality_reference(adapter, requests, eval_batch_size, generated=generated)
     applied = []
     total_seconds, peak = 0.0, 0.0
     try:
@@ -118,7 +121,8 @@ def run_sequential(lm, editor, batches: list[list[EditRequest]], *, dataset: str
             applied.append(delta)
             total_seconds += seconds
             peak = max(peak, batch_peak)
-        metrics, _ = evaluate(adapter, requests, reference, eval_batch_size, min(len(requests), 50) if fluency else 0)
+        metrics, _ = evaluate(adapter, requests, reference, eval_batch_size, min(len(requests), 50) if fluency else 0,
+                              generated=generated)
     finally:
         for delta in reversed(applied):
             delta.revert(lm.model)
