@@ -145,3 +145,24 @@ def test_an_edit_lowers_the_target_loss(tiny_llama):
     with delta.applied(lm.model):
         after = loss()
     assert after < before
+
+
+def test_a_lifelong_stream_resumes_exactly(tiny_dirs, tmp_path):
+    from test_lifelong import _config, make_requests
+
+    from hyperedit.eval.lifelong import LifelongRunner
+    from hyperedit.models import load_model
+
+    def final_state(run_dir, stops):
+        for stop in stops:
+            lm = load_model(str(tiny_dirs["llama"]))
+            editor = get_editor("ultraedit", layers=[1, 2], lr=1e-3)
+            runner = LifelongRunner(lm, editor, make_requests(6), _config(), run_dir)
+            out = runner.run(resume=True, restore=False, max_edits=stop, progress=False)
+        return runner.weights(), editor.state_dict(), out
+
+    whole, state, summary = final_state(tmp_path / "a", [None])
+    parts, resumed_state, resumed = final_state(tmp_path / "b", [2, 4, None])
+    assert whole and set(whole) == set(parts) and all(torch.equal(whole[n], parts[n]) for n in whole)
+    assert set(state) == set(resumed_state) and all(torch.equal(state[k], resumed_state[k]) for k in state)
+    assert int(state["n_edits"]) == 6 and resumed["metrics"] == summary["metrics"]
