@@ -319,15 +319,14 @@ def test_general_errors(tmp_path):
 # --------------------------------------------------------------------------- text corpus
 
 
-def test_default_corpus():
-    texts = load_text_corpus(data_dir=FIXTURES)
+def test_benchmark_corpus():
+    texts = load_text_corpus("benchmark", data_dir=FIXTURES)
     assert texts[0] == "The Velmar River ( Velmar Rio ) flows into the Aster Sea ."  # brackets unescaped
     assert len(texts) == len(set(texts))
     assert texts.count("Cobalt Hill is a 2004 novel by Ivo Marsh .") == 1  # in v0.1 and v0.2 test
     assert "Sat the on cat mat the." in texts and "The shop sells cars." in texts
     assert not any("-LRB-" in t for t in texts)
-    assert load_text_corpus(data_dir=FIXTURES, limit=2) == texts[:2]
-    assert load_text_corpus("default", data_dir=FIXTURES) == texts
+    assert load_text_corpus("benchmark", data_dir=FIXTURES, limit=2) == texts[:2]
 
 
 def test_user_corpus_files(tmp_path):
@@ -402,6 +401,21 @@ def test_real_general_tasks():
 
 def test_real_corpus():
     base = _shared_data()
-    texts = load_text_corpus(data_dir=base)
+    texts = load_text_corpus("benchmark", data_dir=base)
     assert len(texts) > 5000 and len(texts) == len(set(texts))
     assert all(t.strip() for t in texts)
+
+
+def test_corpus_folder_and_packaged_corpus(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.txt").write_text("second file\n")
+    (tmp_path / "a.jsonl").write_text(_jsonl({"text": "first file"}))
+    (tmp_path / "sub" / "c.txt").write_text("in a sub-folder\n")
+    (tmp_path / "notes.md").write_text("ignored\n")
+    assert load_text_corpus(tmp_path) == ["first file", "second file", "in a sub-folder"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(HyperEditError, match="no .txt or .jsonl"):
+        load_text_corpus(empty)
+    packaged = load_text_corpus()
+    assert len(packaged) > 500 and packaged == load_text_corpus("packaged")

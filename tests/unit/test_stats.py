@@ -1,11 +1,14 @@
 """Key statistics: correct second moments, streaming with early stop, cache behaviour."""
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
 from hyperedit.hooks import capture
-from hyperedit.stats import corpus_texts, key_second_moments, stats_cache_dir
+from hyperedit.stats import (CORPUS_ENV, SHIPPED_DIR, compute, corpus_fingerprint, corpus_texts, key_second_moments,
+                             list_stats, stats_cache_dir, stats_keys, store)
+from hyperedit.stats.store import pack_triu, unpack_triu
 
 TEXTS = ["the eiffel tower is in paris", "john plays the violin", "the cat and the dog",
          "rome is the capital of italy", "mary speaks french and german", "a b c"]
@@ -74,9 +77,80 @@ def test_corpus_sources(tmp_path, monkeypatch):
     assert spread == ["text 0", "text 3", "text 6"]
 
 
-def test_default_corpus_is_used_when_none_given():
-    data = Path(__file__).parents[2].parent / "shared" / "data"
-    if not (data / "fever").is_dir():
-        pytest.skip("shared benchmark data not available")
+def test_packaged_corpus_is_the_default_and_the_env_names_another(tmp_path, monkeypatch):
+    monkeypatch.delenv(CORPUS_ENV, raising=False)
     texts = corpus_texts(None, n_samples=50)
     assert len(texts) == 50 and len(set(texts)) == 50
+    assert texts == corpus_texts("packaged", n_samples=50)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("one text\nanother text\n")
+    monkeypatch.setenv(CORPUS_ENV, str(mine))
+    assert corpus_texts(None) == ["one text", "another text"]
+
+
+def test_shipped_statistics_match_the_packaged_corpus():
+    """A shipped file made from another corpus than the packaged one would never be used: fail here."""
+    shipped = list_stats([SHIPPED_DIR])
+    if not shipped:
+        pytest.skip("no key statistics shipped yet: hyperedit stats export --layers 4-8,24-29 --packed "
+                    "--out src/hyperedit/stats/shipped (docs/statistics.md)")
+    for row in shipped:
+        texts = corpus_texts("packaged", int(row["n_texts"]))
+        assert row["corpus"] == corpus_fingerprint(texts), row["file"]
+        assert row["layout"] == "triu-float16" and int(row["n_tokens"]) > 10_000
+
+
+def test_packed_triangle_round_trip():
+    a = torch.randn(7, 5, dtype=torch.float64)
+    C = (a @ a.T).float()
+    back = unpack_triu(pack_triu(C), 7)
+    assert torch.equal(back, back.T)
+    torch.testing.assert_close(back, C, rtol=1e-3, atol=1e-3 * float(C.abs().max()))
+
+
+def test_shipped_file_is_used_only_when_its_key_matches(tiny_llama, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("HYPEREDIT_STATS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(store, "SHIPPED_DIR", tmp_path / "shipped")
+    module = tiny_llama.adapter.module_names([1])
+    exact = key_second_moments(tiny_llama, module, corpus=TEXTS, use_cache=False, progress=False)[module[0]]
+    (key,) = stats_keys(tiny_llama, module, TEXTS, 128)
+    store.write_stats(store.shipped_file(key), exact, key, n_tokens=30, dtype="float32", packed=True)
+    got = key_second_moments(tiny_llama, module, corpus=TEXTS, progress=False)[module[0]]
+    torch.testing.assert_close(got, exact, rtol=1e-3, atol=1e-3 * float(exact.abs().max()))
+    assert not list((tmp_path / "cache").rglob("*.safetensors")), "the shipped file was used, nothing computed"
+    # a file under the right name whose metadata names another corpus: refused aloud, recomputed
+    stale = store.StatsKey(key.model, key.module, "0" * 16, key.n_texts, key.max_length)
+    store.write_stats(store.shipped_file(key), exact * 2, stale, n_tokens=30, dtype="float32", packed=True)
+    with caplog.at_level(logging.WARNING):
+        again = key_second_moments(tiny_llama, module, corpus=TEXTS, progress=False)[module[0]]
+    assert "do not match" in caplog.text and "other settings" in caplog.text
+    assert torch.equal(again, exact.float())
+
+
+def test_interrupted_computation_resumes(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPEREDIT_STATS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(compute, "CHECKPOINT_SECONDS", 0.0)
+    module = tiny_llama.adapter.module_names([2])
+    texts = [f"text number {i} about the river" + " and more" * (i % 4) for i in range(12)]
+    whole = key_second_moments(tiny_llama, module, corpus=texts, batch_size=2, use_cache=False,
+                               dtype="float64", progress=False)[module[0]]
+    calls = {"n": 0}
+
+    def stop_on_fourth(*_):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+
+    hook = tiny_llama.model.register_forward_pre_hook(stop_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        key_second_moments(tiny_llama, module, corpus=texts, batch_size=2, dtype="float64", progress=False)
+    hook.remove()
+    (partial,) = list((tmp_path / "cache").rglob("partial-*.safetensors"))
+    calls["n"] = 0
+    hook = tiny_llama.model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    resumed = key_second_moments(tiny_llama, module, corpus=texts, batch_size=2, dtype="float64",
+                                 progress=False)[module[0]]
+    hook.remove()
+    assert calls["n"] == 3, "the three batches already summed were not recomputed"
+    assert not partial.exists()
+    torch.testing.assert_close(resumed, whole, rtol=1e-12, atol=0)

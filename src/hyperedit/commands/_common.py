@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def add_editor_args(parser: argparse.ArgumentParser, default: str | None = "ft")
     group.add_argument("--config", help="JSON file of editor options")
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="editor option, e.g. --set steps=40 --set layers=[20,21]; repeatable")
+    group.add_argument("--stats-corpus", metavar="PATH",
+                       help="text for key statistics: a .txt file (one text per line), .jsonl (field text) or a "
+                            "folder of them; 'benchmark' for the benchmark corpus (default: the packaged corpus)")
 
 
 def add_overwrite_arg(parser: argparse.ArgumentParser, what: str = "an earlier output of the same kind") -> None:
@@ -160,12 +164,26 @@ def load_model_from_args(args):
                       offload_folder=getattr(args, "offload_folder", None))
 
 
+def use_stats_corpus(path: str | None) -> None:
+    """``--stats-corpus``: checked now (one line on a bad file), then the process's default corpus
+    for every editor's statistics (``$HYPEREDIT_STATS_CORPUS``, which ranks launched later inherit)."""
+    if not path:
+        return
+    from ..stats import CORPUS_ENV, corpus_texts
+
+    corpus = path if path in ("benchmark", "packaged") else str(Path(path).resolve())
+    if not corpus_texts(corpus):
+        raise HyperEditError(f"--stats-corpus: {path} has no text")
+    os.environ[CORPUS_ENV] = corpus
+
+
 def editor_from_args(args, lm):
     """The editor named on the command line; for an embedded model with measured settings
     (``editors.presets``) those fill in the options the user did not give, and the log says so."""
     from ..editors import get_editor
     from ..editors.presets import preset_options
 
+    use_stats_corpus(getattr(args, "stats_corpus", None))
     options = parse_overrides(args)
     preset = preset_options(args.editor, lm.name, options)
     if preset:

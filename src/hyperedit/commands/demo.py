@@ -31,6 +31,9 @@ DEMO_REQUESTS = [
 
 # A handful of edits needs far less capacity than a benchmark batch: one layer, a looser bound.
 DEMO_OPTIONS = {"ft": {"layers": [23], "lr": 5e-4, "max_rel_norm": 0.1}}
+# MetaKE (a seed method) gets the demo's rows right with the shipped key statistics; measured in
+# benchmarks/results/demo_no_data.md.
+DEFAULT_EDITOR = "metake"
 
 
 def register(sub) -> None:
@@ -38,10 +41,11 @@ def register(sub) -> None:
                        description="Edits a handful of real facts in a model (default: the embedded SmolLM2), "
                                    "prints what the model answers before and after for each edit prompt, a "
                                    "rephrasing and an unrelated prompt, and the metrics. The model is restored "
-                                   "afterwards. Without --set/--config, ft on the embedded model uses a "
-                                   "single-layer setting suited to a handful of edits.")
+                                   "afterwards, and the output names every unrelated prompt whose answer changed. "
+                                   "Without --set/--config, ft on the embedded model uses a single-layer setting "
+                                   "suited to a handful of edits.")
     add_model_args(p)
-    add_editor_args(p)
+    add_editor_args(p, default=DEFAULT_EDITOR)
     p.add_argument("--tokens", type=int, default=6, help="tokens generated per answer (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -83,8 +87,11 @@ def run(args) -> int:
         metrics, _ = evaluate(lm.adapter, requests, reference)
     table = [{"kind": k, "prompt": p, "wanted": t, "before": b.strip(), "after": a.strip()}
              for (k, p, t), b, a in zip(rows, before, after)]
+    changed = [row for row in table if row["kind"] == "unrelated" and row["before"] != row["after"]]
+    n_unrelated = sum(row["kind"] == "unrelated" for row in table)
     if args.json:
-        emit_json({"editor": editor.name, "model": lm.name, "rows": table, "metrics": metrics})
+        emit_json({"editor": editor.name, "model": lm.name, "rows": table, "metrics": metrics,
+                   "unrelated_changed": [row["prompt"] for row in changed], "unrelated_rows": n_unrelated})
         return 0
     print(f"hyperedit demo: {len(requests)} facts edited in {lm.name} with {editor.name}\n")
     header = f"{'kind':<10} {'prompt':<52} {'wanted':<11} {'before':<26} {'after':<26}"
@@ -99,5 +106,12 @@ def run(args) -> int:
     for key, label in names.items():
         if metrics.get(key) is not None:
             print(f"{label:<34} {metrics[key]:.3f}")
+    print()
+    if changed:
+        print(f"Unrelated rows changed: {len(changed)} of {n_unrelated} (the edit leaked into these answers):")
+        for row in changed:
+            print(f"  {_short(row['prompt'], 52)}: {row['before']!r} -> {row['after']!r}")
+    else:
+        print(f"Unrelated rows changed: none of {n_unrelated}.")
     print("\nThe model is unchanged: the edit was reverted. Save edits with `hyperedit edit`.")
     return 0

@@ -17,6 +17,8 @@ from hyperedit.requests import EditRequest
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "HYPEREDIT_DATA_DIR"
+# Set to 1 to skip the ../shared/data lookups (tests of a machine without the benchmark data).
+NO_SEARCH_ENV = "HYPEREDIT_NO_DATA_SEARCH"
 _RELATIVE_DEFAULT = Path("..") / "shared" / "data"
 
 # (record number, parsed JSON value) pairs as read from a file.
@@ -57,8 +59,9 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """Find the benchmark data directory.
 
     Order: ``explicit``, the ``HYPEREDIT_DATA_DIR`` environment variable, ``../shared/data``
-    relative to the current directory, ``../shared/data`` relative to the repository root, the
-    per-user directory ``user_data_dir()`` (where ``hyperedit data fetch`` writes).
+    relative to the current directory, ``../shared/data`` relative to the repository root (these
+    two are skipped when ``HYPEREDIT_NO_DATA_SEARCH=1``), the per-user directory ``user_data_dir()``
+    (where ``hyperedit data fetch`` writes).
     """
     for value, origin in ((explicit, "data_dir argument"), (os.environ.get(ENV_VAR), ENV_VAR)):
         if value is not None and str(value) != "":
@@ -66,10 +69,11 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:
             if not path.is_dir():
                 raise HyperEditError(f"data directory {str(path)!r} (from {origin}) does not exist")
             return path
+    searching = os.environ.get(NO_SEARCH_ENV, "") in ("", "0")
     cwd_candidate = Path.cwd() / _RELATIVE_DEFAULT
-    if cwd_candidate.is_dir():
+    if searching and cwd_candidate.is_dir():
         return cwd_candidate.resolve()
-    repo_candidate = _repo_data_dir()
+    repo_candidate = _repo_data_dir() if searching else None
     if repo_candidate is not None:
         return repo_candidate
     if user_data_dir().is_dir():

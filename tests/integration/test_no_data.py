@@ -1,0 +1,53 @@
+"""A user's machine: no benchmark data anywhere, a fresh statistics cache. Every registered editor
+still edits facts in the embedded model (its key statistics come from the package)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hyperedit.commands.demo import DEMO_OPTIONS, DEMO_REQUESTS
+from hyperedit.data import resolve_data_dir
+from hyperedit.editors import editor_names, get_editor
+from hyperedit.errors import HyperEditError
+from hyperedit.eval import evaluate
+from hyperedit.stats import SHIPPED_DIR
+
+from test_smollm2 import requires_smollm2
+
+pytestmark = [pytest.mark.integration, requires_smollm2]
+
+FACTS = DEMO_REQUESTS[:2]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from hyperedit.models import load_model
+
+    torch.set_num_threads(1)
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    """No ``HYPEREDIT_DATA_DIR``, no ``../shared/data`` search, cwd in an empty folder, empty caches."""
+    monkeypatch.delenv("HYPEREDIT_DATA_DIR", raising=False)
+    monkeypatch.delenv("HYPEREDIT_STATS_CORPUS", raising=False)
+    monkeypatch.setenv("HYPEREDIT_NO_DATA_SEARCH", "1")
+    monkeypatch.setenv("HYPEREDIT_STATS_CACHE", str(tmp_path / "stats"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HyperEditError, match="benchmark data directory not found"):
+        resolve_data_dir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", editor_names())
+def test_every_editor_edits_two_facts_without_benchmark_data(smollm2, no_data, name):
+    editor = get_editor(name, lm=smollm2, **DEMO_OPTIONS.get(name, {}))
+    before, _ = evaluate(smollm2.adapter, FACTS, None)
+    delta = editor.edit(smollm2, FACTS)
+    with delta.applied(smollm2.model):
+        after, _ = evaluate(smollm2.adapter, FACTS, None)
+    assert before["efficacy_score"] == 0.0, before  # the model believed the old facts
+    assert after["efficacy_score"] == 1.0, (name, after)  # P(new) > P(old) on both edit prompts
+    computed = list(no_data.joinpath("stats").rglob("*.safetensors"))
+    assert not (computed and list(SHIPPED_DIR.rglob("*.safetensors"))), f"{name} computed statistics instead of using the shipped ones: {computed}"
