@@ -80,7 +80,8 @@ def run(args) -> list[dict]:
 
     def save(record):
         records.append(record)
-        write_results(records, args.out, title="The shipped MALMEN at small batches", notes=NOTES)
+        write_results(records, args.out, title="The shipped MALMEN at small batches", notes=NOTES,
+                      columns=("variant", "unrelated_changed"))
 
     for name, overrides in args.variants:
         if args.demo and (name, "demo", "demo", 4) not in done:
