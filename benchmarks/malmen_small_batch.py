@@ -1,0 +1,147 @@
+"""The shipped MALMEN at small batches: edit-time settings against the locality of few-fact edits.
+
+For each setting (``--variant NAME:KEY=VALUE,KEY=VALUE``; ``NAME:`` alone = the editor as loaded)
+and each size N, the first N requests of each dataset are edited at once and scored on the first
+min(N, ``--eval-subset``) of them (as ``malmen_scaling.py``, whose helpers it uses), and the demo's
+four facts (``hyperedit demo``) are edited and the unrelated rows that change their generated answer
+are counted. One process loads the model once; finished records are kept (a rerun skips them).
+
+    python benchmarks/malmen_small_batch.py --sizes 16,64 --variant shipped: --variant c4:contrast=4
+
+Writes benchmarks/results/<out>.json/.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+
+from malmen_scaling import RESULTS, _slice_reference, parse_sizes
+
+log = logging.getLogger("malmen_small_batch")
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``c4:contrast=4,shift_scale=0.8`` -> ("c4", {"contrast": "4", "shift_scale": "0.8"})."""
+    name, sep, rest = text.partition(":")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME:KEY=VALUE,..., got {text!r}")
+    pairs = [p for p in rest.split(",") if p]
+    if any("=" not in p for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs after {name}:, got {rest!r}")
+    return name, dict(p.split("=", 1) for p in pairs)
+
+
+def _editor(lm, overrides: dict[str, str]):
+    from hyperedit.commands._common import parse_overrides
+    from hyperedit.editors import get_editor
+
+    parsed = parse_overrides(argparse.Namespace(overrides=[f"{k}={v}" for k, v in overrides.items()], config=None))
+    return get_editor("malmen", lm=lm, **parsed)
+
+
+def demo_changed_rows(lm, editor, tokens: int = 6) -> dict:
+    """Edit the demo's facts; ES/GS/LS and how many unrelated rows' generated answers changed."""
+    from hyperedit.commands.demo import DEMO_REQUESTS
+    from hyperedit.eval import evaluate, generate, locality_reference
+
+    prompts = [loc.prompt for r in DEMO_REQUESTS for loc in r.locality]
+    before = generate(lm.adapter, prompts, tokens)
+    reference = locality_reference(lm.adapter, DEMO_REQUESTS)
+    start = time.perf_counter()
+    delta = editor.edit(lm, DEMO_REQUESTS)
+    seconds = time.perf_counter() - start
+    with delta.applied(lm.model):
+        after = generate(lm.adapter, prompts, tokens)
+        metrics, _ = evaluate(lm.adapter, DEMO_REQUESTS, reference)
+    changed = [p for p, b, a in zip(prompts, before, after) if b.strip() != a.strip()]
+    return {"metrics": metrics, "edit_time_s": seconds, "unrelated_changed": len(changed),
+            "unrelated_rows": len(prompts), "changed_prompts": changed,
+            "answers_after": [a.strip() for a in after]}
+
+
+def run(args) -> list[dict]:
+    import torch
+
+    from hyperedit.bench import current_command, make_record, peak_rss_during, write_results
+    from hyperedit.commands._common import dataset_label
+    from hyperedit.data import load_requests
+    from hyperedit.eval import evaluate, locality_reference
+    from hyperedit.models import load_model
+
+    torch.set_num_threads(args.threads)
+    out_json = RESULTS / f"{args.out}.json"
+    records = json.loads(out_json.read_text()) if out_json.is_file() else []
+    done = {(r["variant"], r["dataset"], r["split"], r["n_edits"]) for r in records}
+    lm = load_model(args.model)
+    command = current_command()
+
+    def save(record):
+        records.append(record)
+        write_results(records, args.out, title="The shipped MALMEN at small batches", notes=NOTES,
+                      columns=("variant", "unrelated_changed"))
+
+    for name, overrides in args.variants:
+        if args.demo and (name, "demo", "demo", 4) not in done:
+            result = demo_changed_rows(lm, _editor(lm, overrides))
+            save(make_record(editor="malmen", model=lm.name, dataset="demo", split="demo", mode="batch", n_edits=4,
+                             metrics=result.pop("metrics"), edit_time_s=result.pop("edit_time_s"), peak_rss_mb=None,
+                             command=command, variant=name, overrides=overrides, **result))
+            log.info("%s demo: %d of %d unrelated rows changed", name, records[-1]["unrelated_changed"],
+                     records[-1]["unrelated_rows"])
+    for spec in args.datasets.split(","):
+        dataset, split = dataset_label(spec)
+        requests = load_requests(spec, limit=max(args.sizes))
+        eval_all = [dataclasses.replace(r, old_target=None) for r in requests[: args.eval_subset]]
+        reference = None
+        for n in sorted(set(args.sizes)):
+            for name, overrides in args.variants:
+                if (name, dataset, split, n) in done:
+                    continue
+                if reference is None:
+                    reference = locality_reference(lm.adapter, eval_all, args.eval_batch_size)
+                editor = _editor(lm, overrides)
+                cpu = time.process_time()
+                delta, seconds, peak = peak_rss_during(editor.edit, lm, requests[:n])
+                cpu = time.process_time() - cpu
+                evaluated = eval_all[:n]
+                with delta.applied(lm.model):
+                    metrics, _ = evaluate(lm.adapter, evaluated, _slice_reference(reference, n), args.eval_batch_size)
+                save(make_record(editor="malmen", model=lm.name, dataset=dataset, split=split, mode="batch", n_edits=n,
+                                 metrics=metrics, edit_time_s=seconds, peak_rss_mb=peak, command=command,
+                                 edit_cpu_s=round(cpu, 3), n_evaluated=len(evaluated), threads=args.threads,
+                                 variant=name, overrides=overrides, checkpoint="shipped",
+                                 config=dataclasses.asdict(editor.config)))
+                log.info("%s %s n=%d: ES %.3f GS %.3f LS %.3f, edit %.1fs", name, dataset, n, metrics["ES"] or 0,
+                         metrics["GS"] or 0, metrics["LS"] or 0, seconds)
+                del delta
+    return records
+
+
+NOTES = """The shipped MALMEN (SmolLM2-135M) with edit-time settings (`variant`, its `overrides`; `config`
+in the JSON is the editor's whole configuration). N facts edited at once; ES/GS/LS teacher-forced
+on the first min(N, eval subset) edited requests, as in `malmen_scaling`. Rows with dataset `demo`
+edit the four facts of `hyperedit demo`; `unrelated_changed` counts its unrelated prompts whose
+generated answer (6 tokens) differs after the edit."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--datasets", default="counterfact:val")
+    parser.add_argument("--sizes", type=parse_sizes, default="16,64")
+    parser.add_argument("--variant", dest="variants", type=parse_variant, action="append", required=True)
+    parser.add_argument("--demo", action="store_true", help="also edit the demo's facts per variant")
+    parser.add_argument("--eval-subset", type=int, default=256)
+    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="malmen_small_batch")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
