@@ -144,7 +144,7 @@ def test_run_batch_with_a_shared_locality_reference_gives_the_same_metrics(tiny_
     """Several editors on one batch share the unedited model's locality reference: same metrics."""
     from hyperedit.eval import locality_reference
 
-    reference = locality_reference(tiny_llama.adapter, REQUESTS, 32)
+    reference = locality_reference(tiny_llama.adapter, REQUESTS, 32, generated=True)  # LS_gen needs its generations
     own = run_batch(tiny_llama, ft, REQUESTS, dataset="unit", split="test", pre_metrics=False)["metrics"]
     shared = run_batch(tiny_llama, ft, REQUESTS, dataset="unit", split="test", pre_metrics=False,
                        reference=reference)["metrics"]

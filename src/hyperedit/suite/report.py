@@ -121,7 +121,7 @@ def _plot(records: list[dict], path: Path) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("plots skipped: matplotlib is not installed (pip install 'hyperedit[plots]')")
+        log.warning("plots skipped: matplotlib is not installed (install it to get docs/leaderboard.png)")
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for keys, marker, kind in ((TRIPLES[0], "o", "teacher-forced"), (TRIPLES[1], "x", "generated")):

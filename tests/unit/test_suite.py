@@ -1,0 +1,54 @@
+"""The benchmark suite: protocol files, resumable runs, the leaderboard and the README table."""
+import json
+from pathlib import Path
+
+import pytest
+
+from hyperedit.errors import InputError
+from hyperedit.suite import load_protocols, run_protocol
+from hyperedit.suite.report import load_records, readme_block, readme_table, report_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "data"
+
+
+def test_readme_table_is_the_generated_one():
+    records = load_records(ROOT / "benchmarks" / "results" / "leaderboard")
+    assert records, "the leaderboard results are committed"
+    assert readme_block((ROOT / "README.md").read_text()) == readme_table(records)
+
+
+def test_every_shipped_protocol_file_is_valid():
+    names = [p.name for path in sorted((ROOT / "benchmarks" / "protocols").glob("*.json"))
+             for p in load_protocols(path)]
+    assert "counterfact-val-100" in names and "mquake-hard-100" in names and len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("change, field", [({"mode": "stream"}, "mode"), ({"n": 0}, "n"), ({"colour": 1}, "colour"),
+                                           ({"mode": "sequential", "n": 10, "batch": 3}, "batch"),
+                                           ({"editors": [{"editor": "ft", "options": []}]}, "editors[0].options")])
+def test_bad_protocol_is_one_line_naming_file_and_field(tmp_path, change, field):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([{"name": "x", "data": "counterfact:val", "n": 4, "mode": "batch",
+                                 "editors": ["ft"], **change}]))
+    with pytest.raises(InputError) as err:
+        load_protocols(path)
+    assert err.value.field == field and str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_run_writes_one_file_per_experiment_and_skips_it_next_time(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setenv("HYPEREDIT_DATA_DIR", str(FIXTURES))
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"name": "tiny", "data": "counterfact:train", "n": 2, "mode": "batch",
+                                "editors": ["ft", {"editor": "ft", "label": "ft-2", "options": {"steps": 2}}],
+                                "models": [model_dir]}))
+    protocol, = load_protocols(path)
+    out = tmp_path / "results"
+    first = run_protocol(protocol, out)
+    assert [s for _, s in first] == ["ran", "ran"]
+    assert [s for _, s in run_protocol(protocol, out)] == ["done", "done"]
+    records = load_records(out)
+    assert {r["editor_label"] for r in records} == {"ft", "ft-2"}
+    assert all("ES_gen" in r["metrics"] and "ES" in r["metrics"] for r in records)
+    text = report_markdown(records, None)
+    assert "## tiny" in text and "Produced by:" in text
