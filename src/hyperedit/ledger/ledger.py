@@ -227,7 +227,8 @@ class Ledger:
         if integrity != "ok":
             problems.insert(0, f"database: {integrity}")
         return {"ok": not problems, "entries": len(entries), "active": sum(e.status == "active" for e in entries),
-                "problems": problems, "unreferenced_blobs": sorted(self.blobs.digests() - referenced)}
+                "problems": problems, "unreferenced_blobs": sorted(self.blobs.digests() - referenced),
+                "stale_temporaries": self.blobs.stale_temporaries()}
 
     # ----- internals -----------------------------------------------------------------------
     def _compute(self, editor_name, options, checkpoint, requests, chain) -> "_Computed":
@@ -248,6 +249,7 @@ class Ledger:
         return _Computed(delta, state_hash, [e.id for e in chain], seconds)
 
     def _insert(self, computed: "_Computed", requests, *, source, editor, options, checkpoint, measure, lm) -> LedgerEntry:
+        computed.delta.check_finite()  # never recorded (also for deltas built in code)
         metrics = _measure(lm, requests, computed.delta) if measure else {}
         delta_hash = self.blobs.put(computed.delta.shifts)
         values = LedgerEntry(
