@@ -49,10 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hyperedit", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hyperedit {__version__}")
-    verbosity = argparse.ArgumentParser(add_help=False)
-    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = _Subcommands(parser.add_subparsers(dest="command", metavar="COMMAND"), [verbosity])
+    from .commands._common import verbosity_options
+
+    sub = _Subcommands(parser.add_subparsers(dest="command", metavar="COMMAND"), [verbosity_options(0)])
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)

@@ -8,6 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def check_text(name: str, value: str) -> None:
+    """Raise ValueError naming ``name`` when ``value`` is not valid Unicode text: a lone UTF-16
+    surrogate (JSON allows ``"\\ud800"``) cannot be encoded, so no tokenizer can read it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{name} is not valid Unicode text (a lone surrogate at character {exc.start})") from None
+
+
 @dataclass(frozen=True)
 class LocalityPrompt:
     """An unrelated prompt whose answer must not change.
@@ -24,6 +33,9 @@ class LocalityPrompt:
             raise ValueError("locality prompt must be a non-empty string")
         if self.answer is not None and (not isinstance(self.answer, str) or not self.answer.strip()):
             raise ValueError("locality answer must be a non-empty string when given")
+        check_text("locality prompt", self.prompt)
+        if self.answer is not None:
+            check_text("locality answer", self.answer)
 
 
 @dataclass(frozen=True)
@@ -66,3 +78,8 @@ class EditRequest:
             raise ValueError("old_target must be a non-empty string when given")
         if self.old_target is not None and self.old_target.strip() == self.target.strip():
             raise ValueError("target equals old_target: nothing to edit")
+        for name in ("prompt", "target", "subject", "old_target"):
+            if getattr(self, name) is not None:
+                check_text(name, getattr(self, name))
+        for i, text in enumerate(self.rephrasings):
+            check_text(f"rephrasings[{i}]", text)

@@ -210,9 +210,9 @@ def test_every_scored_sequence_is_checked_old_target_included(tiny_dirs, tmp_pat
     prompt = " ".join(["the"] * 18)
     long_answer = " ".join(["paris"] * 10)
     check_request_lengths(lm.adapter, [EditRequest(prompt=prompt, target="rome")])
-    with pytest.raises(InputError, match=r"field 'prompt': 28 tokens"):  # scored with the old target too
+    with pytest.raises(InputError, match=r"field 'old_target': 28 tokens"):  # scored with the old target too; the prompt fits
         check_request_lengths(lm.adapter, [EditRequest(prompt=prompt, target="rome", old_target=long_answer)])
-    with pytest.raises(InputError, match=r"field 'locality\[0\]\.prompt'"):
+    with pytest.raises(InputError, match=r"field 'locality\[0\]\.answer'"):
         check_request_lengths(lm.adapter, [EditRequest(prompt="john plays", target="rome",
                                                        locality=(LocalityPrompt(prompt, long_answer),))])
     # an answerless locality prompt needs room for the tokens generated in place of an answer

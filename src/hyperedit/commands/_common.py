@@ -13,6 +13,16 @@ from ..errors import HyperEditError
 log = logging.getLogger(__name__)
 
 
+def verbosity_options(default=argparse.SUPPRESS) -> argparse.ArgumentParser:
+    """The shared -v/-q options; nested subcommands (``ledger list``) take them with SUPPRESS
+    defaults, so ``ledger -v list`` and ``ledger list -v`` both count."""
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="count", default=default, help="more log output (-vv for debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=default or False,
+                           help="only warnings and errors")
+    return verbosity
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="smollm2-135m",

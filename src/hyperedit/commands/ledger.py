@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..errors import HyperEditError
 from ..outputs import Output, check_paths
-from ._common import add_data_dir_arg, add_editor_args, add_model_args, emit_json, parse_overrides, seed_everything
+from ._common import (add_data_dir_arg, add_editor_args, add_model_args, emit_json, parse_overrides, seed_everything,
+                      verbosity_options)
 
 WORKSPACE_ENV = "HYPEREDIT_LEDGER"
 
@@ -20,7 +21,7 @@ def register(sub) -> None:
     actions = p.add_subparsers(dest="ledger_command", metavar="ACTION")
 
     def action(name, help_text, needs_model=False):
-        q = actions.add_parser(name, help=help_text, description=help_text)
+        q = actions.add_parser(name, help=help_text, description=help_text, parents=[verbosity_options()])
         add_workspace_arg(q)
         q.add_argument("--json", action="store_true", help="machine-readable output")
         if needs_model:
@@ -114,6 +115,8 @@ def run(args) -> int:
                   f"{len(report['unreferenced_blobs'])} unreferenced blob(s)")
             for problem in report["problems"]:
                 print(f"problem: {problem}")
+            for name in report["stale_temporaries"]:
+                print(f"note: blobs/{name} is left by a killed write (removed by the next apply)")
         return 0 if report["ok"] else 1
     if command == "revert":
         seed_everything(args.seed)

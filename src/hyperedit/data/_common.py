@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperedit.errors import HyperEditError, InputError
-from hyperedit.requests import EditRequest
+from hyperedit.requests import EditRequest, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,10 @@ class Record:
             raise self.error(name, f"expected a string, got {json_type(value)}")
         if not value.strip():
             raise self.error(name, "empty string")
+        try:
+            check_text(name, value)
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
         return value
 
     def strings(self, field: str, required: bool = True, allow_single: bool = False) -> list[str]:

@@ -214,9 +214,19 @@ def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
 
     folder = resolve_checkpoint(path, CONFIG_FILE)
     try:
-        return folder, json.loads((folder / CONFIG_FILE).read_text())
+        meta = json.loads((folder / CONFIG_FILE).read_text())
     except json.JSONDecodeError as exc:
         raise HyperEditError(f"{folder / CONFIG_FILE}: invalid JSON ({exc.msg})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HyperEditError(f"{folder / CONFIG_FILE}: unreadable ({exc})") from None
+    if not isinstance(meta, dict):
+        raise HyperEditError(f"{folder / CONFIG_FILE}: not an editor checkpoint (expected a JSON object)")
+    missing = [k for k, kind in (("editor", str), ("config", dict), ("modules", dict)) if not isinstance(meta.get(k), kind)]
+    if not (folder / WEIGHTS_FILE).is_file():
+        missing.append(WEIGHTS_FILE)
+    if missing:
+        raise HyperEditError(f"{folder}: not a complete editor checkpoint; missing or malformed: {', '.join(missing)}")
+    return folder, meta
 
 
 # ----- the editor base class -----------------------------------------------------------------

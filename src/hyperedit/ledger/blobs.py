@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from ..atomic import TEMP_PREFIX, publish_modes, sweep_stale_temporaries
 from ..errors import HyperEditError
 
 BLOB_DIR = "blobs"
@@ -49,12 +50,14 @@ class BlobStore:
         target = self.path(digest)
         if target.is_file():
             return digest
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=self.root)
+        sweep_stale_temporaries(self.root)  # blobs of killed writes (``stale_temporaries``)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-blob-", suffix=SUFFIX, dir=self.root)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            publish_modes(tmp)
             os.replace(tmp, target)
             _fsync_dir(self.root)
         finally:
@@ -88,7 +91,15 @@ class BlobStore:
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-        return None if h.hexdigest() == digest else "content does not match its hash"
+        if h.hexdigest() != digest:
+            return "content does not match its hash"
+        bad = [name for name, t in self.get(digest).items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        return f"non-finite values in {', '.join(bad)}" if bad else None
+
+    def stale_temporaries(self) -> list[str]:
+        """Temporaries of blob writes that were killed (``.tmp-*`` from older versions included); the
+        next blob write removes those whose process is gone."""
+        return sorted(p.name for p in self.root.iterdir() if p.name.startswith((TEMP_PREFIX, ".tmp-")))
 
     def digests(self) -> set[str]:
         return {p.name[: -len(SUFFIX)] for p in self.root.glob(f"*{SUFFIX}") if not p.name.startswith(".")}

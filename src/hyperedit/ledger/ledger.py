@@ -226,7 +226,8 @@ class Ledger:
         if integrity != "ok":
             problems.insert(0, f"database: {integrity}")
         return {"ok": not problems, "entries": len(entries), "active": sum(e.status == "active" for e in entries),
-                "problems": problems, "unreferenced_blobs": sorted(self.blobs.digests() - referenced)}
+                "problems": problems, "unreferenced_blobs": sorted(self.blobs.digests() - referenced),
+                "stale_temporaries": self.blobs.stale_temporaries()}
 
     # ----- internals -----------------------------------------------------------------------
     def _compute(self, editor_name, options, checkpoint, requests, chain) -> "_Computed":
@@ -256,9 +257,7 @@ class Ledger:
             editor.load_stream_state(self.blobs.get(prior.state_hash), self.blobs.get_meta(prior.state_hash) or {})
 
     def _insert(self, computed: "_Computed", requests, *, source, editor, options, checkpoint, measure, lm) -> LedgerEntry:
-        bad = sorted(name for name, shift in computed.delta.shifts.items() if not torch.isfinite(shift).all())
-        if bad:  # an option out of range (e.g. an infinite learning rate) gives NaN or infinite shifts
-            raise HyperEditError(f"the edit's shifts are not finite ({', '.join(bad[:3])}); nothing was recorded")
+        computed.delta.check_finite()  # never recorded (also for deltas built in code)
         metrics = _measure(lm, requests, computed.delta) if measure else {}
         delta_hash = self.blobs.put(computed.delta.shifts)
         values = LedgerEntry(

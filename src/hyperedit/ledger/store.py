@@ -65,7 +65,10 @@ class Store:
 
     def _init(self) -> None:
         """Create the schema once (idempotent, safe when several processes open a new workspace)."""
-        db = self.connect()
+        try:
+            db = self.connect()
+        except sqlite3.DatabaseError as exc:
+            raise HyperEditError(f"{self.path}: not a usable ledger database ({exc})") from None
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("BEGIN IMMEDIATE")

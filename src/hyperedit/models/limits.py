@@ -40,14 +40,16 @@ def _texts(request: EditRequest):
     """(field, prompt, continuation) for every sequence the editors and the metrics feed the model:
     each prompt with the new and the old target, locality prompts with their answer (or, without
     one, with room for the continuation generated in its place)."""
-    targets = [t for t in (request.target, request.old_target) if t is not None]
-    for target in targets:
-        yield "prompt", request.prompt, target
+    targets = [(name, t) for name, t in (("target", request.target), ("old_target", request.old_target))
+               if t is not None]
+    for target_field, target in targets:
+        yield "prompt", request.prompt, target, target_field
         for i, text in enumerate(request.rephrasings):
-            yield f"rephrasings[{i}]", text, target
+            yield f"rephrasings[{i}]", text, target, target_field
     for i, loc in enumerate(request.locality):
-        for continuation in ([loc.answer, *targets] if loc.answer is not None else [None]):
-            yield f"locality[{i}].prompt", loc.prompt, continuation
+        answers = [(f"locality[{i}].answer", loc.answer), *targets] if loc.answer is not None else [(None, None)]
+        for continuation_field, continuation in answers:
+            yield f"locality[{i}].prompt", loc.prompt, continuation, continuation_field
 
 
 def _could_exceed(adapter, prompt: str, continuation: str | None, limit: int) -> bool:
@@ -75,11 +77,13 @@ def check_request_lengths(adapter, requests: Sequence[EditRequest]) -> None:
     if limit is None:
         return
     for index, request in enumerate(requests):
-        for field, prompt, continuation in _texts(request):
+        for field, prompt, continuation, continuation_field in _texts(request):
             if not _could_exceed(adapter, prompt, continuation, limit):
                 continue
             length = _token_length(adapter, prompt, continuation)
             if length > limit:
+                if continuation is not None and adapter.token_count(prompt) < limit:
+                    field = continuation_field  # the prompt fits: its continuation is what is too long
                 raise InputError(
                     request.meta.get("source", "requests"), request.meta.get("record", index + 1), field,
                     f"{length} tokens, longer than the model's context of {limit} tokens",
