@@ -29,7 +29,7 @@ COMPLETIONS = [
     ("temperature=1.5, seed=7 again (same text)", {"temperature": 1.5, "seed": 7}),
     ("top_p=0.01 (nucleus of one token: greedy)", {"temperature": 1.0, "top_p": 0.01, "seed": 3}),
     ("n=3", {"n": 3, "seed": 1}),
-    ("stop=[' and']", {"temperature": 0, "stop": [" and"]}),
+    ("stop=[',']", {"temperature": 0, "stop": [","]}),
     ("logprobs=2", {"temperature": 0, "logprobs": 2, "max_tokens": 2}),
     ("echo=True, logprobs=1, max_tokens=1 (lm-eval loglikelihood)", {"temperature": 0, "echo": True, "logprobs": 1,
                                                                      "max_tokens": 1}),
@@ -93,7 +93,7 @@ def main() -> None:
             request = {"model": model, "prompt": PROMPT, "max_tokens": 6, **kw}
             lines.append(f"- completions, `{label}`: {_call(lambda: client.completions.create(**request))}")
         for label, kw in CHATS:
-            request = {"model": model, "messages": CHAT, "max_tokens": 8, **kw}
+            request = {"model": model, "messages": CHAT, "max_tokens": 6, **kw}
             lines.append(f"- `{label}`: {_call(lambda: client.chat.completions.create(**request))}")
     finally:
         proc.terminate()
