@@ -10,7 +10,12 @@ match. Reported: requests served, errors, latency percentiles, mismatches.
 
     nice -n 10 python benchmarks/service_load.py --clients 4 --duration 60
 
-Writes benchmarks/results/service_load.json and .md.
+``--edits none`` runs the clients alone (the baseline); ``--edits hostile`` keeps one long edit
+(the most ft steps a client may ask for, never converging) in flight instead, resubmitted when the
+service's ``--edit-timeout`` ends it, and also times ``/health``. ``--max-waiting`` is the service's
+queue bound (503 with Retry-After beyond it; counted as ``busy_refusals``).
+
+Writes benchmarks/results/service_load.json and .md (``--out`` names others).
 """
 from __future__ import annotations
 
@@ -42,11 +47,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(workspace: Path, port: int, model: str) -> subprocess.Popen:
+HOSTILE_OPTIONS = {"steps": 200, "lr": 1e-9, "stop_loss": 0.0}
+
+
+def _start_server(workspace: Path, port: int, model: str, extra: list[str]) -> subprocess.Popen:
     src = Path(__file__).resolve().parents[1] / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen([sys.executable, "-m", "hyperedit", "serve", "-w", str(workspace), "--model", model,
-                             "--port", str(port), "--max-new-tokens", str(MAX_TOKENS), "--no-metrics", "-q"], env=env)
+                             "--port", str(port), "--max-new-tokens", str(MAX_TOKENS), "--no-metrics", "-q", *extra], env=env)
 
 
 def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -78,6 +86,25 @@ def _client(base: str, stop: threading.Event, offset: int, results: list) -> Non
             except (httpx.HTTPError, json.JSONDecodeError) as exc:
                 results.append({"prompt": prompt, "status": None, "latency": time.perf_counter() - start,
                                 "error": str(exc)})
+            if results[-1]["status"] == 503:
+                time.sleep(float(res.headers.get("Retry-After", 1)))
+
+
+def _health(base: str, stop: threading.Event, latencies: list) -> None:
+    with httpx.Client(base_url=base, timeout=120) as http:
+        while not stop.wait(0.5):
+            start = time.perf_counter()
+            if http.get("/health").status_code == 200:
+                latencies.append(time.perf_counter() - start)
+
+
+def _hostile(base: str, stop: threading.Event, log_: list) -> None:
+    """Keep one long edit in flight; record how each ended."""
+    with httpx.Client(base_url=base, timeout=600) as http:
+        while not stop.is_set():
+            res = http.post("/edits", json={"requests": [EDIT], "options": HOSTILE_OPTIONS, "wait": True})
+            log_.append(("hostile", res.status_code, res.json().get("error", {}).get("message") if
+                         res.status_code != 200 else "applied", time.time()))
 
 
 def _controller(base: str, stop: threading.Event, every: float, log_: list) -> None:
@@ -118,6 +145,9 @@ def main() -> None:
     parser.add_argument("--edit-every", type=float, default=8, help="seconds between applying and reverting")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", default="service_load")
+    parser.add_argument("--edits", choices=("revert", "none", "hostile"), default="revert")
+    parser.add_argument("--max-waiting", type=int, default=16)
+    parser.add_argument("--edit-timeout", type=float, default=600)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -127,14 +157,19 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="service-load-"))
     workspace, port = root / "ws", _free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _start_server(workspace, port, args.model)
+    proc = _start_server(workspace, port, args.model, ["--max-waiting", str(args.max_waiting),
+                                                       "--edit-timeout", str(args.edit_timeout)])
     try:
         _wait_ready(base, proc)
         for p in PROMPTS:  # warm-up
             httpx.post(f"{base}/generate", json={"prompt": p, "max_tokens": MAX_TOKENS}, timeout=120)
-        stop, results, edits = threading.Event(), [], []
+        stop, results, edits, health = threading.Event(), [], [], []
         threads = [threading.Thread(target=_client, args=(base, stop, i, results)) for i in range(args.clients)]
-        threads.append(threading.Thread(target=_controller, args=(base, stop, args.edit_every, edits)))
+        threads.append(threading.Thread(target=_health, args=(base, stop, health)))
+        if args.edits == "revert":
+            threads.append(threading.Thread(target=_controller, args=(base, stop, args.edit_every, edits)))
+        elif args.edits == "hostile":
+            threads.append(threading.Thread(target=_hostile, args=(base, stop, edits)))
         start = time.time()
         for t in threads:
             t.start()
@@ -153,8 +188,13 @@ def main() -> None:
     changed = [p for p in PROMPTS if len({reference[s][p] for s in reference}) > 1]
     latencies = [r["latency"] for r in ok]
     metrics = {"ES": None, "GS": None, "LS": None, "clients": args.clients, "duration_s": round(elapsed, 1),
+               "edits": args.edits, "max_waiting": args.max_waiting, "edit_timeout_s": args.edit_timeout,
                "requests_served": len(ok), "requests_per_s": round(len(ok) / elapsed, 2),
-               "errors": len(results) - len(ok),
+               "busy_refusals": sum(r["status"] == 503 for r in results),
+               "errors": len(results) - len(ok) - sum(r["status"] == 503 for r in results),
+               "health_p50_s": round(percentile(health, 50), 4) if health else None,
+               "health_p90_s": round(percentile(health, 90), 4) if health else None,
+               "hostile_edit_outcomes": sorted({e[2] for e in edits if e[0] == "hostile"}),
                **{f"latency_p{q}_s": round(percentile(latencies, q), 3) for q in (50, 90, 99)},
                "latency_max_s": round(max(latencies), 3), "edits_applied": sum(e[0] == "applied" for e in edits),
                "edits_reverted": sum(e[0] == "reverted" for e in edits), "ledger_states_seen": len(reference),

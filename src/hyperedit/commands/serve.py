@@ -15,11 +15,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="serve the model and its edit ledger over HTTP (API, OpenAI completions, page)",
+    p = sub.add_parser("serve", help="serve the model and its edit ledger over HTTP (API, OpenAI API, page)",
                        description="Serves generation, queued edits (applied in batches and recorded in the "
                                    "ledger), the ledger (list, show, revert), metrics and an OpenAI-compatible "
-                                   "/v1/completions endpoint; a page at / to try it. Binds to 127.0.0.1 unless "
-                                   "--host says otherwise. API docs at /docs. See docs/ledger.md.")
+                                   "/v1/completions and /v1/chat/completions API; a page at / to try it. Binds to 127.0.0.1 unless "
+                                   "--host says otherwise. API docs at /docs. See docs/service.md.")
     add_workspace_arg(p)
     add_model_args(p)
     p.set_defaults(model=None)

@@ -92,7 +92,9 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1", api_key: str | None =
     async def _invalid(request: Request, exc: RequestValidationError):
         engine.stats.count("client_errors")
         # OpenAI clients expect 400 for a bad parameter; the service's own API keeps 422
-        return _error(400 if request.url.path.startswith("/v1/") else 422, _validation_message(exc))
+        message = _validation_message(exc)
+        bad_text = "not valid Unicode" in message  # a value no field type could hold: 400 everywhere
+        return _error(400 if bad_text or request.url.path.startswith("/v1/") else 422, message)
 
     @app.exception_handler(ModelNotFound)
     async def _no_model(request: Request, exc: ModelNotFound):

@@ -111,7 +111,8 @@ class Engine:
         self._queue: queue.Queue[EditJob] = queue.Queue()
         self._stop = threading.Event()
         self._running: list[EditJob] = []  # the batch the worker is applying
-        self.worker.model.register_forward_pre_hook(self._interrupt_if_due)
+        for module in {self.worker.model, self.worker.model.get_input_embeddings()}:  # a forward meets one of them
+            module.register_forward_pre_hook(self._interrupt_if_due)
         self.gate = AdmissionGate(self.config.generation_slots, self.config.max_waiting,
                                   lambda: self.stats.snapshot()["generation_latency_s"]["p50"])
         self.check_editor(self.config.editor, self.config.editor_options)
