@@ -71,7 +71,7 @@ def test_lifelong_normalisation_uses_the_rows_of_every_edit(tiny_llama):
     seen = torch.cat([torch.cat([K1, G1], -1), torch.cat([K2, G2], -1)])
     _close(_shift_in_out(lm, lifelong.edit(lm, second), name), _direct_shift(K2, G2, seen, 1e-3, 1.0))
     _close(_shift_in_out(lm, per_edit.edit(lm, second), name), _direct_shift(K2, G2, torch.cat([K2, G2], -1), 1e-3, 1.0))
-    assert lifelong.n_edits == 5 and per_edit.state_dict().keys() == {"n_edits"}
+    assert lifelong.n_edits == 5 and per_edit.stream_state()[0].keys() == {"n_edits"}
 
 
 def test_norm_scope_shape_shares_statistics_between_modules_of_one_shape(tiny_llama):
@@ -80,8 +80,8 @@ def test_norm_scope_shape_shares_statistics_between_modules_of_one_shape(tiny_ll
     separate = get_editor("ultraedit", layers=[1, 2], norm_scope="module")
     shared.edit(lm, requests())
     separate.edit(lm, requests())
-    counts = {k: float(v) for k, v in shared.state_dict().items() if k.endswith("/count")}
-    per_module = {k: float(v) for k, v in separate.state_dict().items() if k.endswith("/count")}
+    counts = {k: float(v) for k, v in shared.stream_state()[0].items() if k.endswith("/count")}
+    per_module = {k: float(v) for k, v in separate.stream_state()[0].items() if k.endswith("/count")}
     assert len(counts) == 1 and len(per_module) == 2
     assert sum(per_module.values()) == pytest.approx(next(iter(counts.values())))
 
@@ -91,7 +91,7 @@ def test_state_round_trip_resumes_a_stream_exactly(tiny_llama):
     a = get_editor("ultraedit", layers=[1, 2])
     a.edit(lm, requests(0, 3))
     b = get_editor("ultraedit", layers=[1, 2])
-    b.load_state_dict(a.state_dict())
+    b.load_stream_state(*a.stream_state())
     da, db = a.edit(lm, requests(3, 2)), b.edit(lm, requests(3, 2))
     assert da.shifts.keys() == db.shifts.keys()
     assert all(torch.equal(da.shifts[k], db.shifts[k]) for k in da.shifts)
@@ -103,12 +103,12 @@ def test_state_round_trip_resumes_a_stream_exactly(tiny_llama):
 def test_bad_state_is_refused_in_one_line(tiny_llama):
     editor = get_editor("ultraedit", layers=[1])
     editor.edit(tiny_llama, requests())
-    state = editor.state_dict()
+    state, _ = editor.stream_state()
     with pytest.raises(HyperEditError, match="n_edits"):
-        editor.load_state_dict({k: v for k, v in state.items() if k != "n_edits"})
+        editor.load_stream_state({k: v for k, v in state.items() if k != "n_edits"})
     broken = {k: v for k, v in state.items() if not k.endswith("/m2")}
     with pytest.raises(HyperEditError, match="count, mean and m2"):
-        editor.load_state_dict(broken)
+        editor.load_stream_state(broken)
 
 
 def test_default_bands_reproduce_the_authors_llama3_layout_and_scale_with_depth(tiny_llama, tiny_gpt2):
@@ -159,7 +159,7 @@ def test_a_lifelong_stream_resumes_exactly(tiny_dirs, tmp_path):
             editor = get_editor("ultraedit", layers=[1, 2], lr=1e-3)
             runner = LifelongRunner(lm, editor, make_requests(6), _config(), run_dir)
             out = runner.run(resume=True, restore=False, max_edits=stop, progress=False)
-        return runner.weights(), editor.state_dict(), out
+        return runner.weights(), editor.stream_state()[0], out
 
     whole, state, summary = final_state(tmp_path / "a", [None])
     parts, resumed_state, resumed = final_state(tmp_path / "b", [2, 4, None])

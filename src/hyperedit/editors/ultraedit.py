@@ -15,7 +15,7 @@ MALMEN's and RLEdit's, whose value differences a trained hypernetwork proposes i
 As in the authors' code, modules of one shape share one normaliser (``norm_scope="shape"``);
 ``"module"`` keeps one per module. ``lifelong_norm=False`` standardises each edit with its own
 rows only (no state). The state a stream carries is the normalisers' statistics
-(``state_dict`` / ``load_state_dict``, as AlphaEdit's key memory).
+(``stream_state`` / ``load_stream_state``, the ``SequentialState`` protocol).
 
 Default modules: for models with a gated MLP (Llama family) the authors edit ``gate_proj`` of a
 band of middle layers and ``up_proj`` of a band above it (Llama-3-8B: gate 11-15, up 18-24 of 32
@@ -116,8 +116,12 @@ def least_squares_shift(keys: torch.Tensor, values: torch.Tensor, ridge: float) 
     return ridge_solve(K.T @ K, K.T @ values.double(), torch.tensor(math.log(ridge), dtype=torch.float64))
 
 
+STATE_KIND = "ultraedit"
+
+
 @register_editor("ultraedit", UltraEditConfig,
-                 "UltraEdit: training-free one-step least-squares shifts, lifelong normalisation")
+                 "UltraEdit: training-free one-step least-squares shifts, lifelong normalisation",
+                 stateful=True)
 class UltraEdit:
     """UltraEdit with its lifelong normalisers as sequential state."""
 
@@ -174,14 +178,18 @@ class UltraEdit:
         self.normalizers.clear()
         self.n_edits = 0
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """``{"norm/<scope key>/{count,mean,m2}": float64, "n_edits": ()}``: the lifelong normalisers."""
+    def stream_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(``{"norm/<scope key>/{count,mean,m2}": float64, "n_edits": ()}``, ``{"kind": "ultraedit"}``):
+        the lifelong normalisers (``protocols.SequentialState``)."""
         state = {f"norm/{key}/{field}": t.clone() for key, norm in self.normalizers.items()
                  for field, t in norm.state_dict().items()}
         state["n_edits"] = torch.tensor(self.n_edits)
-        return state
+        return state, {"kind": STATE_KIND}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_stream_state(self, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+        kind = (meta or {}).get("kind")
+        if kind not in (None, STATE_KIND):
+            raise HyperEditError(f"the editor state is {kind!r}, not UltraEdit's")
         if "n_edits" not in state:
             raise HyperEditError("UltraEdit state has no n_edits entry")
         grouped: dict[str, dict[str, torch.Tensor]] = {}
