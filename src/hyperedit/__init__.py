@@ -1,5 +1,5 @@
 """hyperedit: edit the facts stored in transformer language models, and measure the result."""
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 from .delta import EditDelta  # noqa: E402
 from .editors import editor_names, get_editor  # noqa: E402
