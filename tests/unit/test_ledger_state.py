@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hyperedit import EditRequest, load_model
-from hyperedit.ledger import Ledger
+from hyperedit import Ledger
 from test_ledger import ALPHA
 
 FIRST = [EditRequest(prompt="the eiffel tower is located in the city of", target="rome")]
@@ -56,3 +56,24 @@ def test_second_entry_holds_the_first_entrys_keys_and_revert_recomputes_it(edito
     only = alone.apply(SECOND, editor, options, checkpoint=checkpoint, metrics=False)
     assert _n_edits(ledger, recomputed) == 1
     assert (recomputed.state_hash, recomputed.delta_hash) == (only.state_hash, only.delta_hash)
+
+
+def test_service_applying_two_rledit_edits_in_a_row_keeps_the_state(rledit_checkpoint, tiny_dirs, tmp_path):
+    pytest.importorskip("fastapi", reason="the service needs fastapi")
+    from fastapi.testclient import TestClient
+
+    from hyperedit.service import Engine, ServiceConfig, create_app
+
+    config = ServiceConfig(editor="rledit", checkpoint=rledit_checkpoint, max_prompt_tokens=40, max_new_tokens=4,
+                           batch_window_s=0.0)
+    engine = Engine(load_model(str(tiny_dirs["llama"])), Ledger(tmp_path / "ws"), config)
+    try:
+        client = TestClient(create_app(engine))
+        for batch in (FIRST, SECOND):
+            res = client.post("/edits", json={"requests": [{"prompt": r.prompt, "target": r.target} for r in batch],
+                                              "wait": True})
+            assert res.status_code == 200 and res.json()["status"] == "applied", res.text
+        one, two = engine.ledger.entries()
+        assert (_n_edits(engine.ledger, one), _n_edits(engine.ledger, two)) == (1, 2)
+    finally:
+        engine.close()
