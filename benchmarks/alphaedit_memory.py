@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         before = {which: read_keys(lm, editor, reqs, z_layer) for which, reqs in sets.items()}
         with stream_weights(lm, latest):
             after = {which: read_keys(lm, editor, reqs, z_layer) for which, reqs in sets.items()}
-        editor.load_state_dict(state)
+        editor.load_stream_state(state)
         fill = editor.memory_fill(lm)
         per_module = {}
         for name in editor.modules(lm):
