@@ -25,8 +25,12 @@ Writes ``benchmarks/results/OUT.{json,md}`` (one record per run: the stream's ow
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import argparse
 import sys
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def read_keys(lm, editor, requests, z_layer: int) -> dict:
@@ -106,7 +110,7 @@ def main(argv=None) -> int:
         for name, m in r["memory"]["per_module"].items():
             lines.append(f"| {r['run']} | {name} | {m['null_dims']} | {m['held_dims']} | {m['held_share']:.3f} | "
                          f"{m['key_drift']:.3f} | {m['drift_in_null_space']:.3f} | {m['key_drift_unedited']:.3f} |")
-    write_results(records, args.out, title="AlphaEdit's memory after a lifelong stream", notes=(
+    write_results(records, args.out, RESULTS_DIR, title="AlphaEdit's memory after a lifelong stream", notes=(
         "Per edited module at the stream's latest checkpoint: the dimension of the null-space projector's range, "
         "how many of those directions the memory of earlier edits (K_p^T K_p) holds above the ridge l2, and how "
         f"far the keys of the stream's first {args.first} requests have moved since the unedited model "

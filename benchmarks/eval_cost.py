@@ -13,6 +13,8 @@ import logging
 import time
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +31,6 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from hyperedit.bench import current_command, make_record, peak_rss_during, write_results
-    from hyperedit.bench.records import DEFAULT_RESULTS_DIR
     from hyperedit.commands._common import dataset_label
     from hyperedit.data import load_requests
     from hyperedit.eval import evaluate, locality_reference
@@ -49,9 +50,9 @@ def main(argv=None) -> int:
                          command="PYTHONPATH=src " + current_command(), seed=0, label=args.label,
                          evaluate_cpu_s=round(evaluate_cpu, 2), evaluate_wall_s=round(seconds, 2),
                          reference_cpu_s=round(reference_cpu, 2), threads=1)
-    path = Path(DEFAULT_RESULTS_DIR) / f"{args.name}.json"
+    path = RESULTS_DIR / f"{args.name}.json"
     records = json.loads(path.read_text()) if args.append and path.is_file() else []
-    write_results(records + [record], args.name, title="evaluation cost on the unedited model",
+    write_results(records + [record], args.name, RESULTS_DIR, title="evaluation cost on the unedited model",
                   notes="CPU seconds of one thread; `label` names the code version measured.")
     return 0
 

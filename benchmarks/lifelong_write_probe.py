@@ -28,11 +28,15 @@ built it (its checkpoint and run-time options, from the stream's checkpoint), th
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import argparse
 import contextlib
 import itertools
 import json
 import logging
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 log = logging.getLogger("lifelong_write_probe")
 
@@ -198,7 +202,7 @@ def main(argv=None) -> int:
         for name, m in r["memory_fill"]["per_module"].items():
             lines.append(f"| {r['run']} | {name} | {m['null_dims']} | {m['held_dims']} | {m['held_share']:.3f} | "
                          f"{m['ridge']:.1f} |")
-    write_results(records, args.out, title="Writing at the end of a lifelong stream: what holds new edits back",
+    write_results(records, args.out, RESULTS_DIR, title="Writing at the end of a lifelong stream: what holds new edits back",
                   notes=__doc__.split("\n\n", 2)[2].strip() + "\n\n" + "\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -34,6 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from malmen_scaling import RESULTS  # noqa: E402
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 log = logging.getLogger("malmen_keep_rows")
 KINDS = ("none", "random", "same", "neighbour")
 
@@ -133,7 +135,7 @@ def run(args) -> None:
 def _write(records: list[dict], out: str) -> None:
     from hyperedit.bench import write_results
 
-    write_results(records, out, title="MALMEN with zero-target rows from a pool", notes=NOTES,
+    write_results(records, out, RESULTS_DIR, title="MALMEN with zero-target rows from a pool", notes=NOTES,
                   columns=("rows", "rows_per_request", "rows_weight", "n_rows"))
 
 

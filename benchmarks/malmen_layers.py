@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 log = logging.getLogger("malmen_layers")
 RESULTS = Path("benchmarks") / "results"
 
@@ -91,7 +93,7 @@ def _write(records: list[dict], name: str) -> None:
              f"training run starts with; the same {records[0]['n_edits']} held-out training facts edited at once for "
              "every range (one run each; with 64 facts, differences below ~0.1 are within noise).\n\n"
              + "\n".join(lines))
-    write_results(records, name, title="MALMEN layer ranges (untrained, calibrated editor)", notes=notes)
+    write_results(records, name, RESULTS_DIR, title="MALMEN layer ranges (untrained, calibrated editor)", notes=notes)
 
 
 if __name__ == "__main__":

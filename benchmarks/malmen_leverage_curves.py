@@ -15,6 +15,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -58,7 +60,7 @@ def main() -> None:
 
     records = [r for name in args.results for r in json.loads((RESULTS / f"{name}.json").read_text())]
     records.sort(key=lambda r: (r["dataset"], r["editor"], r["metrics"]["loc_reach_ans"]))
-    write_results(records, args.out, title="Room of MALMEN's least-squares solve against its reach", notes=(
+    write_results(records, args.out, RESULTS_DIR, title="Room of MALMEN's least-squares solve against its reach", notes=(
         "Committed records of malmen_leverage.py, not re-run (each names its command); see that script's "
         "docstring for the measures. The plot (`.png`) draws self against loc_reach_ans per ridge and solve."))
     plot(curves(records), RESULTS / f"{args.out}.png")

@@ -17,6 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from malmen_scaling import RESULTS, SUMMARY_FIELDS  # noqa: E402
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 # (label, result file, editor, extra record fields that must match)
 POINTS = [
     ("shipped", "malmen_scaling_step60", "malmen", {}),
@@ -108,7 +110,7 @@ def main() -> None:
     from hyperedit.bench import write_results
 
     rows = sorted(collect(), key=lambda r: (r["dataset"], r["editor"] != "malmen", -r["metrics"]["LS"]))
-    write_results(rows, args.out, title="MALMEN's levers at 1,024 facts on one efficacy/locality map", notes=(
+    write_results(rows, args.out, RESULTS_DIR, title="MALMEN's levers at 1,024 facts on one efficacy/locality map", notes=(
         "Committed batch records, not re-run (`source`: the result file, `command`: what produced it). "
         "MALMEN edits 1,024 facts, metrics on the first 256; MEMIT / MetaKE(MEMIT) edit 1,000 (CounterFact) "
         "and 500 (zsRE) and score every request. The plot (`.png`) shows ES against LS with the issue's "

@@ -32,6 +32,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 log = logging.getLogger("subject_site_signal")
 
 NOTES = """MEMIT's multi-layer covariance solve (layers 4-8, lam 1500, C0 on the default corpus) writing, for
@@ -172,7 +174,7 @@ def run(args) -> list[dict]:
             command=command, seed=0, written=name, fit=args.fit, fit_size=len(fit_reqs), layers=list(editor.layers(lm)),
             target_time_s=round(eval_t.time_s, 1), details=details))
         log.info("%s: ES %.3f GS %.3f LS %.3f", name, metrics["ES"], metrics["GS"], metrics["LS"])
-        write_results(records, args.out, title="One gradient against MEMIT's optimised target, at the subject site",
+        write_results(records, args.out, RESULTS_DIR, title="One gradient against MEMIT's optimised target, at the subject site",
                       notes=NOTES)
     return records
 
