@@ -1,6 +1,6 @@
 """How far lifelong streams moved the weights, and how much of that move unrelated text sees.
 
-    python benchmarks/lifelong_drift.py runs/ll_ft_zsre runs/ll_rledit_zsre ...
+    python research/lifelong_drift.py runs/ll_ft_zsre runs/ll_rledit_zsre ...
 
 For each run directory, its latest checkpoint (the stream's current weights) is compared with the
 unedited model, per touched module m:
@@ -23,7 +23,7 @@ import json
 import math
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 HELD_OUT_PER_TASK = 50
 
 
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         lines.append(f"| {run} | {record['editor']} | {record['dataset']} | {record['n_edits']} | {d['modules']} | "
                      f"{d['mean_rel_drift']:.3f} | {d['mean_rel_interference']:.3f} | {d['max_rel_interference']:.3f} | "
                      f"{m['ES']:.3f} / {m['GS']:.3f} / {m['LS']:.3f} |")
-    command = "python benchmarks/lifelong_drift.py " + " ".join(args.runs) + (
+    command = "python research/lifelong_drift.py " + " ".join(args.runs) + (
         f" --out {args.out}" if args.out != "lifelong_drift" else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS / f"{args.out}.json", json.dumps(records, indent=2) + "\n")

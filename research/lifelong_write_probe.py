@@ -1,7 +1,7 @@
 """Why a hypernetwork editor writes less late in a lifelong stream: fresh facts edited once at the
 end of a finished stream, with each part of the stream's state switched on or off.
 
-    python benchmarks/lifelong_write_probe.py runs/ll22_hiedit_s2.0_zsre_1000 --batches 20 --out lifelong_write_probe
+    python research/lifelong_write_probe.py runs/ll22_hiedit_s2.0_zsre_1000 --batches 20 --out lifelong_write_probe
 
 In the zsRE streams of HiEdit the earliest edits keep their efficacy to the end while the most
 recent ones are written less and less (recent ES .75 after 100 edits, .45 after 1,000). Three things
@@ -36,7 +36,7 @@ import itertools
 import json
 import logging
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 log = logging.getLogger("lifelong_write_probe")
 
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         for name, m in r["memory_fill"]["per_module"].items():
             lines.append(f"| {r['run']} | {name} | {m['null_dims']} | {m['held_dims']} | {m['held_share']:.3f} | "
                          f"{m['ridge']:.1f} |")
-    write_results(records, args.out, RESULTS_DIR, title="Writing at the end of a lifelong stream: what holds new edits back",
+    write_results(records, args.out, RESULTS, title="Writing at the end of a lifelong stream: what holds new edits back",
                   notes=__doc__.split("\n\n", 2)[2].strip() + "\n\n" + "\n".join(lines))
     print("\n".join(lines))
     return 0

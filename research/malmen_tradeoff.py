@@ -5,7 +5,7 @@ zsRE, the sizes measured) from the committed result files named in ``POINTS``, a
 LS per split with the issue's target region shaded. Each record keeps the command that produced it
 and names its file in ``source``.
 
-    python benchmarks/malmen_tradeoff.py --out malmen_tradeoff
+    python research/malmen_tradeoff.py --out malmen_tradeoff
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from malmen_scaling import RESULTS, SUMMARY_FIELDS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from malmen_scaling import SUMMARY_FIELDS  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 # (label, result file, editor, extra record fields that must match)
 POINTS = [
@@ -110,7 +110,7 @@ def main() -> None:
     from hyperedit.bench import write_results
 
     rows = sorted(collect(), key=lambda r: (r["dataset"], r["editor"] != "malmen", -r["metrics"]["LS"]))
-    write_results(rows, args.out, RESULTS_DIR, title="MALMEN's levers at 1,024 facts on one efficacy/locality map", notes=(
+    write_results(rows, args.out, RESULTS, title="MALMEN's levers at 1,024 facts on one efficacy/locality map", notes=(
         "Committed batch records, not re-run (`source`: the result file, `command`: what produced it). "
         "MALMEN edits 1,024 facts, metrics on the first 256; MEMIT / MetaKE(MEMIT) edit 1,000 (CounterFact) "
         "and 500 (zsRE) and score every request. The plot (`.png`) shows ES against LS with the issue's "

@@ -5,7 +5,7 @@ calibration a training run starts with (first batch of ``--calib`` training fact
 ``--n`` other training facts at once; ES/GS/LS of that edit and its cost are recorded. Training
 data only (CounterFact and zsRE *train*): the evaluation splits stay untouched.
 
-    python benchmarks/malmen_layers.py --ranges 12-17,18-23,24-29
+    python research/malmen_layers.py --ranges 12-17,18-23,24-29
 
 Writes benchmarks/results/<out>.json and .md.
 """
@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 log = logging.getLogger("malmen_layers")
-RESULTS = Path("benchmarks") / "results"
 
 
 def main() -> None:
@@ -93,7 +92,7 @@ def _write(records: list[dict], name: str) -> None:
              f"training run starts with; the same {records[0]['n_edits']} held-out training facts edited at once for "
              "every range (one run each; with 64 facts, differences below ~0.1 are within noise).\n\n"
              + "\n".join(lines))
-    write_results(records, name, RESULTS_DIR, title="MALMEN layer ranges (untrained, calibrated editor)", notes=notes)
+    write_results(records, name, RESULTS, title="MALMEN layer ranges (untrained, calibrated editor)", notes=notes)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ prompt that occurs anywhere in the evaluated split (prompts, rephrasings, locali
 pool row is an evaluated prompt. Rows are read at the editor's site with the request's new target,
 as contrast rows are.
 
-    python benchmarks/malmen_keep_rows.py --variants none,random:2,same:2,same:8,neighbour:1 --out malmen_keep_rows
+    python research/malmen_keep_rows.py --variants none,random:2,same:2,same:8,neighbour:1 --out malmen_keep_rows
 
 Writes benchmarks/results/<out>.json/.md; finished variants are kept (a rerun skips them).
 """
@@ -28,13 +28,9 @@ import dataclasses
 import json
 import logging
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from malmen_scaling import RESULTS  # noqa: E402
-
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 log = logging.getLogger("malmen_keep_rows")
 KINDS = ("none", "random", "same", "neighbour")
@@ -135,12 +131,12 @@ def run(args) -> None:
 def _write(records: list[dict], out: str) -> None:
     from hyperedit.bench import write_results
 
-    write_results(records, out, RESULTS_DIR, title="MALMEN with zero-target rows from a pool", notes=NOTES,
+    write_results(records, out, RESULTS, title="MALMEN with zero-target rows from a pool", notes=NOTES,
                   columns=("rows", "rows_per_request", "rows_weight", "n_rows"))
 
 
 NOTES = """The shipped MALMEN edits the first N requests at once; each request adds `rows_per_request`
-zero-target rows of kind `rows` (weight `rows_weight`) to the solve (benchmarks/malmen_keep_rows.py).
+zero-target rows of kind `rows` (weight `rows_weight`) to the solve (research/malmen_keep_rows.py).
 `neighbour` rows are the evaluated locality prompts themselves: a diagnostic upper bound, not a
 usable editor. ES/GS/LS as in malmen_scaling (first `n_evaluated` edited requests; LS against the
 unedited model's predictions)."""

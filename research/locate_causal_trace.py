@@ -5,7 +5,7 @@ MLP outputs at the last subject token in a window of layers and measure how much
 probability of the true answer comes back. Forward passes only; used to pick MEMIT/AlphaEdit's
 edited layers for a model.
 
-    PYTHONPATH=src python benchmarks/locate_causal_trace.py --n 40 --window 3
+    PYTHONPATH=src python research/locate_causal_trace.py --n 40 --window 3
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ gradient carries, on facts of an evaluation split:
   and ``W (-g)`` (the linear prediction, no oracle); and MEMIT's target stopped after 1 and 3 of its
   optimisation steps (how many gradient evaluations a target needs).
 
-    python benchmarks/subject_site_signal.py --fit counterfact:train --fit-size 384 --eval counterfact:val \\
+    python research/subject_site_signal.py --fit counterfact:train --fit-size 384 --eval counterfact:val \\
         --eval-size 256 --out subject_site_signal_cf
 
 Writes benchmarks/results/<out>.json/.md (one record per written residual; the cosines in the
@@ -32,7 +32,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 log = logging.getLogger("subject_site_signal")
 
@@ -174,7 +174,7 @@ def run(args) -> list[dict]:
             command=command, seed=0, written=name, fit=args.fit, fit_size=len(fit_reqs), layers=list(editor.layers(lm)),
             target_time_s=round(eval_t.time_s, 1), details=details))
         log.info("%s: ES %.3f GS %.3f LS %.3f", name, metrics["ES"], metrics["GS"], metrics["LS"])
-        write_results(records, args.out, RESULTS_DIR, title="One gradient against MEMIT's optimised target, at the subject site",
+        write_results(records, args.out, RESULTS, title="One gradient against MEMIT's optimised target, at the subject site",
                       notes=NOTES)
     return records
 

@@ -1,6 +1,6 @@
 """Training curves of meta-trained hypernetwork editors, from their runs' ``metrics.jsonl``.
 
-    python benchmarks/malmen_training_curve.py runs/malmen-smollm2 runs/mend-smollm2
+    python research/malmen_training_curve.py runs/malmen-smollm2 runs/mend-smollm2
 
 Copies each run's metrics log to benchmarks/results/malmen_train_<editor><tag>.jsonl and its settings to
 malmen_train_<editor><tag>.json, and draws malmen_training_curve.png: the training losses (moving average
@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-RESULTS = Path("benchmarks") / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def _read(path: Path) -> list[dict]:

@@ -2,7 +2,7 @@
 how far it reaches locality prompts (``loc_reach_ans``), one curve per dataset, ridge and per-module or
 joint solve, traced by ``--ridge-scales``. Higher at equal reach is more room for the same locality.
 
-    python benchmarks/malmen_leverage_curves.py malmen_leverage_covariance_cf malmen_leverage_covariance_cf_wide \
+    python research/malmen_leverage_curves.py malmen_leverage_covariance_cf malmen_leverage_covariance_cf_wide \
         malmen_leverage_covariance_zsre malmen_leverage_covariance_zsre_wide --out malmen_leverage_curves
 
 Reads committed records of ``malmen_leverage.py`` (nothing is re-run) and writes
@@ -15,9 +15,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def curves(records: list[dict]) -> dict[tuple, list[tuple[float, float]]]:
@@ -60,7 +59,7 @@ def main() -> None:
 
     records = [r for name in args.results for r in json.loads((RESULTS / f"{name}.json").read_text())]
     records.sort(key=lambda r: (r["dataset"], r["editor"], r["metrics"]["loc_reach_ans"]))
-    write_results(records, args.out, RESULTS_DIR, title="Room of MALMEN's least-squares solve against its reach", notes=(
+    write_results(records, args.out, RESULTS, title="Room of MALMEN's least-squares solve against its reach", notes=(
         "Committed records of malmen_leverage.py, not re-run (each names its command); see that script's "
         "docstring for the measures. The plot (`.png`) draws self against loc_reach_ans per ridge and solve."))
     plot(curves(records), RESULTS / f"{args.out}.png")

@@ -1,7 +1,7 @@
 """What AlphaEdit's memory of earlier edits holds after a lifelong stream, and how far the keys it
 remembers have moved.
 
-    python benchmarks/alphaedit_memory.py runs/ll23_alphaedit_l4-13_cf_1000 --out alphaedit_memory
+    python research/alphaedit_memory.py runs/ll23_alphaedit_l4-13_cf_1000 --out alphaedit_memory
 
 AlphaEdit keeps earlier edits through ``K_p^T K_p`` (the Gram matrix of their keys, per edited
 module) in every later solve ``(P (K^T K + K_p^T K_p) + l2 I) S = P K^T R``; a later shift is free
@@ -30,7 +30,7 @@ from pathlib import Path
 import argparse
 import sys
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def read_keys(lm, editor, requests, z_layer: int) -> dict:
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         for name, m in r["memory"]["per_module"].items():
             lines.append(f"| {r['run']} | {name} | {m['null_dims']} | {m['held_dims']} | {m['held_share']:.3f} | "
                          f"{m['key_drift']:.3f} | {m['drift_in_null_space']:.3f} | {m['key_drift_unedited']:.3f} |")
-    write_results(records, args.out, RESULTS_DIR, title="AlphaEdit's memory after a lifelong stream", notes=(
+    write_results(records, args.out, RESULTS, title="AlphaEdit's memory after a lifelong stream", notes=(
         "Per edited module at the stream's latest checkpoint: the dimension of the null-space projector's range, "
         "how many of those directions the memory of earlier edits (K_p^T K_p) holds above the ridge l2, and how "
         f"far the keys of the stream's first {args.first} requests have moved since the unedited model "
