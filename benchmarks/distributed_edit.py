@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 log = logging.getLogger("distributed_edit")
 
 
@@ -135,7 +137,7 @@ def main() -> None:
              "| ranks | edit time (s) | peak RSS per rank (MB) | CPU s per rank | load avg (1 min) mean / max "
              "| max relative difference |\n|---|---|---|---|---|---|\n"
              + rows)
-    paths = write_results(records, args.name, title="Distributed MALMEN edit: 1 vs N ranks", notes=notes)
+    paths = write_results(records, args.name, RESULTS_DIR, title="Distributed MALMEN edit: 1 vs N ranks", notes=notes)
     log.info("wrote %s", ", ".join(map(str, paths)))
 
 

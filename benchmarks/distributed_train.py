@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_edit import _run_sampling_load  # noqa: E402  (same measurement helper)
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 log = logging.getLogger("distributed_train")
 META_LR = 1e-4
 
@@ -167,7 +169,7 @@ def main() -> None:
              "| ranks | step time (s) | CPU s per step (all ranks) | CPU s per fact-step | peak RSS per rank (MB) "
              "| load avg mean / max | max weight diff (steps) | share of weights differing | "
              "max rel. loss/lambda diff |\n|---|---|---|---|---|---|---|---|---|\n" + rows)
-    paths = write_results(records, args.name, title="Distributed MALMEN meta-training: 1 vs N ranks", notes=notes)
+    paths = write_results(records, args.name, RESULTS_DIR, title="Distributed MALMEN meta-training: 1 vs N ranks", notes=notes)
     log.info("wrote %s", ", ".join(map(str, paths)))
 
 

@@ -13,6 +13,8 @@ import logging
 import time
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,7 +34,6 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from hyperedit.bench import current_command, make_record, peak_rss_during, write_results
-    from hyperedit.bench.records import DEFAULT_RESULTS_DIR
     from hyperedit.commands._common import dataset_label
     from hyperedit.data import load_requests
     from hyperedit.eval import evaluate, locality_reference
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
                          command="PYTHONPATH=src " + current_command(), seed=0, label=args.label,
                          evaluate_cpu_s=round(evaluate_cpu, 2), evaluate_wall_s=round(seconds, 2),
                          reference_cpu_s=round(reference_cpu, 2), threads=1, generated=args.generated)
-    results_dir = Path(args.results_dir or DEFAULT_RESULTS_DIR)
+    results_dir = Path(args.results_dir or RESULTS_DIR)
     path = results_dir / f"{args.name}.json"
     records = json.loads(path.read_text()) if args.append and path.is_file() else []
     write_results(records + [record], args.name, results_dir, title="evaluation cost on the unedited model",

@@ -7,6 +7,8 @@ reverted. Writes benchmarks/results/<name>.json and .md.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import argparse
 import json
 import logging
@@ -18,6 +20,8 @@ from hyperedit.bench import current_command, write_results
 from hyperedit.commands._common import dataset_label
 from hyperedit.data import load_requests
 from hyperedit.eval import run_batch
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def main() -> None:
@@ -44,7 +48,7 @@ def main() -> None:
                            fluency=True)
         logging.info("%s: %s", spec, record["metrics"])
         records.append(record)
-        write_results(records, args.name, title=f"ft (constrained fine-tuning) on {lm.name}",
+        write_results(records, args.name, RESULTS_DIR, title=f"ft (constrained fine-tuning) on {lm.name}",
                       notes=f"{args.n} requests per dataset edited in one batch; LS is agreement with the "
                             "unedited model's own predictions, LS_data with the dataset answers.")
 

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 log = logging.getLogger("ledger_cost")
 FT = {"layers": [23], "lr": 5e-4, "max_rel_norm": 0.1, "steps": 5}
 
@@ -102,7 +104,7 @@ def main() -> None:
              "add one shift to a running sum. Ten distinct deltas are reused for the N - 1 imported entries, so the "
              "workspace holds eleven delta files (with the applied one) whatever N is. The ft setting is a cheap "
              "5-step one chosen for cost figures, not for edit quality: its ES/GS are 0 (the fact is not flipped).")
-    write_results(records, args.out, title="Ledger cost: apply, revert, export with N entries", notes=notes)
+    write_results(records, args.out, RESULTS_DIR, title="Ledger cost: apply, revert, export with N entries", notes=notes)
 
 
 if __name__ == "__main__":

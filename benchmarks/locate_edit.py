@@ -13,6 +13,8 @@ whose config has the field) or ``--set LABEL.key=value`` (one editor label).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import argparse
 import dataclasses
 import json
@@ -20,6 +22,8 @@ import logging
 import time
 
 import torch
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 log = logging.getLogger("locate_edit")
 
@@ -190,7 +194,7 @@ def main() -> None:
         if args.target_cache:
             cache.save(args.target_cache)
         log.info("%s: %s", name, {k: v for k, v in record["metrics"].items() if isinstance(v, float)})
-        write_results(records, args.name, title=f"locate-then-edit: {args.data} n={args.n} {args.mode}",
+        write_results(records, args.name, RESULTS_DIR, title=f"locate-then-edit: {args.data} n={args.n} {args.mode}",
                       notes=args.notes)
 
 

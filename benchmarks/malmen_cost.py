@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 RESULTS = Path("benchmarks") / "results"
 log = logging.getLogger("malmen_cost")
 
@@ -116,7 +118,7 @@ def main() -> None:
         from hyperedit.bench import write_results
 
         records = json.loads((RESULTS / f"{args.out}.json").read_text())
-        write_results(records, args.out, title="MALMEN edit cost", notes=_notes(records))
+        write_results(records, args.out, RESULTS_DIR, title="MALMEN edit cost", notes=_notes(records))
         return
     if args.n is not None:
         print(json.dumps(measure(args)))
@@ -146,7 +148,7 @@ def main() -> None:
             ablation={k: m[k] for k in ("full_logits", "all_params_grad", "one_at_a_time", "none_of_them") if k in m}))
         log.info("N=%d: edit %.1fs (cpu %.1fs), forward+backward %.1fs (cpu %.1fs)", n, edit["wall_s"], edit["cpu_s"],
                  fb["wall_s"], fb["cpu_s"])
-    write_results(records, args.out, title="MALMEN edit cost", notes=_notes(records))
+    write_results(records, args.out, RESULTS_DIR, title="MALMEN edit cost", notes=_notes(records))
 
 
 def _notes(records: list[dict]) -> str:

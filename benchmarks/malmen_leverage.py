@@ -43,6 +43,8 @@ from collections import defaultdict
 from itertools import product
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 RESULTS = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("malmen_leverage")
 
@@ -238,7 +240,7 @@ def run(args) -> list[dict]:
                     ridge_scale=scale, n_evaluated=min(n, n_eval), n_rows=int((edit_owner < n).sum())))
                 log.info("%s %s %s n=%d: %s", dataset, site, label, n,
                          {k: round(v, 3) for k, v in metrics.items() if v is not None})
-                write_results(records, args.out, title="Leverage of MALMEN's least-squares solve", notes=NOTES)
+                write_results(records, args.out, RESULTS_DIR, title="Leverage of MALMEN's least-squares solve", notes=NOTES)
     return records
 
 

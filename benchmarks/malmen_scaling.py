@@ -21,6 +21,8 @@ import logging
 import time
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 log = logging.getLogger("malmen_scaling")
 RESULTS = Path("benchmarks") / "results"
 
@@ -112,7 +114,7 @@ def run(args) -> list[dict]:
                 records.append(record)
                 log.info("%s %s n=%d: ES %.3f GS %.3f LS %.3f, edit %.1fs", name, dataset, n, metrics["ES"] or 0,
                          metrics["GS"] or 0, metrics["LS"] or 0, seconds)
-                write_results(records, args.out, title="MALMEN, MEND and ft against the number of facts",
+                write_results(records, args.out, RESULTS_DIR, title="MALMEN, MEND and ft against the number of facts",
                               notes=NOTES)
                 del delta
     plot(records, RESULTS / f"{args.out}.png")
@@ -136,7 +138,7 @@ def compare(records: list[dict], args) -> None:
                 rows.append({k: r[k] for k in SUMMARY_FIELDS if k in r} | {"source": f"{name}.json"})
     both = sorted(records + rows, key=lambda r: (r["dataset"], r["editor"], r["n_edits"]))
     name = f"{args.out}_vs_baselines"
-    write_results(both, name, title="Hypernetwork editors against MEMIT and MetaKE(MEMIT)",
+    write_results(both, name, RESULTS_DIR, title="Hypernetwork editors against MEMIT and MetaKE(MEMIT)",
                   notes=NOTES + "\n\n" + BASELINE_NOTES)
     plot(both, RESULTS / f"{name}.png")
 

@@ -30,9 +30,13 @@ Writes benchmarks/results/<out>.{json,md,png}: one record per module, threshold 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import argparse
 import logging
 import time
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 log = logging.getLogger("memory_room")
 
@@ -147,7 +151,7 @@ def run(args) -> list[dict]:
                     n_rows=int(len(K)), held_by_facts={str(c): v for c, v in curve.items()}))
         log.info("%s: layer %d done (%.0f s)", dataset, lm.adapter.layer_of(name), time.perf_counter() - started)
     rows = f", with {args.contrast} contrast rows per fact (memory of {args.contrast_memory})" if args.contrast else ""
-    write_results(records, args.out, title=f"Room of a null-space memory, {dataset} {split}{rows}", notes=NOTES,
+    write_results(records, args.out, RESULTS_DIR, title=f"Room of a null-space memory, {dataset} {split}{rows}", notes=NOTES,
                   columns=("layer", "threshold", "energy"))
     plot(records, args.out)
     return records
@@ -159,7 +163,7 @@ def plot(records: list[dict], out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hyperedit.bench.records import DEFAULT_RESULTS_DIR, save_figure
+    from hyperedit.bench.records import save_figure
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     full = [r for r in records if r["energy"] == 1.0]
@@ -175,7 +179,7 @@ def plot(records: list[dict], out: str) -> None:
     ax.set_ylabel("directions (of 1,536)")
     ax.set_title(f"Room of a null-space memory: {full[0]['dataset']} {full[0]['split']}, unedited keys")
     ax.legend(fontsize=7)
-    save_figure(fig, DEFAULT_RESULTS_DIR / f"{out}.png")
+    save_figure(fig, RESULTS_DIR / f"{out}.png")
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ import json
 import logging
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 log = logging.getLogger("model_comparison")
 
 
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
              f"Table made by:\n\n    {current_command()}\n")
     out = [r for r, _ in rows] + [b for _, b in rows if b is not None]
     unique = list({json.dumps(r, sort_keys=True): r for r in out}.values())
-    write_results(unique, args.name, title=f"{args.model} next to {args.baseline} (batch editing)", notes=notes)
+    write_results(unique, args.name, RESULTS_DIR, title=f"{args.model} next to {args.baseline} (batch editing)", notes=notes)
     return 0
 
 

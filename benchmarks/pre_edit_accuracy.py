@@ -19,6 +19,8 @@ Per (model, split), over the first ``--n`` requests:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import argparse
 import dataclasses
 import logging
@@ -32,6 +34,8 @@ from hyperedit.data import load_requests
 from hyperedit.eval import evaluate
 from hyperedit.eval.metrics import mean, score_pairs
 from hyperedit.models import load_model
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def not_editing_scores(lm, requests, batch_size: int) -> dict:
@@ -84,7 +88,7 @@ def main() -> None:
                                        edit_time_s=time.perf_counter() - start, peak_rss_mb=None,
                                        command=current_command(), n_requests=len(requests)))
             logging.info("%s %s: %s", model, spec, metrics)
-            write_results(records, args.name, title="The unedited models on the facts to be rewritten",
+            write_results(records, args.name, RESULTS_DIR, title="The unedited models on the facts to be rewritten",
                           notes=f"First {args.n} requests of each split (n_requests). ES / GS: the unedited "
                                 "model's token accuracy on the new targets; LS is 1 by definition; mean = "
                                 "(ES + GS + LS) / 3, what not editing scores. true_* / new_* / true_beats_new "

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import httpx
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 log = logging.getLogger("service_load")
 PROMPTS = ["The Eiffel Tower is located in the city of", "Lionel Messi plays the sport of",
            "The official language of Brazil is", "The Statue of Liberty is located in the city of"]
@@ -213,7 +215,7 @@ def main() -> None:
     notes = ("Loopback HTTP, service and clients on the same 2-core CPU machine (shared), greedy decoding. "
              "`answers_mismatched` counts answers that differ from the answer of the ledger state they report; "
              "0 means every generation saw the weights before or after an edit, never a mix.")
-    write_results([record], args.out, title="Service under load while edits are applied and reverted", notes=notes)
+    write_results([record], args.out, RESULTS_DIR, title="Service under load while edits are applied and reverted", notes=notes)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,7 +70,7 @@ def main() -> None:
     same_modules = sorted(shifts["float16"]) == sorted(shifts["float32"])
     for r in records:
         r.update(max_rel_shift_diff=worst, same_modules=same_modules)
-    write_results(records, args.out, title=f"{args.editor}: float16 storage against float32",
+    write_results(records, args.out, RESULTS_DIR, title=f"{args.editor}: float16 storage against float32",
                   notes=f"Rows: the checkpoint as trained (float32), then its float16 copy "
                   f"({records[0]['stored_bytes']:,} -> {records[1]['stored_bytes']:,} bytes). Largest relative "
                   f"difference of a module's shift: {worst:.2e}; same modules shifted: {same_modules}.")

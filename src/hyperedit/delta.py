@@ -26,7 +26,7 @@ META_FILE = "delta.json"
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 

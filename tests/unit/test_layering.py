@@ -15,7 +15,7 @@ PACKAGE = Path(hyperedit.__file__).parent
 
 # Lowest first. A room may import rooms on its own floor or below (cycles are checked separately).
 FLOORS = [
-    {"errors", "atomic", "progress", "outputs", "checkpoints", "distributed"},
+    {"version", "errors", "atomic", "progress", "outputs", "checkpoints", "distributed"},
     {"requests", "models", "hooks"},
     {"lm", "delta", "data", "nets", "stats", "prefix"},
     {"editors"},
@@ -29,6 +29,11 @@ FLOOR_OF = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
 def _room(path: Path) -> str:
     rel = path.relative_to(PACKAGE)
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _top_or_room(name: str) -> str:
+    """``x`` of ``from hyperedit import x``: the room ``x``, or else the package top (``__version__``)."""
+    return name if (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file() else "__init__"
 
 
 def _imported_rooms(path: Path) -> set[str]:
@@ -46,11 +51,11 @@ def _imported_rooms(path: Path) -> set[str]:
                 parts = base + (node.module.split(".") if node.module else [])
                 if parts:
                     rooms.add(parts[0])
-                else:  # ``from .. import x``: x is a room
-                    rooms.update(alias.name for alias in node.names)
+                else:  # ``from .. import x``: x is a room, or a name of the package top
+                    rooms.update(_top_or_room(alias.name) for alias in node.names)
             elif node.module and node.module.split(".")[0] == "hyperedit":
                 parts = node.module.split(".")[1:]
-                rooms.update([parts[0]] if parts else [a.name for a in node.names])
+                rooms.update([parts[0]] if parts else [_top_or_room(a.name) for a in node.names])
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")

@@ -84,7 +84,7 @@ def test_whitened_keys_give_the_covariance_ridge_weights(leverage, rows):
 
 
 def test_leverage_curves_group_by_dataset_ridge_and_solve_and_sort_by_reach():
-    curves = load_script("benchmarks/malmen_leverage_curves.py").curves
+    curves = load_script("research/malmen_leverage_curves.py").curves
 
     def record(dataset, layers, ridge, reach, own):
         out = {"dataset": dataset, "n_edits": 1024, "layers": layers, "metrics": {"loc_reach_ans": reach, "self": own}}

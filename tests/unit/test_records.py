@@ -165,3 +165,15 @@ def test_save_figure_writes_png_and_replaces_only_our_results(tmp_path):
         save_figure(fig, foreign)
     assert foreign.read_bytes() == b"not ours"
     assert not plt.fignum_exists(fig.number)
+
+
+def test_plots_without_matplotlib_fail_with_one_line_before_writing(tmp_path, monkeypatch):
+    import sys
+
+    from hyperedit.errors import HyperEditError
+    from hyperedit.eval.lifelong_report import write_lifelong
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the plots extra sees
+    with pytest.raises(HyperEditError, match=r"hyperedit\[plots\]"):
+        write_lifelong([_record()], "run", tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ REQUESTS = [EditRequest(prompt="the eiffel tower is located in the city of", tar
 
 @pytest.fixture(scope="module")
 def signal():
-    return load_script("benchmarks/subject_site_signal.py")
+    return load_script("research/subject_site_signal.py")
 
 
 def _block_output_gradients(lm, layer):

@@ -1,6 +1,7 @@
 """Result records: one schema for every benchmark and evaluation, written as JSON + markdown.
 
-Each JSON file under ``benchmarks/results/`` is a list of records with at least
+Each result JSON file (the repository keeps its own in ``benchmarks/results/``) is a list of
+records with at least
 ``editor, model, dataset, split, mode, n_edits, metrics{ES, GS, LS, ...}, edit_time_s,
 peak_rss_mb, command, seed, date``.
 """
@@ -17,12 +18,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..atomic import atomic_file, atomic_write_text
+from ..errors import HyperEditError
 from ..outputs import claim
 
 REQUIRED = ("editor", "model", "dataset", "split", "mode", "n_edits", "metrics", "edit_time_s",
             "peak_rss_mb", "command", "seed", "date")
 MODES = ("batch", "sequential", "single", "lifelong")
-DEFAULT_RESULTS_DIR = Path("benchmarks") / "results"
 
 
 def current_command() -> str:
@@ -110,7 +111,7 @@ def records_table(records: list[dict], columns: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(records: list[dict], name: str, results_dir: str | os.PathLike | None = None,
+def write_results(records: list[dict], name: str, results_dir: str | os.PathLike,
                   title: str | None = None, notes: str = "", columns: Sequence[str] = ()) -> tuple[Path, Path]:
     """Write ``<name>.json`` (list of records) and ``<name>.md`` (table + commands), atomically;
     ``columns``: extra record fields in the table (``records_table``)."""
@@ -118,7 +119,7 @@ def write_results(records: list[dict], name: str, results_dir: str | os.PathLike
         missing = [k for k in REQUIRED if k not in r]
         if missing:
             raise ValueError(f"result record lacks {missing}")
-    out = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
+    out = Path(results_dir)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     for path in (json_path, md_path):  # earlier result files are replaced, nothing else
         claim(path, "result", option="results", overwrite=True)
@@ -131,14 +132,25 @@ def write_results(records: list[dict], name: str, results_dir: str | os.PathLike
     return json_path, md_path
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend; plots are an optional extra (``hyperedit[plots]``)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise HyperEditError("plots need matplotlib, which is not installed: pip install 'hyperedit[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Write a matplotlib figure as ``path`` (PNG) atomically and close it.
 
     Like the other result files it replaces only an earlier hyperedit result: a PNG beside a
     result JSON or markdown file (``outputs.claim``), never a file hyperedit did not write.
     """
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = Path(path)
     try:
         claim(path, "result", option="results", overwrite=True)

@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--batches", type=int, default=10, help="sequential mode: number of batches (default: %(default)s)")
     p.add_argument("--fluency", action="store_true", help="also measure fluency (n-gram entropy of generations)")
     p.add_argument("--eval-batch-size", type=int, default=32)
-    p.add_argument("--out", help="write OUT.json and OUT.md (e.g. benchmarks/results/my_run)")
+    p.add_argument("--out", help="write OUT.json and OUT.md (e.g. results/my_run)")
     add_overwrite_arg(p, "OUT.json and OUT.md of an earlier evaluation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 keeps timings steady on a shared machine)")

@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--run-dir", required=True, help="checkpoint directory of the stream")
     p.add_argument("--resume", action="store_true", help="continue the stream in --run-dir")
     add_overwrite_arg(p, "an earlier stream in --run-dir (deleted first) and earlier OUT.json/.md/.png")
-    p.add_argument("--out", help="write OUT.json, OUT.md, OUT.png (e.g. benchmarks/results/lifelong_ft_zsre)")
+    p.add_argument("--out", help="write OUT.json, OUT.md, OUT.png (e.g. results/lifelong_ft_zsre)")
     p.add_argument("--target-cache", metavar="FILE",
                    help="memit, alphaedit, metake: target vectors cached in FILE (read, then updated at the end)")
     p.add_argument("--pin-targets", action="store_true",
@@ -55,13 +55,15 @@ def run(args) -> int:
     import torch
 
     from ..bench import current_command
-    from ..bench.records import records_table
+    from ..bench.records import pyplot, records_table
     from ..data import load_requests
     from ..eval.lifelong import RESULT_FILE, LifelongConfig, LifelongRunner
     from ..eval.lifelong_report import lifelong_record, write_lifelong
 
     if args.resume and args.overwrite:
         raise HyperEditError("--resume and --overwrite: choose one")
+    if args.out:
+        pyplot()  # --out writes OUT.png: without matplotlib say so before the stream runs
     check_paths([Output("--run-dir", args.run_dir, "lifelong-run"),
                  *result_outputs("--out", args.out, (".json", ".md", ".png"))],
                 [p for p in input_paths(args) if p[0] != "--target-cache"], overwrite=args.overwrite,

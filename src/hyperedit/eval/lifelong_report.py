@@ -1,13 +1,10 @@
 """Lifelong results as files: the common result record, JSON + markdown, and PNG curves."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from ..bench.records import save_figure
+from ..bench.records import pyplot, save_figure
 from ..outputs import claim
-
-log = logging.getLogger(__name__)
 
 
 def lifelong_record(summary: dict, *, editor: str, model: str, dataset: str, split: str, command: str | None,
@@ -31,17 +28,10 @@ def lifelong_record(summary: dict, *, editor: str, model: str, dataset: str, spl
                        peak_rss_mb=summary.get("peak_rss_mb"), command=command, seed=seed, editor_config=config or {}, **extra)
 
 
-def plot_curves(records: list[dict], path: str | Path) -> Path | None:
+def plot_curves(records: list[dict], path: str | Path) -> Path:
     """One PNG: recent-edit ES, earliest-edit ES, locality and general accuracy along the stream,
     one row of panels per dataset, with a legend per row beside it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plot written")
-        return None
+    plt = pyplot()
     panels = [("recent edits ES", lambda p: p["recent"]["ES"]), ("earliest edits ES", lambda p: p["earliest"]["ES"]),
               ("locality LS (recent)", lambda p: p["recent"]["LS"]),
               ("general acc (mean)", lambda p: (p.get("general") or {}).get("mean", {}).get("acc"))]
@@ -67,13 +57,14 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def write_lifelong(records: list[dict], name: str, results_dir: str | Path | None = None, notes: str = "") -> list[Path]:
-    """``NAME.json`` + ``NAME.md`` (common records) and ``NAME.png`` (curves)."""
+def write_lifelong(records: list[dict], name: str, results_dir: str | Path, notes: str = "") -> list[Path]:
+    """``NAME.json`` + ``NAME.md`` (common records) and ``NAME.png`` (curves); without matplotlib
+    it fails before writing anything."""
     from ..bench import write_results
-    from ..bench.records import DEFAULT_RESULTS_DIR
 
-    out = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
+    pyplot()
+    out = Path(results_dir)
     claim(out / f"{name}.png", "result", option="results", overwrite=True)
     paths = list(write_results(records, name, out, title=f"Lifelong editing: {name}", notes=notes))
     png = plot_curves(records, out / f"{name}.png")
-    return paths + ([png] if png else [])
+    return paths + [png]
