@@ -12,12 +12,13 @@ import logging
 import re
 from pathlib import Path
 
-from ..bench.records import DEFAULT_RESULTS_DIR, current_command, write_results
+from ..bench.records import current_command, write_results
 from .protocols import EditorSpec, Protocol
 
 log = logging.getLogger(__name__)
 
-LEADERBOARD_DIR = DEFAULT_RESULTS_DIR / "leaderboard"
+# relative to the working directory: the repository root, where the protocol files live
+LEADERBOARD_DIR = Path("benchmarks") / "results" / "leaderboard"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
