@@ -27,13 +27,21 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
+@pytest.fixture(scope="module")
+def stats_cache(tmp_path_factory):
+    """One statistics cache for the module, empty at its start: the editors that read the same
+    layers share what the first one computed, as on a user's machine."""
+    return tmp_path_factory.mktemp("no-data") / "stats"
+
+
 @pytest.fixture
-def no_data(tmp_path, monkeypatch):
-    """No ``HYPEREDIT_DATA_DIR``, no ``../shared/data`` search, cwd in an empty folder, empty caches."""
+def no_data(tmp_path, monkeypatch, stats_cache):
+    """No ``HYPEREDIT_DATA_DIR``, no ``../shared/data`` search, cwd in an empty folder, a statistics
+    cache that started empty."""
     monkeypatch.delenv("HYPEREDIT_DATA_DIR", raising=False)
     monkeypatch.delenv("HYPEREDIT_STATS_CORPUS", raising=False)
     monkeypatch.setenv("HYPEREDIT_NO_DATA_SEARCH", "1")
-    monkeypatch.setenv("HYPEREDIT_STATS_CACHE", str(tmp_path / "stats"))
+    monkeypatch.setenv("HYPEREDIT_STATS_CACHE", str(stats_cache))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(HyperEditError, match="benchmark data directory not found"):
         resolve_data_dir()
@@ -41,7 +49,7 @@ def no_data(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", editor_names())
-def test_every_editor_edits_two_facts_without_benchmark_data(smollm2, no_data, name):
+def test_every_editor_edits_two_facts_without_benchmark_data(smollm2, no_data, stats_cache, name):
     editor = get_editor(name, lm=smollm2, **DEMO_OPTIONS.get(name, {}))
     before, _ = evaluate(smollm2.adapter, FACTS, None)
     delta = editor.edit(smollm2, FACTS)
@@ -49,5 +57,5 @@ def test_every_editor_edits_two_facts_without_benchmark_data(smollm2, no_data, n
         after, _ = evaluate(smollm2.adapter, FACTS, None)
     assert before["efficacy_score"] == 0.0, before  # the model believed the old facts
     assert after["efficacy_score"] == 1.0, (name, after)  # P(new) > P(old) on both edit prompts
-    computed = list(no_data.joinpath("stats").rglob("*.safetensors"))
+    computed = list(stats_cache.rglob("*.safetensors"))
     assert not (computed and list(SHIPPED_DIR.rglob("*.safetensors"))), f"{name} computed statistics instead of using the shipped ones: {computed}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import sqlite3
+import time
 from pathlib import Path
 
 from ..errors import HyperEditError
@@ -55,6 +56,21 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _set_wal(db: sqlite3.Connection) -> None:
+    """Switch a new database to WAL. SQLite answers this pragma "database is locked" at once, without
+    waiting for ``busy_timeout``, while another process creates the same workspace: retry until the
+    timeout (a database already in WAL mode needs no lock)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Store:
     """Access to ``DB_FILE`` inside a workspace directory."""
 
@@ -70,7 +86,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise HyperEditError(f"{self.path}: not a usable ledger database ({exc})") from None
         try:
-            db.execute("PRAGMA journal_mode = WAL")
+            _set_wal(db)
             db.execute("BEGIN IMMEDIATE")
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
