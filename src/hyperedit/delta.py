@@ -130,6 +130,8 @@ class EditDelta:
         """Raise ``NonFiniteDeltaError`` if any shift holds inf or NaN (an unstable option such as a
         huge learning rate); every editor's result, every save and every ledger entry is checked."""
         for name, shift in self.shifts.items():
+            if shift.is_meta:  # an offloaded module's shift has no values; applying it is refused
+                continue
             bad = int((~torch.isfinite(shift)).sum())
             if bad:
                 raise NonFiniteDeltaError(
