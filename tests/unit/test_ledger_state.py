@@ -68,7 +68,7 @@ def test_service_applying_two_rledit_edits_in_a_row_keeps_the_state(rledit_check
                            batch_window_s=0.0)
     engine = Engine(load_model(str(tiny_dirs["llama"])), Ledger(tmp_path / "ws"), config)
     try:
-        client = TestClient(create_app(engine))
+        client = TestClient(create_app(engine), base_url="http://127.0.0.1")
         for batch in (FIRST, SECOND):
             res = client.post("/edits", json={"requests": [{"prompt": r.prompt, "target": r.target} for r in batch],
                                               "wait": True})
