@@ -44,7 +44,10 @@ class Ledger:
         if not db_file.is_file():
             if not create:
                 raise HyperEditError(f"{self.workspace}: no ledger here ({DB_FILE} missing)")
-            if self.workspace.is_file() or (self.workspace.is_dir() and any(self.workspace.iterdir())):
+            # another process may be creating this workspace now: its own files are not foreign
+            own = {DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", "blobs"}
+            if self.workspace.is_file() or (self.workspace.is_dir()
+                                            and any(p.name not in own for p in self.workspace.iterdir())):
                 raise HyperEditError(f"{self.workspace}: exists and is not a ledger workspace; "
                                      f"choose a new or empty directory")
             self.workspace.mkdir(parents=True, exist_ok=True)
