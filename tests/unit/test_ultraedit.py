@@ -41,7 +41,7 @@ def _shift_in_out(lm, delta, name):
     return lm.adapter.param_to_in_out(name, delta.shifts[name]).double()
 
 
-def _close(a, b):
+def assert_close_rel(a, b):
     scale = float(b.abs().max())
     assert scale > 0
     assert float((a - b).abs().max()) <= 1e-5 * scale
@@ -55,7 +55,7 @@ def test_shift_matches_a_direct_computation(fixture, request):
     reqs = requests()
     K, G = _rows(lm, reqs, name)
     delta = editor.edit(lm, reqs)
-    _close(_shift_in_out(lm, delta, name), _direct_shift(K, G, torch.cat([K, G], -1), 1e-3, 0.5))
+    assert_close_rel(_shift_in_out(lm, delta, name), _direct_shift(K, G, torch.cat([K, G], -1), 1e-3, 0.5))
 
 
 def test_lifelong_normalisation_uses_the_rows_of_every_edit(tiny_llama):
@@ -69,8 +69,8 @@ def test_lifelong_normalisation_uses_the_rows_of_every_edit(tiny_llama):
     lifelong.edit(lm, first)
     per_edit.edit(lm, first)
     seen = torch.cat([torch.cat([K1, G1], -1), torch.cat([K2, G2], -1)])
-    _close(_shift_in_out(lm, lifelong.edit(lm, second), name), _direct_shift(K2, G2, seen, 1e-3, 1.0))
-    _close(_shift_in_out(lm, per_edit.edit(lm, second), name), _direct_shift(K2, G2, torch.cat([K2, G2], -1), 1e-3, 1.0))
+    assert_close_rel(_shift_in_out(lm, lifelong.edit(lm, second), name), _direct_shift(K2, G2, seen, 1e-3, 1.0))
+    assert_close_rel(_shift_in_out(lm, per_edit.edit(lm, second), name), _direct_shift(K2, G2, torch.cat([K2, G2], -1), 1e-3, 1.0))
     assert lifelong.n_edits == 5 and per_edit.stream_state()[0].keys() == {"n_edits"}
 
 
