@@ -14,7 +14,7 @@ demo: setup
 	.venv/bin/hyperedit demo
 
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=15
 
 bench-ft: setup
 	.venv/bin/python benchmarks/ft_baseline.py

@@ -63,3 +63,18 @@ def test_every_editor_edits_two_facts_without_benchmark_data(smollm2, no_data, s
     assert after["efficacy_score"] >= wanted, (name, after)
     computed = list(stats_cache.rglob("*.safetensors"))
     assert not (computed and list(SHIPPED_DIR.rglob("*.safetensors"))), f"{name} computed statistics instead of using the shipped ones: {computed}"
+
+
+def test_eval_on_the_packaged_sample_without_benchmark_data(no_data, capsys):
+    """`hyperedit eval --data counterfact:sample` reads the sample inside the package."""
+    import json
+
+    from hyperedit.cli import main
+
+    rc = main(["eval", "--editor", "ft", "--data", "counterfact:sample", "--n-edits", "4", "--threads", "1",
+               "--json", "-q", "--out", str(no_data / "sample_eval")])
+    assert rc == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["dataset"] == "counterfact" and record["split"] == "sample" and record["n_edits"] == 4
+    assert 0.0 <= record["metrics"]["ES"] <= 1.0
+    assert json.loads((no_data / "sample_eval.json").read_text())[0]["metrics"] == record["metrics"]

@@ -97,7 +97,7 @@ def test_shipped_statistics_match_the_packaged_corpus():
     for row in shipped:
         texts = corpus_texts("packaged", int(row["n_texts"]))
         assert row["corpus"] == corpus_fingerprint(texts), row["file"]
-        assert row["layout"] == "triu-float16" and int(row["n_tokens"]) > 10_000
+        assert row["layout"] in ("triu-float16", "triu-float32") and int(row["n_tokens"]) > 10_000
 
 
 def test_packed_triangle_round_trip():
@@ -114,13 +114,13 @@ def test_shipped_file_is_used_only_when_its_key_matches(tiny_llama, tmp_path, mo
     module = tiny_llama.adapter.module_names([1])
     exact = key_second_moments(tiny_llama, module, corpus=TEXTS, use_cache=False, progress=False)[module[0]]
     (key,) = stats_keys(tiny_llama, module, TEXTS, 128)
-    store.write_stats(store.shipped_file(key), exact, key, n_tokens=30, dtype="float32", packed=True)
+    store.write_stats(store.shipped_file(key), exact, key, n_tokens=30, dtype="float32", packed="float16")
     got = key_second_moments(tiny_llama, module, corpus=TEXTS, progress=False)[module[0]]
     torch.testing.assert_close(got, exact, rtol=1e-3, atol=1e-3 * float(exact.abs().max()))
     assert not list((tmp_path / "cache").rglob("*.safetensors")), "the shipped file was used, nothing computed"
     # a file under the right name whose metadata names another corpus: refused aloud, recomputed
     stale = store.StatsKey(key.model, key.module, "0" * 16, key.n_texts, key.max_length)
-    store.write_stats(store.shipped_file(key), exact * 2, stale, n_tokens=30, dtype="float32", packed=True)
+    store.write_stats(store.shipped_file(key), exact * 2, stale, n_tokens=30, dtype="float32", packed="float16")
     with caplog.at_level(logging.WARNING):
         again = key_second_moments(tiny_llama, module, corpus=TEXTS, progress=False)[module[0]]
     assert "do not match" in caplog.text and "other settings" in caplog.text
@@ -154,3 +154,19 @@ def test_interrupted_computation_resumes(tiny_llama, tmp_path, monkeypatch):
     assert calls["n"] == 3, "the three batches already summed were not recomputed"
     assert not partial.exists()
     torch.testing.assert_close(resumed, whole, rtol=1e-12, atol=0)
+
+
+def test_packed_float16_never_stores_an_overflow(tmp_path, caplog):
+    """A second moment beyond float16's range (SmolLM2 layer 28 has one) is stored in float32."""
+    from hyperedit.stats import store
+
+    a = torch.randn(6, 4, dtype=torch.float64)
+    C = (a @ a.T).float()
+    C[2, 2] = 1.0e5
+    key = store.StatsKey("m", "layer.2", "c", 3, 8)
+    path = tmp_path / "s.safetensors"
+    store.write_stats(path, C, key, n_tokens=30, dtype="float32", packed="float16")
+    assert store.read_meta(path)["layout"] == "triu-float32"
+    back = store.read_stats(path, key)
+    assert torch.isfinite(back).all() and torch.equal(back, C)
+    assert "exceed float16" in caplog.text

@@ -32,8 +32,9 @@ def register(sub) -> None:
         q.add_argument("--batch-size", type=int, default=16)
         if name == "export":
             q.add_argument("--out", required=True, help="folder to write <model fingerprint>/<key>.safetensors into")
-            q.add_argument("--packed", action="store_true",
-                           help="float16 upper triangle (the shipped layout; a quarter of the bytes)")
+            q.add_argument("--packed", nargs="?", const="float16", choices=("float16", "float32"), default=None,
+                           help="store the upper triangle only, in float16 (default; float32 where float16 "
+                                "would overflow) or float32: the shipped layouts")
         q.set_defaults(func=run)
     q = actions.add_parser("list", help="list cached and shipped statistics")
     q.add_argument("--json", action="store_true", help="machine-readable output")

@@ -7,9 +7,11 @@ file whose metadata disagrees, or a shipped file for the same model and module b
 settings (a corpus or model that changed since it was made), is reported in the log and the
 statistics are computed instead, never used silently.
 
-Shipped files (``stats/shipped/<model fingerprint>/``) hold the upper triangle of ``C`` in
-float16 (``layout=triu-float16``: half the bytes of the symmetric matrix, a quarter of float32);
-docs/statistics.md has the measurement that edits with them equal edits with float32 ones.
+Shipped files (``stats/shipped/<model fingerprint>/``) hold the upper triangle of ``C``
+(``layout=triu-float16`` or ``triu-float32``: half the bytes of the symmetric matrix). float16 is
+used only where edits measured equal to float32 ones and the matrix fits float16's range; a
+second moment above 65504 (SmolLM2's layer 28 has such a channel) is stored in float32, never as
+inf (docs/statistics.md, "Where it stands").
 """
 from __future__ import annotations
 
@@ -62,10 +64,20 @@ def shipped_file(key: StatsKey) -> Path:
     return SHIPPED_DIR / key.model / f"{key.stem()}.safetensors"
 
 
-def pack_triu(C: torch.Tensor) -> torch.Tensor:
-    """The upper triangle (diagonal included) of a symmetric matrix, row by row, in float16."""
+PACKED_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def pack_triu(C: torch.Tensor, dtype: str = "float16") -> torch.Tensor:
+    """The upper triangle (diagonal included) of a symmetric matrix, row by row, in ``dtype``."""
     rows, cols = torch.triu_indices(C.shape[0], C.shape[0])
-    return C[rows, cols].to(torch.float16).contiguous()
+    return C[rows, cols].to(PACKED_DTYPES[dtype]).contiguous()
+
+
+def packed_dtype_for(C: torch.Tensor, wanted: str) -> str:
+    """``wanted``, unless float16 would overflow (an entry beyond its range): then float32."""
+    if wanted == "float16" and float(C.abs().max()) > torch.finfo(torch.float16).max:
+        return "float32"
+    return wanted
 
 
 def unpack_triu(packed: torch.Tensor, dim: int) -> torch.Tensor:
@@ -98,7 +110,7 @@ def read_stats(path: Path, key: StatsKey) -> torch.Tensor | None:
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            if meta.get("layout") == "triu-float16":
+            if meta.get("layout") in ("triu-float16", "triu-float32"):
                 return unpack_triu(f.get_tensor("mom2_triu"), int(meta["dim"]))
             return f.get_tensor("mom2")
     except (OSError, RuntimeError, KeyError, ValueError, SafetensorError) as exc:
@@ -107,11 +119,16 @@ def read_stats(path: Path, key: StatsKey) -> torch.Tensor | None:
 
 
 def write_stats(path: Path, C: torch.Tensor, key: StatsKey, n_tokens: int | str, dtype: str,
-                packed: bool = False) -> None:
-    """Write ``C`` atomically: full matrix in ``dtype`` or (``packed``) the float16 upper triangle."""
+                packed: str | None = None) -> None:
+    """Write ``C`` atomically: the full matrix in ``dtype``, or (``packed``: "float16" or "float32")
+    its upper triangle in that precision (float32 where float16 would overflow, with a warning)."""
     meta = {**key.meta(), "n_tokens": str(n_tokens), "dim": str(C.shape[0])}
     if packed:
-        tensors, meta["layout"] = {"mom2_triu": pack_triu(C.cpu())}, "triu-float16"
+        precision = packed_dtype_for(C, packed)
+        if precision != packed:
+            log.warning("%s: second moments up to %.4g exceed float16's range: stored in float32", key.module,
+                        float(C.abs().max()))
+        tensors, meta["layout"] = {"mom2_triu": pack_triu(C.cpu(), precision)}, f"triu-{precision}"
     else:
         tensors, meta["dtype"] = {"mom2": C.cpu().contiguous()}, dtype
     with atomic_file(path) as tmp:
