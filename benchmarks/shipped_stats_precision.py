@@ -33,6 +33,15 @@ def _edit(lm, name, requests, cache: Path):
     return delta, time.perf_counter() - start
 
 
+def _shipped_layouts(modules) -> list[str]:
+    """The layouts (``triu-float16``/``triu-float32``) of the shipped files of ``modules``."""
+    from hyperedit.stats import SHIPPED_DIR
+    from hyperedit.stats.store import read_meta
+
+    files = [f for f in SHIPPED_DIR.rglob("*.safetensors") if f.name.split("-")[0] in modules]
+    return sorted({(read_meta(f) or {}).get("layout", "?") for f in files})
+
+
 def _max_rel_diff(a, b) -> float:
     worst = 0.0
     for key, shift in a.shifts.items():
@@ -69,7 +78,7 @@ def main() -> None:
         shipped_only = Path(tmp) / "shipped-only"
         for name in args.editors.split(","):
             deltas = {}
-            for variant, cache in (("float32 computed", computed), ("shipped float16", shipped_only)):
+            for variant, cache in (("float32 computed", computed), ("shipped", shipped_only)):
                 delta, seconds = _edit(lm, name, requests, cache)
                 with delta.applied(lm.model):
                     metrics, _ = evaluate(lm.adapter, requests, reference)
@@ -78,7 +87,8 @@ def main() -> None:
                     editor=name, model=lm.name, dataset=args.data.split(":")[0], split=args.data.split(":")[-1],
                     mode="batch", n_edits=len(requests), seed=0, edit_time_s=round(seconds, 2), peak_rss_mb=None,
                     metrics={k: metrics[k] for k in ("ES", "GS", "LS")}, statistics=variant))
-            records[-1]["max_rel_shift_diff"] = _max_rel_diff(deltas["float32 computed"], deltas["shipped float16"])
+            records[-1]["max_rel_shift_diff"] = _max_rel_diff(deltas["float32 computed"], deltas["shipped"])
+            records[-1]["statistics"] = "shipped " + "/".join(_shipped_layouts(deltas["shipped"].shifts))
             records[-1]["computed_with_shipped"] = sorted(p.name for p in shipped_only.rglob("*.safetensors"))
     write_results(records, args.out, RESULTS_DIR, title="Shipped key statistics (float16) against float32 ones",
                   notes="Same model, same requests; `max_rel_shift_diff`: the largest relative difference "
