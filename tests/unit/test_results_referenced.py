@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -117,3 +120,29 @@ def test_every_result_file_the_readme_and_docs_name_exists():
             if not found:
                 missing.append(f"{src.relative_to(ROOT)}: {name}")
     assert not missing, f"named as results but not under benchmarks/results/: {sorted(set(missing))}"
+
+
+def _has_commit(revision: str) -> bool:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{revision}^{{commit}}"],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_a_study_reads_present_inputs_from_the_tree_and_refuses_unknown_ones_in_one_line():
+    committed = load_script("research/committed_results.py")
+    assert committed.read_records("malmen_tradeoff") == json.loads((RESULTS / "malmen_tradeoff.json").read_text())
+    with pytest.raises(SystemExit, match=r"benchmarks/results/no_such_result\.json: not in the tree"):
+        committed.read_records("no_such_result")
+
+
+def test_the_tradeoff_map_recollected_through_git_history_is_the_committed_one():
+    committed = load_script("research/committed_results.py")
+    if not _has_commit(committed.PRUNED_AT):
+        pytest.skip(f"this checkout has no commit {committed.PRUNED_AT} (shallow clone or no git)")
+    rows = load_script("research/malmen_tradeoff.py").collect()
+    saved = json.loads((RESULTS / "malmen_tradeoff.json").read_text())
+    assert len(rows) == len(saved) > 0
+    key = lambda r: (r["label"], r["dataset"], r["editor"])  # noqa: E731
+    assert {key(r): r["metrics"] for r in rows} == {key(r): r["metrics"] for r in saved}
