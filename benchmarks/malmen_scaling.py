@@ -24,7 +24,7 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 log = logging.getLogger("malmen_scaling")
-RESULTS = Path("benchmarks") / "results"
+RESULTS = RESULTS_DIR
 
 
 def _rss_mb() -> float:
@@ -55,6 +55,57 @@ def sizes_for(sizes: list[int | None], available: int) -> list[int]:
     return sorted({available if n is None else min(n, available) for n in sizes})
 
 
+def existing_records(out: str) -> list[dict]:
+    """The records an earlier run wrote to ``<out>.json`` (a rerun skips them)."""
+    path = RESULTS / f"{out}.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def start_run(args, key: str):
+    """``(lm, records, done, command)``: the model loaded on ``args.threads`` threads, the records of
+    an earlier run of ``args.out`` and their ``(record[key], dataset, split, n_edits)``, which a rerun skips."""
+    import torch
+
+    from hyperedit.bench import current_command
+    from hyperedit.models import load_model
+
+    torch.set_num_threads(args.threads)
+    records = existing_records(args.out)
+    done = {(r[key], r["dataset"], r["split"], r["n_edits"]) for r in records}
+    return load_model(args.model), records, done, current_command()
+
+
+def scored_split(spec: str, limit: int | None, eval_subset: int):
+    """``(dataset, split, requests, scored)``: the first ``limit`` requests of ``spec`` and the first
+    ``eval_subset`` of them without their ``old_target`` (the probability scores are skipped)."""
+    from hyperedit.commands._common import dataset_label
+    from hyperedit.data import load_requests
+
+    dataset, split = dataset_label(spec)
+    requests = load_requests(spec, limit=limit)
+    return dataset, split, requests, [dataclasses.replace(r, old_target=None) for r in requests[:eval_subset]]
+
+
+def edit_and_score(lm, editor, requests: list, scored: list, reference, eval_batch_size: int) -> tuple[dict, dict]:
+    """Edit ``requests`` at once and score the first ``len(requests)`` of ``scored`` (the dataset's
+    scored prefix, ``reference`` its locality reference) with the edit applied; the model is
+    restored after. Returns the metrics and the record's cost fields."""
+    from hyperedit.bench import peak_rss_during
+    from hyperedit.eval import evaluate
+
+    n = len(requests)
+    rss_before = _rss_mb()
+    cpu = time.process_time()
+    delta, seconds, peak = peak_rss_during(editor.edit, lm, requests)
+    cpu = time.process_time() - cpu
+    evaluated = scored[:n]
+    with delta.applied(lm.model):
+        metrics, _ = evaluate(lm.adapter, evaluated, _slice_reference(reference, n), eval_batch_size)
+    return metrics, {"edit_time_s": seconds, "peak_rss_mb": peak, "edit_cpu_s": round(cpu, 3),
+                     "n_evaluated": len(evaluated), "rss_before_mb": round(rss_before, 1),
+                     "peak_rss_increase_mb": round(peak - rss_before, 1), "delta_norm": sum(delta.norms().values())}
+
+
 def _editor(name: str, args, lm, n: int):
     from hyperedit.editors import get_editor
 
@@ -67,25 +118,13 @@ def _editor(name: str, args, lm, n: int):
 
 
 def run(args) -> list[dict]:
-    import torch
+    from hyperedit.bench import make_record, write_results
+    from hyperedit.eval import locality_reference
 
-    from hyperedit.bench import current_command, make_record, peak_rss_during, write_results
-    from hyperedit.data import load_requests
-    from hyperedit.eval import evaluate, locality_reference
-    from hyperedit.commands._common import dataset_label
-    from hyperedit.models import load_model
-
-    torch.set_num_threads(args.threads)
-    out_json = RESULTS / f"{args.out}.json"
-    records = json.loads(out_json.read_text()) if out_json.is_file() else []
-    done = {(r["editor"], r["dataset"], r["split"], r["n_edits"]) for r in records}
-    lm = load_model(args.model)
-    command = current_command()
+    lm, records, done, command = start_run(args, "editor")
     sizes = args.sizes
     for spec in args.datasets.split(","):
-        dataset, split = dataset_label(spec)
-        requests = load_requests(spec, limit=None if None in sizes else max(sizes))
-        eval_all = [dataclasses.replace(r, old_target=None) for r in requests[: args.eval_subset]]
+        dataset, split, requests, eval_all = scored_split(spec, None if None in sizes else max(sizes), args.eval_subset)
         reference = None
         for n in sizes_for(sizes, len(requests)):
             for name in args.editors.split(","):
@@ -94,29 +133,17 @@ def run(args) -> list[dict]:
                 if reference is None:
                     reference = locality_reference(lm.adapter, eval_all, args.eval_batch_size)
                 editor, extra = _editor(name, args, lm, n)
-                batch = requests[:n]
-                rss_before = _rss_mb()
-                cpu = time.process_time()
-                delta, seconds, peak = peak_rss_during(editor.edit, lm, batch)
-                cpu = time.process_time() - cpu
-                evaluated = eval_all[:n]
-                with delta.applied(lm.model):
-                    metrics, _ = evaluate(lm.adapter, evaluated, _slice_reference(reference, n), args.eval_batch_size)
-                config = dataclasses.asdict(editor.config)
+                metrics, cost = edit_and_score(lm, editor, requests[:n], eval_all, reference, args.eval_batch_size)
                 record = make_record(editor=name, model=lm.name, dataset=dataset, split=split, mode="batch",
-                                     n_edits=n, metrics=metrics, edit_time_s=seconds, peak_rss_mb=peak,
-                                     command=command, seed=0, edit_cpu_s=round(cpu, 3), n_evaluated=len(evaluated),
-                                     rss_before_mb=round(rss_before, 1),
-                                     peak_rss_increase_mb=round(peak - rss_before, 1), threads=args.threads,
-                                     config=config, delta_norm=sum(delta.norms().values()), **extra)
+                                     n_edits=n, metrics=metrics, command=command, seed=0, threads=args.threads,
+                                     config=dataclasses.asdict(editor.config), **cost, **extra)
                 if name in ("malmen", "mend"):
                     record["checkpoint"] = getattr(args, name) or "shipped"
                 records.append(record)
                 log.info("%s %s n=%d: ES %.3f GS %.3f LS %.3f, edit %.1fs", name, dataset, n, metrics["ES"] or 0,
-                         metrics["GS"] or 0, metrics["LS"] or 0, seconds)
+                         metrics["GS"] or 0, metrics["LS"] or 0, cost["edit_time_s"])
                 write_results(records, args.out, RESULTS_DIR, title="MALMEN, MEND and ft against the number of facts",
                               notes=NOTES)
-                del delta
     plot(records, RESULTS / f"{args.out}.png")
     compare(records, args)
     return records

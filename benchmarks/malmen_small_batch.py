@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import time
 
-from malmen_scaling import RESULTS, _slice_reference, parse_sizes
+from malmen_scaling import RESULTS, edit_and_score, parse_sizes, scored_split, start_run
 
 log = logging.getLogger("malmen_small_batch")
 
@@ -63,24 +62,14 @@ def demo_changed_rows(lm, editor, tokens: int = 6) -> dict:
 
 
 def run(args) -> list[dict]:
-    import torch
+    from hyperedit.bench import make_record, write_results
+    from hyperedit.eval import locality_reference
 
-    from hyperedit.bench import current_command, make_record, peak_rss_during, write_results
-    from hyperedit.commands._common import dataset_label
-    from hyperedit.data import load_requests
-    from hyperedit.eval import evaluate, locality_reference
-    from hyperedit.models import load_model
-
-    torch.set_num_threads(args.threads)
-    out_json = RESULTS / f"{args.out}.json"
-    records = json.loads(out_json.read_text()) if out_json.is_file() else []
-    done = {(r["variant"], r["dataset"], r["split"], r["n_edits"]) for r in records}
-    lm = load_model(args.model)
-    command = current_command()
+    lm, records, done, command = start_run(args, "variant")
 
     def save(record):
         records.append(record)
-        write_results(records, args.out, title="The shipped MALMEN at small batches", notes=NOTES,
+        write_results(records, args.out, RESULTS, title="The shipped MALMEN at small batches", notes=NOTES,
                       columns=("variant", "unrelated_changed"))
 
     for name, overrides in args.variants:
@@ -92,9 +81,7 @@ def run(args) -> list[dict]:
             log.info("%s demo: %d of %d unrelated rows changed", name, records[-1]["unrelated_changed"],
                      records[-1]["unrelated_rows"])
     for spec in args.datasets.split(","):
-        dataset, split = dataset_label(spec)
-        requests = load_requests(spec, limit=max(args.sizes))
-        eval_all = [dataclasses.replace(r, old_target=None) for r in requests[: args.eval_subset]]
+        dataset, split, requests, eval_all = scored_split(spec, max(args.sizes), args.eval_subset)
         reference = None
         for n in sorted(set(args.sizes)):
             for name, overrides in args.variants:
@@ -103,20 +90,13 @@ def run(args) -> list[dict]:
                 if reference is None:
                     reference = locality_reference(lm.adapter, eval_all, args.eval_batch_size)
                 editor = _editor(lm, overrides)
-                cpu = time.process_time()
-                delta, seconds, peak = peak_rss_during(editor.edit, lm, requests[:n])
-                cpu = time.process_time() - cpu
-                evaluated = eval_all[:n]
-                with delta.applied(lm.model):
-                    metrics, _ = evaluate(lm.adapter, evaluated, _slice_reference(reference, n), args.eval_batch_size)
+                metrics, cost = edit_and_score(lm, editor, requests[:n], eval_all, reference, args.eval_batch_size)
                 save(make_record(editor="malmen", model=lm.name, dataset=dataset, split=split, mode="batch", n_edits=n,
-                                 metrics=metrics, edit_time_s=seconds, peak_rss_mb=peak, command=command,
-                                 edit_cpu_s=round(cpu, 3), n_evaluated=len(evaluated), threads=args.threads,
-                                 variant=name, overrides=overrides, checkpoint="shipped",
-                                 config=dataclasses.asdict(editor.config)))
+                                 metrics=metrics, command=command, threads=args.threads, variant=name,
+                                 overrides=overrides, checkpoint="shipped", config=dataclasses.asdict(editor.config),
+                                 **cost))
                 log.info("%s %s n=%d: ES %.3f GS %.3f LS %.3f, edit %.1fs", name, dataset, n, metrics["ES"] or 0,
-                         metrics["GS"] or 0, metrics["LS"] or 0, seconds)
-                del delta
+                         metrics["GS"] or 0, metrics["LS"] or 0, cost["edit_time_s"])
     return records
 
 

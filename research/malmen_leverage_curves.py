@@ -5,17 +5,19 @@ joint solve, traced by ``--ridge-scales``. Higher at equal reach is more room fo
     python research/malmen_leverage_curves.py malmen_leverage_covariance_cf malmen_leverage_covariance_cf_wide \
         malmen_leverage_covariance_zsre malmen_leverage_covariance_zsre_wide --out malmen_leverage_curves
 
-Reads committed records of ``malmen_leverage.py`` (nothing is re-run) and writes
+Reads committed records of ``malmen_leverage.py`` (nothing is re-run; those that left the tree from
+git history, ``committed_results.py``) and writes
 benchmarks/results/<out>.json/.md/.png.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from committed_results import RESULTS, read_records  # noqa: E402
 
 
 
@@ -57,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     from hyperedit.bench import write_results
 
-    records = [r for name in args.results for r in json.loads((RESULTS / f"{name}.json").read_text())]
+    records = [r for name in args.results for r in read_records(name)]
     records.sort(key=lambda r: (r["dataset"], r["editor"], r["metrics"]["loc_reach_ans"]))
     write_results(records, args.out, RESULTS, title="Room of MALMEN's least-squares solve against its reach", notes=(
         "Committed records of malmen_leverage.py, not re-run (each names its command); see that script's "

@@ -1,7 +1,8 @@
 """Every measured MALMEN lever at 1,024 facts on one efficacy/locality map (not re-run).
 
 Collects the batch records at 1,024 facts (MEMIT / MetaKE(MEMIT): 1,000 on CounterFact, 500 on
-zsRE, the sizes measured) from the committed result files named in ``POINTS``, and draws ES against
+zsRE, the sizes measured) from the committed result files named in ``POINTS`` (those that left
+the tree are read from git history: ``committed_results.py``), and draws ES against
 LS per split with the issue's target region shaded. Each record keeps the command that produced it
 and names its file in ``source``.
 
@@ -10,14 +11,13 @@ and names its file in ``source``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from committed_results import RESULTS, read_records  # noqa: E402
 from malmen_scaling import SUMMARY_FIELDS  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 # (label, result file, editor, extra record fields that must match)
 POINTS = [
@@ -67,7 +67,7 @@ TARGETS = {"counterfact": (0.85, 0.70), "zsre": (0.85, 0.65)}
 def collect() -> list[dict]:
     rows = []
     for label, name, editor, match in POINTS:
-        for r in json.loads((RESULTS / f"{name}.json").read_text()):
+        for r in read_records(name):
             if (r["editor"] == editor and r["mode"] == "batch" and r["n_edits"] in SIZES
                     and all(r.get(k) == v for k, v in match.items())):
                 rows.append({k: r[k] for k in SUMMARY_FIELDS if k in r} | {"label": label, "source": f"{name}.json"})

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hyperedit.errors import HyperEditError, InputError
 from hyperedit.requests import EditRequest, check_text
@@ -265,6 +265,16 @@ class SubjectDrops:
                 "%s: subject does not occur in the prompt in %d of %d records; subject dropped there",
                 self.source, self.count, self.total,
             )
+
+
+def map_each(records: Records, source: str,
+             build: Callable[[Record, int, SubjectDrops], EditRequest]) -> list[EditRequest]:
+    """``build(record, index, drops)`` for every record of a file, in order; the records whose
+    subject is not in their prompt are counted over the whole file and reported in one warning."""
+    drops = SubjectDrops(source)
+    out = [build(Record(source, number, data), index, drops) for index, (number, data) in enumerate(records)]
+    drops.report()
+    return out
 
 
 def easyedit_core(rec: Record, drops: SubjectDrops, prompt_field: str = "prompt") -> tuple[str, str, str | None]:

@@ -14,7 +14,7 @@ with the next sentence: prompt = text, target = labels, subject = concept when t
 """
 from __future__ import annotations
 
-from hyperedit.data._common import Record, Records, SubjectDrops, build_request, json_type
+from hyperedit.data._common import Record, Records, SubjectDrops, build_request, json_type, map_each
 from hyperedit.requests import EditRequest, LocalityPrompt
 
 
@@ -79,15 +79,13 @@ def locality(rec: Record) -> list[LocalityPrompt]:
 def map_wikibio(records: Records, source: str) -> list[EditRequest]:
     """KnowEdit WikiBio: prompt=text, target=labels, subject=concept (if in the text), locality
     from ``locality``; id = the record's position."""
-    drops = SubjectDrops(source)
-    out = []
-    for index, (number, data) in enumerate(records):
-        rec = Record(source, number, data)
-        prompt = rec.string("text")
-        target = rec.string("labels")
-        subject = drops.check(rec.string("concept", required=False), prompt)
-        out.append(build_request(rec, {"prompt": "text", "target": "labels", "subject": "concept"},
-                                 prompt=prompt, target=target, subject=subject, locality=tuple(locality(rec)),
-                                 id=str(index), meta={"format": "wikibio"}))
-    drops.report()
-    return out
+    return map_each(records, source, _wikibio_request)
+
+
+def _wikibio_request(rec: Record, index: int, drops: SubjectDrops) -> EditRequest:
+    prompt = rec.string("text")
+    target = rec.string("labels")
+    subject = drops.check(rec.string("concept", required=False), prompt)
+    return build_request(rec, {"prompt": "text", "target": "labels", "subject": "concept"},
+                         prompt=prompt, target=target, subject=subject, locality=tuple(locality(rec)),
+                         id=str(index), meta={"format": "wikibio"})

@@ -1,7 +1,7 @@
 """zsRE in its two common layouts: MEND (``src``/``answers``) and KnowEdit (``target_new``)."""
 from __future__ import annotations
 
-from hyperedit.data._common import Record, Records, SubjectDrops, build_request, easyedit_core
+from hyperedit.data._common import Record, Records, SubjectDrops, build_request, easyedit_core, map_each
 from hyperedit.data.knowedit import flat_answers, locality, portability
 from hyperedit.requests import EditRequest, LocalityPrompt
 
@@ -47,31 +47,29 @@ def map_knowedit(records: Records, source: str) -> list[EditRequest]:
     as ``[{"kind", "prompt", "answers"}]`` (``knowedit.portability``). KnowEdit's WikiData
     files share this layout.
     """
-    drops = SubjectDrops(source)
-    out = []
-    for index, (number, data) in enumerate(records):
-        rec = Record(source, number, data)
-        prompt, target, subject = easyedit_core(rec, drops)
-        old_target = None
-        ground_truth = data.get("ground_truth")
-        if ground_truth is not None:
-            old = flat_answers(rec, "ground_truth", ground_truth)
-            if old and old[0].strip() != target.strip():
-                old_target = old[0]
-        rephrase = rec.string("rephrase_prompt", required=False)
-        meta = {"format": "zsre-knowedit"}
-        if ground_truth is not None:
-            meta["ground_truth"] = ground_truth
-        probes = portability(rec)
-        if probes:
-            meta["portability"] = probes
-        if data.get("cond") is not None:
-            meta["cond"] = data["cond"]
-        out.append(build_request(
-            rec, {"target": "target_new", "old_target": "ground_truth", "rephrasings": "rephrase_prompt"},
-            prompt=prompt, target=target, subject=subject,
-            rephrasings=(rephrase,) if rephrase else (), locality=tuple(locality(rec)),
-            old_target=old_target, id=str(index), meta=meta,
-        ))
-    drops.report()
-    return out
+    return map_each(records, source, _knowedit_request)
+
+
+def _knowedit_request(rec: Record, index: int, drops: SubjectDrops) -> EditRequest:
+    prompt, target, subject = easyedit_core(rec, drops)
+    old_target = None
+    ground_truth = rec.data.get("ground_truth")
+    if ground_truth is not None:
+        old = flat_answers(rec, "ground_truth", ground_truth)
+        if old and old[0].strip() != target.strip():
+            old_target = old[0]
+    rephrase = rec.string("rephrase_prompt", required=False)
+    meta = {"format": "zsre-knowedit"}
+    if ground_truth is not None:
+        meta["ground_truth"] = ground_truth
+    probes = portability(rec)
+    if probes:
+        meta["portability"] = probes
+    if rec.data.get("cond") is not None:
+        meta["cond"] = rec.data["cond"]
+    return build_request(
+        rec, {"target": "target_new", "old_target": "ground_truth", "rephrasings": "rephrase_prompt"},
+        prompt=prompt, target=target, subject=subject,
+        rephrasings=(rephrase,) if rephrase else (), locality=tuple(locality(rec)),
+        old_target=old_target, id=str(index), meta=meta,
+    )
