@@ -42,13 +42,17 @@ def main() -> None:
     parser.add_argument("--editors", default="", help="comma-separated (default: every registered editor)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="demo_no_data")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the records of other editors already in OUT.json (replace this run's editors)")
     args = parser.parse_args()
 
     from hyperedit.bench import make_record, write_results
     from hyperedit.editors import editor_names
 
-    records = []
-    for name in args.editors.split(",") if args.editors else editor_names():
+    names = args.editors.split(",") if args.editors else editor_names()
+    earlier = RESULTS_DIR / f"{args.out}.json"
+    records = [r for r in json.loads(earlier.read_text()) if r["editor"] not in names] if args.append and earlier.exists() else []
+    for name in names:
         out, seconds = run_demo(name, args.threads)
         changed = out["unrelated_changed"]
         metrics = {k: out["metrics"][k] for k in ("ES", "GS", "LS")}
