@@ -16,6 +16,7 @@ keys of earlier edits are kept in the least-squares sense. Every edit adds its k
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -89,13 +90,28 @@ class DirectionOptions(NullSpaceOptions):
 
 @dataclass
 class MalmenConfig(HyperEditorConfig, DirectionOptions):
-    """MALMEN settings: the hypernetwork's (``HyperEditorConfig``) and the solve's (``DirectionOptions``)."""
+    """MALMEN settings: the hypernetwork's (``HyperEditorConfig``) and the solve's (``DirectionOptions``).
 
-    RUNTIME = HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME
+    ``small_edit_facts`` (our extension, edit time): an edit of at most that many facts is solved
+    with ``small_edit_contrast`` contrast rows per request and ``small_edit_shift_scale`` in place
+    of ``contrast`` and ``shift_scale``; larger edits use those two as set. A few facts fill few
+    directions of the solve, so their shifts reach every prompt asking the same relation; contrast
+    rows keep those, the scale restores the efficacy they cost. 0 (the dataclass default): off; the
+    shipped SmolLM2 editor turns it on with values chosen by measurement (docs/malmen.md).
+    """
+
+    small_edit_facts: int = 0
+    small_edit_contrast: int = 0
+    small_edit_shift_scale: float = 1.0
+
+    RUNTIME = (HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME
+               + ("small_edit_facts", "small_edit_contrast", "small_edit_shift_scale"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_direction_options()
+        if self.small_edit_facts < 0 or self.small_edit_contrast < 0 or not self.small_edit_shift_scale > 0:
+            raise ValueError("small_edit_facts and small_edit_contrast must be >= 0, small_edit_shift_scale > 0")
         if self.joint and self.partition:
             raise ValueError("joint and partition exclude each other (one solve for all modules, or one per chunk)")
 
@@ -108,6 +124,7 @@ class MalmenEditor(HyperEditor):
     config_class = MalmenConfig
     _said_no_swaps = False  # ``contrast`` found no swaps once and said so
     _said_joint = False  # a large edit was told of ``joint`` once
+    _said_small = False  # a small edit was told of ``small_edit_facts`` once
     #: From this many facts in one edit the joint solve with shifts scaled by 0.6 measured better
     #: on both evaluation splits (1,024 facts and whole splits; docs/malmen.md, "One solve for all
     #: six modules"); below a few hundred the per-module default writes more. None: no hint (an
@@ -120,7 +137,27 @@ class MalmenEditor(HyperEditor):
             self._said_joint = True
             log.info("editing %d facts at once: --set joint=true --set shift_scale=0.6 measured better for MALMEN "
                      "at this scale on SmolLM2-135M (docs/malmen.md, 'One solve for all six modules')", len(requests))
-        return super().edit(lm, requests)
+        small = self.small_edit_config(len(requests))
+        if small is None:
+            return super().edit(lm, requests)
+        if not self._said_small:
+            self._said_small = True
+            log.info("editing %d facts (<= small_edit_facts %d): contrast=%d, shift_scale=%g "
+                     "(--set small_edit_facts=0: off)", len(requests), self.config.small_edit_facts,
+                     small.contrast, small.shift_scale)
+        config, self.config = self.config, small
+        try:
+            return super().edit(lm, requests)
+        finally:
+            self.config = config
+
+    def small_edit_config(self, n_facts: int) -> MalmenConfig | None:
+        """The config an edit of ``n_facts`` facts is solved with when ``small_edit_facts`` covers
+        it (contrast and shift scale replaced), else None (the editor's own config)."""
+        cfg = self.config
+        if not cfg.small_edit_facts or n_facts > cfg.small_edit_facts:
+            return None
+        return dataclasses.replace(cfg, contrast=cfg.small_edit_contrast, shift_scale=cfg.small_edit_shift_scale)
 
     def prepare(self, lm) -> None:
         """Load C0 (``ridge="covariance"`` or ``nullspace``; cached by ``hyperedit.stats``) and the
