@@ -80,7 +80,7 @@ def run(args) -> list[dict]:
 
     def save(record):
         records.append(record)
-        write_results(records, args.out, title="The shipped MALMEN at small batches", notes=NOTES,
+        write_results(records, args.out, RESULTS, title="The shipped MALMEN at small batches", notes=NOTES,
                       columns=("variant", "unrelated_changed"))
 
     for name, overrides in args.variants:
