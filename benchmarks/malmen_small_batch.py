@@ -91,7 +91,7 @@ def run(args) -> list[dict]:
                              command=command, variant=name, overrides=overrides, **result))
             log.info("%s demo: %d of %d unrelated rows changed", name, records[-1]["unrelated_changed"],
                      records[-1]["unrelated_rows"])
-    for spec in args.datasets.split(","):
+    for spec in filter(None, args.datasets.split(",")):  # --datasets "": the demo only
         dataset, split = dataset_label(spec)
         requests = load_requests(spec, limit=max(args.sizes))
         eval_all = [dataclasses.replace(r, old_target=None) for r in requests[: args.eval_subset]]
