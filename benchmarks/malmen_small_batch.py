@@ -80,7 +80,7 @@ def run(args) -> list[dict]:
                              command=command, variant=name, overrides=overrides, **result))
             log.info("%s demo: %d of %d unrelated rows changed", name, records[-1]["unrelated_changed"],
                      records[-1]["unrelated_rows"])
-    for spec in args.datasets.split(","):
+    for spec in filter(None, args.datasets.split(",")):  # --datasets "": the demo only
         dataset, split, requests, eval_all = scored_split(spec, max(args.sizes), args.eval_subset)
         reference = None
         for n in sorted(set(args.sizes)):

@@ -16,6 +16,7 @@ keys of earlier edits are kept in the least-squares sense. Every edit adds its k
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -52,6 +53,8 @@ class DirectionOptions(NullSpaceOptions):
     ``contrast_weight`` against an edit row); each costs a forward pass, no backward.
     ``contrast_memory``: in a stream, the subjects of that many earlier requests may also be
     swapped in (after the edit's own), so edits of one request get contrast rows too.
+    ``contrast_subjects``: generic subjects swapped in after those (a fixed list, no data), so a
+    small edit gets its ``contrast`` rows even when it has too few requests of its own.
     ``joint`` (our extension): one least-squares solve over the keys of all modules side by side
     instead of one per module (``solve_joint``); identity ridge only, one rank; trainable without
     ``nullspace`` and ``contrast``, with them an edit-time option.
@@ -65,11 +68,12 @@ class DirectionOptions(NullSpaceOptions):
     contrast: int = 0
     contrast_weight: float = 1.0
     contrast_memory: int = 0
+    contrast_subjects: list[str] | None = None
     joint: bool = False
 
     DIRECTION_RUNTIME = ("solve_dtype", "ridge", "ridge_samples", "nullspace", "nullspace_threshold",
                          "threshold_relative", "memory_weight", "contrast", "contrast_weight", "contrast_memory",
-                         "joint")
+                         "contrast_subjects", "joint")
 
     def check_direction_options(self) -> None:
         self.check_nullspace_options()
@@ -83,19 +87,38 @@ class DirectionOptions(NullSpaceOptions):
             raise ValueError("ridge_samples must be >= 1")
         if self.contrast < 0 or self.contrast_memory < 0 or not self.contrast_weight > 0:
             raise ValueError("contrast and contrast_memory must be >= 0, contrast_weight > 0")
+        subjects = self.contrast_subjects
+        if subjects is not None and (not isinstance(subjects, list)
+                                     or not all(isinstance(x, str) and x.strip() for x in subjects)):
+            raise ValueError("contrast_subjects must be a list of non-empty strings")
         if self.joint and self.ridge != "identity":
             raise ValueError("joint needs ridge=identity")
 
 
 @dataclass
 class MalmenConfig(HyperEditorConfig, DirectionOptions):
-    """MALMEN settings: the hypernetwork's (``HyperEditorConfig``) and the solve's (``DirectionOptions``)."""
+    """MALMEN settings: the hypernetwork's (``HyperEditorConfig``) and the solve's (``DirectionOptions``).
 
-    RUNTIME = HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME
+    ``small_edit_facts`` (our extension, edit time): an edit of N <= that many facts is solved with
+    ceil(``small_edit_contrast`` / N) contrast rows per request (at least one) in place of
+    ``contrast``, so a smaller edit gets more rows per fact (drawn from ``contrast_subjects`` when
+    its own requests run out); larger edits use ``contrast`` as set. A few facts fill few
+    directions of the solve, so their shifts reach every prompt asking the same relation; the rows
+    keep those. 0 (the dataclass default): off; the shipped SmolLM2 editor turns it on with values
+    chosen by measurement (docs/malmen.md, "Small edits").
+    """
+
+    small_edit_facts: int = 0
+    small_edit_contrast: int = 0
+
+    RUNTIME = (HyperEditorConfig.RUNTIME + DirectionOptions.DIRECTION_RUNTIME
+               + ("small_edit_facts", "small_edit_contrast"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_direction_options()
+        if self.small_edit_facts < 0 or self.small_edit_contrast < 0:
+            raise ValueError("small_edit_facts and small_edit_contrast must be >= 0")
         if self.joint and self.partition:
             raise ValueError("joint and partition exclude each other (one solve for all modules, or one per chunk)")
 
@@ -108,6 +131,7 @@ class MalmenEditor(HyperEditor):
     config_class = MalmenConfig
     _said_no_swaps = False  # ``contrast`` found no swaps once and said so
     _said_joint = False  # a large edit was told of ``joint`` once
+    _said_small = False  # a small edit was told of ``small_edit_facts`` once
     #: From this many facts in one edit the joint solve with shifts scaled by 0.6 measured better
     #: on both evaluation splits (1,024 facts and whole splits; docs/malmen.md, "One solve for all
     #: six modules"); below a few hundred the per-module default writes more. None: no hint (an
@@ -120,7 +144,27 @@ class MalmenEditor(HyperEditor):
             self._said_joint = True
             log.info("editing %d facts at once: --set joint=true --set shift_scale=0.6 measured better for MALMEN "
                      "at this scale on SmolLM2-135M (docs/malmen.md, 'One solve for all six modules')", len(requests))
-        return super().edit(lm, requests)
+        small = self.small_edit_config(len(requests))
+        if small is None:
+            return super().edit(lm, requests)
+        if not self._said_small:
+            self._said_small = True
+            log.info("editing %d facts (<= small_edit_facts %d): contrast=%d rows per request "
+                     "(--set small_edit_facts=0: off)", len(requests), self.config.small_edit_facts, small.contrast)
+        config, self.config = self.config, small
+        try:
+            return super().edit(lm, requests)
+        finally:
+            self.config = config
+
+    def small_edit_config(self, n_facts: int) -> MalmenConfig | None:
+        """The config an edit of ``n_facts`` facts is solved with when ``small_edit_facts`` covers
+        it (its contrast rows per request replaced), else None (the editor's own config)."""
+        cfg = self.config
+        if not cfg.small_edit_facts or n_facts > cfg.small_edit_facts:
+            return None
+        per_request = -(-cfg.small_edit_contrast // max(n_facts, 1)) if cfg.small_edit_contrast else 0
+        return dataclasses.replace(cfg, contrast=per_request)
 
     def prepare(self, lm) -> None:
         """Load C0 (``ridge="covariance"`` or ``nullspace``; cached by ``hyperedit.stats``) and the
@@ -185,7 +229,8 @@ class MalmenEditor(HyperEditor):
         cfg = self.config
         if not cfg.contrast or not names:
             return {}
-        swaps = subject_swaps(requests, cfg.contrast, self.asked if cfg.contrast_memory else ())
+        swaps = subject_swaps(requests, cfg.contrast, self.asked if cfg.contrast_memory else (),
+                              cfg.contrast_subjects or ())
         if not swaps:
             if not self._said_no_swaps:  # once per editor: a stream of single edits
                 self._said_no_swaps = True
