@@ -19,3 +19,4 @@ def test_changed_unrelated_rows_are_reported(model_dir, capsys):
     assert out["unrelated_rows"] == len(unrelated) == 4
     assert out["unrelated_changed"] == [r["prompt"] for r in unrelated if r["before"] != r["after"]]
     assert out["unrelated_changed"], "this edit was meant to disturb unrelated answers"
+    assert out["edit_time_s"] > 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from ..requests import EditRequest, LocalityPrompt
 from ._common import add_editor_args, add_model_args, editor_from_args, emit_json, load_model_from_args, seed_everything
@@ -81,7 +82,9 @@ def run(args) -> int:
     before = generate(lm.adapter, prompts, args.tokens)
     reference = locality_reference(lm.adapter, requests)
     log.info("editing %d facts with %s", len(requests), editor.name)
+    start = time.perf_counter()
     delta = editor.edit(lm, requests)
+    edit_seconds = time.perf_counter() - start
     with delta.applied(lm.model):
         after = generate(lm.adapter, prompts, args.tokens)
         metrics, _ = evaluate(lm.adapter, requests, reference)
@@ -91,7 +94,8 @@ def run(args) -> int:
     n_unrelated = sum(row["kind"] == "unrelated" for row in table)
     if args.json:
         emit_json({"editor": editor.name, "model": lm.name, "rows": table, "metrics": metrics,
-                   "unrelated_changed": [row["prompt"] for row in changed], "unrelated_rows": n_unrelated})
+                   "unrelated_changed": [row["prompt"] for row in changed], "unrelated_rows": n_unrelated,
+                   "edit_time_s": round(edit_seconds, 3)})
         return 0
     print(f"hyperedit demo: {len(requests)} facts edited in {lm.name} with {editor.name}\n")
     header = f"{'kind':<10} {'prompt':<52} {'wanted':<11} {'before':<26} {'after':<26}"
