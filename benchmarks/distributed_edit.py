@@ -34,7 +34,7 @@ def worker(args) -> None:
     from hyperedit.data import load_requests
     from hyperedit.distributed import init_from_environment
     from hyperedit.editors import get_editor
-    from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+    from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
 
     world = init_from_environment("cpu")
     lm = load_model(args.model)

@@ -38,7 +38,7 @@ def worker(args) -> None:
     from hyperedit.bench import peak_rss_during
     from hyperedit.distributed import init_from_environment
     from hyperedit.editors import get_editor
-    from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+    from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
     from hyperedit.training import MetaTrainConfig, MetaTrainer, load_pool, split_validation
 
     torch.set_num_threads(1)

@@ -16,8 +16,7 @@ import torch
 
 def main(argv=None) -> int:
     from hyperedit.commands._training_setup import parse_layers
-    from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
-    from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
+    from hyperedit.editors.hypernet import HiEditConfig, HiEditEditor, RLEditConfig, RLEditEditor
     from hyperedit.models import load_model
     from hyperedit.training import load_pool
     from hyperedit.training.data import fingerprint

@@ -138,7 +138,7 @@ def main() -> None:
 
     from hyperedit.bench import current_command, write_results
     from hyperedit.data import load_requests
-    from hyperedit.editors._targets import TargetCache
+    from hyperedit.editors.locate import TargetCache
     from hyperedit.eval import locality_reference
     from hyperedit.eval.runner import run_batch, run_sequential
     from hyperedit.commands._common import dataset_label

@@ -25,7 +25,7 @@ log = logging.getLogger("malmen_train_cost")
 
 
 def measure(lm, pool, n: int, steps: int, layers: list[int]) -> dict:
-    from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+    from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
     from hyperedit.training import MetaTrainConfig, MetaTrainer
     from hyperedit.training.data import batch_for_step
 

@@ -5,7 +5,7 @@ With ``nullspace=true`` (AlphaEdit, and HiEdit / RLEdit with direction control) 
 U's range, U the eigenvectors of the module's key second moment C0 (generic text) with eigenvalue
 below ``nullspace_threshold``; the earlier edits' keys K_p^T K_p join every later solve, and a
 direction in which ``U^T K_p^T K_p U`` is above the ridge ``e^lambda`` is one a new edit is cut back
-in (``hyperedit.editors._nullspace.held_directions``). This script reads, from the unedited model, the
+in (``hyperedit.editors.locate.held_directions``). This script reads, from the unedited model, the
 keys an editor remembers (MALMEN's rows: the positions predicting the target) for the first ``--n``
 requests of a split and counts, every ``--every`` facts and for every down_proj module of ``--layers``,
 the null space's size (``null_dims``) and the directions the memory holds (``held_dims``), at each
@@ -52,7 +52,7 @@ def truncated_memory(U, keys, owner, batch: int, checkpoints: list[int], energy:
     directions of its keys' Gram in U's range that hold ``energy`` of its trace."""
     import torch
 
-    from hyperedit.editors._nullspace import held_directions
+    from hyperedit.editors.locate import held_directions
 
     reduced = keys @ U
     memory = torch.zeros(U.shape[1], U.shape[1], dtype=torch.float64)
@@ -77,7 +77,7 @@ def with_contrast_rows(lm, requests, keys, owner, names, args):
     edit's first request so it joins the memory with that edit."""
     import torch
 
-    from hyperedit.editors._contrast import asked, subject_swaps
+    from hyperedit.editors.hypernet import asked, subject_swaps
     from malmen_leverage import read_keys  # the same key reading as the leverage benchmark
 
     pairs, subjects, first = [], [], []
@@ -100,7 +100,7 @@ def run(args) -> list[dict]:
     from hyperedit.commands._training_setup import parse_layers
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
-    from hyperedit.editors._nullspace import held_directions, null_space_basis
+    from hyperedit.editors.locate import held_directions, null_space_basis
     from hyperedit.models import load_model
     from hyperedit.stats import key_second_moments
     from malmen_leverage import read_keys  # the same key reading as the leverage benchmark

@@ -32,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from hyperedit.data import load_requests
-    from hyperedit.editors._locate import encode_prompts_right, subject_position
+    from hyperedit.editors.locate.base import encode_prompts_right, subject_position
     from hyperedit.hooks import edit_output
     from hyperedit.models import load_model
 

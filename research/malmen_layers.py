@@ -47,7 +47,7 @@ def main() -> None:
 
     from hyperedit.bench import current_command, make_record, peak_rss_during
     from hyperedit.commands._training_setup import parse_layers
-    from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+    from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
     from hyperedit.eval import evaluate, locality_reference
     from hyperedit.models import load_model
     from hyperedit.training import MetaTrainConfig, MetaTrainer, load_pool, split_validation

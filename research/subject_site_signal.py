@@ -120,7 +120,7 @@ def run(args) -> list[dict]:
     from hyperedit.commands._common import dataset_label
     from hyperedit.data import load_requests
     from hyperedit.editors import get_editor
-    from hyperedit.editors._targets import TargetCache
+    from hyperedit.editors.locate import TargetCache
     from hyperedit.eval.evaluate import evaluate, locality_reference
     from hyperedit.models import load_model
 

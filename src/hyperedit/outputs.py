@@ -146,7 +146,7 @@ def kind_of(path: str | os.PathLike) -> str | None:
 
 
 def _is_target_cache(path: Path) -> bool:
-    """A safetensors file of target vectors (``editors._targets.TargetCache.save``)."""
+    """A safetensors file of target vectors (``editors.locate.TargetCache.save``)."""
     return path.suffix == ".safetensors" and _safetensors_metadata_has(path, "entries")
 
 

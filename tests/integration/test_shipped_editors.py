@@ -9,7 +9,7 @@ import torch
 
 from hyperedit.data import resolve_data_dir
 from hyperedit.editors import get_editor
-from hyperedit.editors._shipped import SIDECAR, shipped_checkpoint, shipped_folders
+from hyperedit.editors.hypernet.shipped import SIDECAR, shipped_checkpoint, shipped_folders
 from hyperedit.errors import HyperEditError
 from hyperedit.eval import evaluate, locality_reference
 from hyperedit.requests import EditRequest

@@ -2,9 +2,7 @@
 import torch
 
 from hyperedit.editors import get_editor
-from hyperedit.editors._locate import alphaedit_map
-from hyperedit.editors._nullspace import null_space_projector
-from hyperedit.editors.alphaedit import AlphaEdit
+from hyperedit.editors.locate import AlphaEdit, alphaedit_map, null_space_projector
 from hyperedit.stats import key_second_moments
 
 from test_memit import FACTS, TINY, top_token
@@ -100,7 +98,7 @@ def test_sequential_state_accumulates_and_round_trips(tiny_llama, tmp_path):
 
 
 def _current_gram(lm, editor, requests, name):
-    from hyperedit.editors._locate import keys_and_hidden
+    from hyperedit.editors.locate import keys_and_hidden
 
     K, _ = keys_and_hidden(lm, requests, name, editor.prefixes(lm), lm.adapter.layer_of(name))
     return K.double().T @ K.double()

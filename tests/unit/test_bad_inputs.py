@@ -222,7 +222,7 @@ def test_every_scored_sequence_is_checked_old_target_included(tiny_dirs, tmp_pat
 
 
 def test_training_refuses_over_long_requests(tiny_dirs, tmp_path):
-    from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+    from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
     from hyperedit.training import MetaTrainConfig, MetaTrainer
 
     lm = load_model(_model_copy(tiny_dirs, tmp_path, max_position_embeddings=SHORT_CONTEXT))

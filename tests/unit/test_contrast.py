@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyperedit.editors._contrast import subject_swaps
-from hyperedit.editors._hypernet import cache_requests
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor, cache_requests, subject_swaps
 from hyperedit.lm import cache_keys, cache_keys_and_value_grads, key_gram
 from hyperedit.requests import EditRequest, LocalityPrompt
 
@@ -43,7 +41,7 @@ def test_swaps_use_other_subjects_in_the_edit_own_template_and_never_another_edi
 
 
 def test_earlier_subjects_are_swapped_in_after_the_edit_own_most_recent_first():
-    from hyperedit.editors._contrast import asked
+    from hyperedit.editors.hypernet import asked
 
     reqs = _requests()
     earlier = asked(reqs[1:5])  # peter (speaks), spain (capital), maria (speaks), egypt (river)
@@ -118,7 +116,7 @@ def test_contrast_options_are_checked():
 def test_hiedit_keeps_the_contrast_rows_of_every_candidate_in_its_key_state(tiny_llama, monkeypatch):
     from pathlib import Path
 
-    from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
+    from hyperedit.editors.hypernet import HiEditConfig, HiEditEditor
 
     monkeypatch.setenv("HYPEREDIT_DATA_DIR", str(Path(__file__).resolve().parents[1] / "fixtures" / "data"))
     reqs = _requests()[:5]
@@ -139,7 +137,7 @@ def test_hiedit_keeps_the_contrast_rows_of_every_candidate_in_its_key_state(tiny
 
 def test_an_edit_without_swaps_is_solved_as_without_contrast_and_says_so(tiny_llama, caplog):
     one = _requests()[:1]
-    with caplog.at_level("INFO", logger="hyperedit.editors.malmen"):
+    with caplog.at_level("INFO", logger="hyperedit.editors.hypernet.malmen"):
         shifts, _ = _editor(tiny_llama, contrast=2).edit_round(tiny_llama, one, first=True)
     plain, _ = _editor(tiny_llama).edit_round(tiny_llama, one, first=True)
     assert "no subject swaps" in caplog.text
@@ -173,7 +171,7 @@ def test_a_stream_of_single_edits_with_contrast_memory_resumes_exactly(tiny_dirs
 
 
 def test_training_proposes_the_shifts_an_edit_writes_with_its_contrast_rows(tiny_llama):
-    from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
+    from hyperedit.editors.hypernet import RLEditConfig, RLEditEditor
 
     reqs = _requests()[:5]
     config = RLEditConfig(layers=[2, 3], rank=4, n_blocks=1, lr_init=0.5, solve_dtype="float64", contrast=2)

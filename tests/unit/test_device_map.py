@@ -14,7 +14,7 @@ import torch
 
 from hyperedit.cli import main
 from hyperedit.delta import EditDelta
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
 from hyperedit.models import load_model
 from test_distributed_training import assert_same_metrics, facts_with_rephrasing_and_locality
 

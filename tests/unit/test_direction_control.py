@@ -9,10 +9,9 @@ import pytest
 import torch
 from test_rledit import requests
 
-from hyperedit.editors._hypernet import cache_requests
-from hyperedit.editors._nullspace import null_space_basis
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
-from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
+from hyperedit.editors.hypernet import cache_requests
+from hyperedit.editors.locate import null_space_basis
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor, RLEditConfig, RLEditEditor
 from hyperedit.errors import HyperEditError
 from hyperedit.eval.lifelong import LifelongConfig, LifelongRunner
 from hyperedit.nets import HyperNets
@@ -121,7 +120,7 @@ def test_every_edit_adds_its_keys_to_the_key_state(tiny_llama, fixture_corpus):
 
 def test_direction_options_are_runtime_and_checked(tiny_llama, tmp_path):
     from hyperedit.editors import get_editor
-    from hyperedit.editors.hiedit import HiEditConfig
+    from hyperedit.editors.hypernet import HiEditConfig
 
     _editor(RLEditEditor, RLEditConfig, tiny_llama).save(tmp_path / "rl")
     loaded = get_editor("rledit", checkpoint=str(tmp_path / "rl"), nullspace=True, online_norm=True,
@@ -177,7 +176,7 @@ def test_stream_with_direction_control_resumes_exactly(tiny_dirs, tiny_llama, tm
     if editor_name == "rledit":
         _editor(RLEditEditor, RLEditConfig, tiny_llama).save(tmp_path / "ckpt")
     else:
-        from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
+        from hyperedit.editors.hypernet import HiEditConfig, HiEditEditor
 
         HiEditEditor.create(HiEditConfig(layers=[1, 2, 3], rank=4, n_blocks=1, lr_init=0.5, ridge_samples=5, top_k=2),
                             tiny_llama, seed=0).save(tmp_path / "ckpt")
@@ -289,7 +288,7 @@ def test_rounds_remember_the_keys_of_an_edit_once(tiny_llama, fixture_corpus):
 
 
 def test_held_directions_count_the_memory_above_the_ridge_inside_the_null_space():
-    from hyperedit.editors._nullspace import held_directions
+    from hyperedit.editors.locate import held_directions
 
     torch.manual_seed(0)
     basis, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
@@ -324,7 +323,7 @@ def test_hiedit_memory_of_the_chosen_modules_only(tiny_llama, tmp_path, fixture_
     """``memory_modules=chosen``: an edit's keys join the memory of the modules it wrote only; the
     shifts of a first edit (no memory yet) are the same, and the memory's fill counts the others empty."""
     from hyperedit.editors import get_editor
-    from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
+    from hyperedit.editors.hypernet import HiEditConfig, HiEditEditor
 
     HiEditEditor.create(HiEditConfig(layers=[1, 2, 3], rank=4, n_blocks=1, lr_init=0.5, ridge_samples=5, top_k=2),
                         tiny_llama, seed=0).save(tmp_path / "ckpt")

@@ -14,7 +14,7 @@ import hyperedit
 from hyperedit.delta import EditDelta
 from hyperedit.distributed import World, shard
 from hyperedit.distributed.launch import strip_nproc
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
 
 FACTS = [{"prompt": f"{name} was born in the city of", "target": city}
          for name, city in zip("john mary peter anna paul lisa mark".split(),

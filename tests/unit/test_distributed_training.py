@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
 from hyperedit.training import MetricsLog
 from test_distributed import FACTS, _env
 from test_training import _write_requests

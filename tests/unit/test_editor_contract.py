@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from hyperedit.delta import EditDelta
-from hyperedit.editors import editor_entry, editor_names, get_editor
-from hyperedit.editors.base import Editor
+from hyperedit.editors import Editor, editor_entry, editor_names, get_editor
 from hyperedit.errors import HyperEditError
 from hyperedit.requests import EditRequest, LocalityPrompt
 

@@ -8,8 +8,7 @@ import logging
 import pytest
 import torch
 
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
-from hyperedit.editors.mend import MendConfig, MendEditor
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor, MendConfig, MendEditor
 from hyperedit.lm import target_logits
 from hyperedit.prefix import compute_prefix, frozen_prefix
 from hyperedit.requests import EditRequest
@@ -81,7 +80,7 @@ def test_cached_validation_matches_evaluate(tiny_llama, tmp_path):
         config = MetaTrainConfig(steps=1, n_edits=8, val_size=10, fact_cache=cached, cache_dir="", calibrate_lr=False)
         trainer = MetaTrainer(copy.deepcopy(editor), tiny_llama, facts[10:], facts[:10], config, tmp_path / str(cached))
         trainer.prepare_caches()
-        trainer._update_normalizers(trainer.step_inputs(list(range(8)))[0])
+        trainer.editor.update_normalizers(trainer.step_inputs(list(range(8)))[0])
         out[cached] = trainer._validate()
     for metric in ("ES", "GS", "LS"):
         assert out[True][metric] == pytest.approx(out[False][metric], abs=1e-6), metric

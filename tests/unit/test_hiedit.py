@@ -8,7 +8,7 @@ from test_rledit import requests
 
 from hyperedit.delta import EditDelta
 from hyperedit.editors import get_editor
-from hyperedit.editors.hiedit import HiEditConfig, HiEditEditor
+from hyperedit.editors.hypernet import HiEditConfig, HiEditEditor
 from hyperedit.errors import HyperEditError
 from hyperedit.lm import trainable_weights
 from hyperedit.nets.policy import LayerPolicy, straight_through, top_k_mask

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyperedit.editors._hypernet import RidgeFactor, cache_requests, ridge_solve, ridge_solve_backward, token_slices
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
-from hyperedit.editors.mend import MendConfig, MendEditor
+from hyperedit.editors.hypernet import RidgeFactor, cache_requests, ridge_solve, ridge_solve_backward, token_slices
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor, MendConfig, MendEditor
 from hyperedit.nets import HyperNet, HyperNets, RunningMeanStd
 from hyperedit.requests import EditRequest
 
@@ -198,7 +197,7 @@ def test_covariance_ridge_gradients_equal_autograd_through_solve_in_float64():
 
 
 def test_covariance_ridge_editor_solves_with_c0(tiny_llama, monkeypatch):
-    from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+    from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
     from hyperedit.stats import key_second_moments
 
     # C0 comes from the generic-text corpus: the miniature copy, not the benchmark data directory

@@ -111,3 +111,48 @@ def test_no_cycles_between_modules_of_commands():
                             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
     mutual = sorted(f"{a} <-> {b}" for a in edges for b in edges[a] if a in edges.get(b, set()) and a < b)
     assert mutual == []
+
+
+# ----- inside ``editors``: the families and the shared modules ------------------------------------
+EDITORS = PACKAGE / "editors"
+FAMILIES = ("locate", "hypernet")
+
+
+def _editor_imports(path: Path, top_level_only: bool) -> set[str]:
+    """Modules of ``hyperedit.editors`` (dotted, relative to it) that ``path`` imports."""
+    tree = ast.parse(path.read_text())
+    package = list(path.relative_to(EDITORS).parts[:-1])
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            up = node.level - 1
+            if up > len(package):
+                continue  # reaches above ``editors``
+            parts = package[:len(package) - up] + (node.module.split(".") if node.module else [])
+            found.add(".".join(parts) if parts else "")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hyperedit.editors"):
+            found.add(node.module[len("hyperedit.editors."):])
+    return found
+
+
+def test_locate_family_does_not_import_the_hypernetwork_family():
+    reaching = [f"{p.relative_to(PACKAGE)} imports {m}" for p in sorted((EDITORS / "locate").rglob("*.py"))
+                for m in _editor_imports(p, top_level_only=False) if m.split(".")[0] == "hypernet"]
+    assert reaching == []
+
+
+def test_hypernetwork_family_takes_only_the_null_space_from_locate():
+    """MALMEN's direction control reuses AlphaEdit's null space and key memory, nothing else."""
+    reaching = [f"{p.relative_to(PACKAGE)} imports {m}" for p in sorted((EDITORS / "hypernet").rglob("*.py"))
+                for m in _editor_imports(p, top_level_only=False)
+                if m.split(".")[0] == "locate" and m != "locate.nullspace"]
+    assert reaching == []
+
+
+def test_shared_editor_modules_do_not_import_a_family_at_import_time():
+    """The registry and the contracts sit below the families (a family is imported when the
+    registry is first asked, ``base._load_builtin_editors``)."""
+    reaching = [f"{p.relative_to(PACKAGE)} imports {m}" for p in sorted(EDITORS.glob("*.py"))
+                for m in _editor_imports(p, top_level_only=True) if m.split(".")[0] in FAMILIES]
+    assert reaching == []

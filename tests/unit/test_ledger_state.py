@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyperedit import EditRequest, load_model
-from hyperedit import Ledger
+from hyperedit import EditRequest, Ledger, load_model
 from test_ledger import ALPHA
 
 FIRST = [EditRequest(prompt="the eiffel tower is located in the city of", target="rome")]
@@ -20,7 +19,7 @@ SECOND = [EditRequest(prompt="john plays the sport of", target="tennis")]
 @pytest.fixture
 def rledit_checkpoint(tiny_llama, tmp_path):
     """A tiny RLEdit with the shipped one's state-keeping options (null-space memory)."""
-    from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
+    from hyperedit.editors.hypernet import RLEditConfig, RLEditEditor
 
     config = RLEditConfig(layers=[2, 3], rank=4, n_blocks=1, lr_init=0.05, nullspace=True, ridge_samples=16)
     return str(RLEditEditor.create(config, tiny_llama, seed=0).save(tmp_path / "rledit"))

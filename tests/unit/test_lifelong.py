@@ -234,7 +234,7 @@ def test_cli_pinned_target_cache_is_written_and_read(tiny_dirs, tmp_path, capsys
     from test_memit import CORPUS
 
     from hyperedit.cli import main
-    from hyperedit.editors._targets import TargetCache
+    from hyperedit.editors.locate import TargetCache
 
     data, cache_file = tmp_path / "edits.jsonl", tmp_path / "targets.safetensors"
     _write_requests(data, 4)

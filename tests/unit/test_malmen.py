@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from hyperedit.editors import get_editor
-from hyperedit.editors._hypernet import CONFIG_FILE, cache_requests
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
-from hyperedit.editors.mend import MendConfig, MendEditor
-from hyperedit.editors.rledit import RLEditEditor
+from hyperedit.editors.checkpoint import CONFIG_FILE
+from hyperedit.editors.hypernet import (MalmenAccumulator, MalmenConfig, MalmenEditor, MendConfig, MendEditor,
+                                       NormalEquation, RLEditEditor, cache_requests)
 from hyperedit.errors import HyperEditError
 from hyperedit.requests import EditRequest, LocalityPrompt
 
@@ -170,7 +169,8 @@ def test_least_squares_keeps_each_facts_value_change_where_the_sum_interferes(ti
     net, index = malmen.nets.net_for(name)
     with torch.no_grad():
         diffs = net.value_diffs(keys, grads, index)
-        ls_shift = malmen.finish({name: (keys.t() @ keys, keys.t() @ diffs)})[name].double()
+        system = NormalEquation(keys.t() @ keys, keys.t() @ diffs)
+        ls_shift = malmen.finish(MalmenAccumulator(systems={name: system}))[name].double()
         _, mend_shifts = mend.predict(cache)
     ls_residual = float((keys @ ls_shift - diffs).norm() / diffs.norm())
     sum_residual = float((keys @ mend_shifts[name] - diffs).norm() / diffs.norm())
@@ -197,6 +197,21 @@ def test_partition_writes_each_chunk_to_one_module_only(editor_class, config_cla
     assert _relative(parted.shifts[second], alone_second.shifts[second]) < 1e-4
     whole = editor.edit(tiny_llama, requests)
     assert _relative(parted.shifts[first], whole.shifts[first]) > 1e-2
+
+
+@pytest.mark.parametrize("editor_class, config_class", EDITORS)
+def test_partition_with_fewer_chunks_than_modules_writes_the_chunks_modules(editor_class, config_class, tiny_llama):
+    """One chunk, two modules: the edit writes the first module only (it once failed on the second's
+    missing sums)."""
+    requests = facts(1)
+    editor = ready_editor(editor_class, config_class, tiny_llama, requests, lm_batch_size=1)
+    editor.config.partition = True
+    parted = editor.edit(tiny_llama, requests)
+    editor.config.partition = False
+    whole = editor.edit(tiny_llama, requests)
+    first = editor.module_names[0]
+    assert list(parted.shifts) == [first]
+    assert _relative(parted.shifts[first], whole.shifts[first]) < 1e-6
 
 
 @pytest.mark.parametrize("editor_class, config_class", EDITORS)
@@ -281,7 +296,7 @@ def test_a_large_edit_without_joint_points_to_it_once(tiny_llama, caplog):
     told = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests)
     for editor in (quiet, told):
         editor.JOINT_HINT_FACTS = 6
-    with caplog.at_level("INFO", logger="hyperedit.editors.malmen"):
+    with caplog.at_level("INFO", logger="hyperedit.editors.hypernet.malmen"):
         told.edit(tiny_llama, requests[:5])
         quiet.edit(tiny_llama, requests)
         assert "joint=true" not in caplog.text
@@ -300,7 +315,7 @@ def test_joint_options_are_checked():
 def test_joint_rows_to_keep_and_the_null_space_memory_join_each_module_penalty(tiny_llama):
     """Contrast rows (target 0) and, with ``nullspace``, the memory of earlier edits enter each module's
     penalty as in the per-module solve; the joint shifts then equal the stacked normal equation."""
-    from hyperedit.editors._nullspace import null_space_basis
+    from hyperedit.editors.locate import null_space_basis
 
     requests, earlier = facts(4), facts(3, start=5)
     editor = ready_editor(MalmenEditor, MalmenConfig, tiny_llama, requests + earlier, solve_dtype="float64",

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from hyperedit.editors import get_editor
-from hyperedit.editors._contrast import subject_swaps
-from hyperedit.editors._shipped import SHIPPED_DIR
+from hyperedit.editors.hypernet.contrast import subject_swaps
+from hyperedit.editors.hypernet.shipped import SHIPPED_DIR
 from hyperedit.editors.base import make_config
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
 from hyperedit.errors import HyperEditError
 from hyperedit.requests import EditRequest, LocalityPrompt
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from hyperedit.editors import get_editor
-from hyperedit.editors._locate import LocateConfig, memit_map, subject_position
-from hyperedit.editors._targets import TargetCache
+from hyperedit.editors.locate import LocateConfig, TargetCache, memit_map, subject_position
 from hyperedit.requests import EditRequest
 
 CORPUS = str(Path(__file__).parents[1] / "fixtures" / "data" / "corpus.txt")
@@ -102,7 +101,7 @@ def test_target_cache_round_trips_through_a_file(tiny_llama, tmp_path):
 def test_targets_from_frozen_prefix_equal_full_passes(family, request):
     """Steps that start at the block above the injection point (hidden states below computed once)
     give the targets of full passes: same steps, vectors equal to float32 rounding."""
-    from hyperedit.editors._targets import compute_targets
+    from hyperedit.editors.locate import compute_targets
 
     lm = request.getfixturevalue(family)
     cfg = LocateConfig(**{**TINY, "kl_factor": 0.5, "v_steps": 4, "v_stop_nll": 0.0})

@@ -5,7 +5,7 @@ import pytest
 import torch
 from script_loader import load_script
 
-from hyperedit.editors._nullspace import held_directions
+from hyperedit.editors.locate import held_directions
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from hyperedit.editors import get_editor
-from hyperedit.editors._locate import alphaedit_map, memit_map, proxy_grad
-from hyperedit.editors._nullspace import null_space_projector
+from hyperedit.editors.locate import alphaedit_map, memit_map, null_space_projector, proxy_grad
 from hyperedit.errors import HyperEditError
 
 from test_memit import FACTS, TINY, top_token

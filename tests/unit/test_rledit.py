@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from hyperedit.delta import EditDelta
 from hyperedit.editors import get_editor
-from hyperedit.editors.rledit import RLEditConfig, RLEditEditor
+from hyperedit.editors.hypernet import RLEditConfig, RLEditEditor
 from hyperedit.lm import target_logits, trainable_weights
 from hyperedit.requests import EditRequest, LocalityPrompt
 from hyperedit.training.trajectory import TrajectoryConfig, TrajectoryTrainer, backtracking_loss
@@ -127,7 +127,7 @@ def test_trajectory_training_moves_the_hypernet_and_resumes_exactly(tiny_dirs, t
 
 def _trained_like_malmen(lm, folder, layers):
     """A MALMEN checkpoint whose hypernetwork is not at its initialisation (random weights)."""
-    from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+    from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
 
     source = MalmenEditor.create(MalmenConfig(layers=layers, rank=4, n_blocks=1, lr_init=0.05), lm, seed=3)
     with torch.no_grad():
@@ -176,7 +176,7 @@ def test_meta_training_init_from_continues_the_checkpoint_without_recalibrating(
     from test_lifelong import _write_requests
 
     from hyperedit.cli import main
-    from hyperedit.editors.malmen import MalmenEditor
+    from hyperedit.editors.hypernet import MalmenEditor
 
     source = _trained_like_malmen(tiny_llama, tmp_path / "malmen", [2, 3])
     data = tmp_path / "edits.jsonl"

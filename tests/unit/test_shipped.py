@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from hyperedit.editors import _shipped, get_editor
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+from hyperedit.editors import get_editor
+from hyperedit.editors.hypernet import shipped as _shipped
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
 from hyperedit.errors import HyperEditError
 
 
@@ -41,7 +42,7 @@ def _ship_script():
 
 
 def test_ship_script_writes_runtime_settings_and_refuses_trained_ones(tiny_llama, tmp_path, monkeypatch):
-    from hyperedit.editors.rledit import RLEditEditor
+    from hyperedit.editors.hypernet import RLEditEditor
 
     editor = RLEditEditor.create(RLEditEditor.config_class(layers=[2, 3], rank=4), tiny_llama, seed=0)
     editor.save(tmp_path / "run")

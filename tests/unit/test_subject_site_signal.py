@@ -20,7 +20,7 @@ def signal():
 
 def _block_output_gradients(lm, layer):
     """Reference: autograd of the summed per-request mean target NLL at block ``layer``'s output."""
-    from hyperedit.editors._locate import layer_module, subject_position
+    from hyperedit.editors.locate import layer_module, subject_position
     from hyperedit.hooks import edit_output
     from hyperedit.lm import prediction_mask, target_logits
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import hyperedit
-from hyperedit.editors.malmen import MalmenConfig, MalmenEditor
+from hyperedit.editors.hypernet import MalmenConfig, MalmenEditor
 from hyperedit.errors import HyperEditError
 from hyperedit.requests import EditRequest, LocalityPrompt
 from hyperedit.checkpoints import CheckpointStore, load_optimizer_state, optimizer_state, restore_rng_state, rng_state

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hyperedit.editors import get_editor
-from hyperedit.editors.ultraedit import DEFAULT_BANDS, band_layers, default_modules
+from hyperedit.editors.hypernet.ultraedit import DEFAULT_BANDS, band_layers, default_modules
 from hyperedit.errors import HyperEditError
 from hyperedit.lm import cache_keys_and_value_grads, target_logits
 from hyperedit.requests import EditRequest

@@ -11,7 +11,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..editors import editor_entry, editor_names
-    from ..editors._shipped import shipped_folders
+    from ..editors.hypernet import shipped_folders
 
     for name in editor_names():
         entry = editor_entry(name)

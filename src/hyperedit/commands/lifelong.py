@@ -122,7 +122,7 @@ def _target_cache(args, editor, lm):
 
     if not isinstance(editor, PinnableTargets):
         raise HyperEditError(f"--target-cache / --pin-targets: editor {editor.name!r} computes no target vectors")
-    from ..editors._targets import TargetCache
+    from ..editors.locate import TargetCache
 
     cache = TargetCache.for_model(lm.model, pin=args.pin_targets, path=args.target_cache)
     editor.target_cache = cache

@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 def saved_editor(path: str) -> str | None:
     """The editor name a checkpoint (or training run) directory says it holds (None: unreadable;
     loading it says what is wrong)."""
-    from ._hypernet import read_checkpoint_meta
+    from .checkpoint import read_editor
 
     try:
-        return read_checkpoint_meta(path)[1].get("editor")
+        return read_editor(path).editor
     except (HyperEditError, OSError):
         return None
 

@@ -171,7 +171,7 @@ def get_editor(name: str, checkpoint: str | None = None, lm: LoadedModel | None 
     entry = editor_entry(name)
     if entry.needs_checkpoint:
         if checkpoint is None:
-            from ._shipped import missing_checkpoint_message, shipped_checkpoint
+            from .hypernet.shipped import missing_checkpoint_message, shipped_checkpoint
 
             checkpoint = shipped_checkpoint(name, lm)
             if checkpoint is None:
@@ -184,12 +184,13 @@ def get_editor(name: str, checkpoint: str | None = None, lm: LoadedModel | None 
 
 
 def _load_builtin_editors() -> None:
-    """Import the editor modules so they register themselves (deferred: nothing runs at import)."""
+    """Import the editor modules and families (``locate``, ``hypernet``) so they register
+    themselves (deferred: nothing runs at import)."""
     import importlib
     import pkgutil
 
     from .. import editors as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_") and info.name not in ("base", "protocols"):
+        if not info.name.startswith("_") and info.name not in ("base", "protocols", "checkpoint", "presets"):
             importlib.import_module(f"{package.__name__}.{info.name}")

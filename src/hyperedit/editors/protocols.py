@@ -118,7 +118,7 @@ class MemoryReport(Protocol):
 
 @runtime_checkable
 class PinnableTargets(Protocol):
-    target_cache: Any  # ``editors._targets.TargetCache`` or None
+    target_cache: Any  # ``editors.locate.TargetCache`` or None
 
 
 @dataclass(frozen=True)

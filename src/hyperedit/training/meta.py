@@ -29,31 +29,29 @@ read the caches it wrote.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
+from ..checkpoints import CheckpointStore
 from ..delta import EditDelta
 from ..distributed import (all_reduce_floats, all_reduce_gradients_, all_reduce_sum_, barrier, current_world,
                            shard)
-from ..editors.protocols import LearnedRidge
 from ..errors import HyperEditError
 from ..lm import cache_keys_and_value_grads, trainable_weights
 from ..models.limits import check_request_lengths
 from ..outputs import start_run_directory, write_directory
 from ..prefix import supports_prefix
-from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
+from .calibration import calibrate_lr, init_lambda
 from .data import batch_for_step
 from .fact_cache import FactCache, load_or_build
-from .losses import (generalization_loss, locality_examples, locality_loss, reference_log_probs,
-                     rephrase_examples)
+from .losses import generalization_loss, locality_examples, locality_loss, rephrase_examples
 from .metrics import MetricsLog
+from .trainer_state import resume_checkpoint, save_checkpoint
+from .validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +115,10 @@ class MetaTrainer:
             raise HyperEditError(f"{self.world.size} ranks need at least as many facts per step and validation "
                                  f"requests (n_edits {config.n_edits}, validation {len(val)})")
         self.step = 0
-        nets = editor.nets
-        lr_params = [p for n, p in nets.named_parameters() if n.endswith(".lr")]
-        lam_params = [p for n, p in nets.named_parameters() if n.endswith(".log_lambda")]
-        others = [p for n, p in nets.named_parameters() if not n.endswith((".lr", ".log_lambda"))]
-        self.optimizer = torch.optim.Adam([
-            {"params": others, "lr": config.meta_lr},
-            {"params": lr_params, "lr": config.lr_meta_lr or config.meta_lr},
-            {"params": lam_params, "lr": config.lambda_meta_lr or config.meta_lr},
-        ])
-        self._reference = None
-        self._val_rows: dict | None = None  # ``contrast_rows`` of the validation requests, once
+        self.optimizer = torch.optim.Adam(editor.parameter_groups(config.meta_lr, config.lr_meta_lr or config.meta_lr,
+                                                                  config.lambda_meta_lr or config.meta_lr))
+        self.validator = Validator(editor, lm, val, self.world, self.contrast_rows)
         self.facts: FactCache | None = None
-        self.val_facts: FactCache | None = None
         self.best_score: float | None = None
 
     # ----- the loop ---------------------------------------------------------------------------
@@ -194,7 +183,7 @@ class MetaTrainer:
             self.facts = load_or_build(path("train-cache.safetensors"), adapter, self.train, names, ecfg.token,
                                        ecfg.lm_batch_size)
             if self.val:
-                self.val_facts = load_or_build(path("val-cache.safetensors"), adapter, self.val, names, ecfg.token,
+                self.validator.facts = load_or_build(path("val-cache.safetensors"), adapter, self.val, names, ecfg.token,
                                                ecfg.lm_batch_size, prompts=True)
 
         if folder is None or self.world.is_main:  # in memory: every rank builds its own
@@ -244,72 +233,17 @@ class MetaTrainer:
                                          subjects=[r.subject for r in batch])
         return {n: (k.float(), g.float()) for n, (k, g) in raw.items()}
 
-    def _update_normalizers(self, cache: dict) -> None:
-        for name in self.editor.module_names:
-            self.editor.nets.net_for(name)[0].normalizer.update(torch.cat(cache[name], dim=-1), self.world)
-
-    def _init_lambda(self, cache: dict) -> None:
-        """e^lambda[m] = tr(K^T K) / tr(R) of module m's keys in ``cache`` (``lambda_init="trace"``;
-        R the ridge matrix, tr(I) = d_in), so the ridge starts at the scale of the keys."""
-        names = self.editor.module_names
-        squares = all_reduce_floats([float(cache[name][0].double().pow(2).sum()) for name in names], self.world)
-        for name, total in zip(names, squares):
-            net, index = self.editor.nets.net_for(name)
-            ridge_trace = self.editor.ridge_trace(name) if isinstance(self.editor, LearnedRidge) else net.d_in
-            scale = torch.tensor(total / ridge_trace, dtype=torch.float64)
-            net.log_lambda.data[index] = float(scale.clamp_min(1e-12).log())
-        log.info("initial e^lambda (tr(K^T K)/tr(R) of the first batch): %s", ", ".join(
-            f"{float(net.log_lambda[i].detach().exp()):.3g}" for name in self.editor.module_names
-            for net, i in [self.editor.nets.net_for(name)]))
-
     def calibrate(self, max_points: int = 16) -> float:
-        """Set every module's initial ``lr`` to the grid value with the lowest untrained loss.
-
-        The grid is ``lr_init * 10^(i/2)``: i = -2..2 first, extended half a decade at a time while
-        the best value lies on an edge (at most ``max_points`` values). Each value is scored by the
-        generalisation loss + ``loc_coef`` x locality KL on the first training batch (forward
-        passes only). The normaliser keeps the statistics of that batch, so the step-0 validation
-        is of a usable untrained editor.
-        """
-        editor, adapter, cfg = self.editor, self.lm.adapter, self.config
-        bs = editor.config.lm_batch_size
-        cache, gen_pairs, loc_pairs = self.step_inputs(self.batch_indices(0))
-        self._update_normalizers(cache)
-        if cfg.lambda_init == "trace":
-            self._init_lambda(cache)
-        references = reference_log_probs(adapter, loc_pairs, bs)
-        n_gen, n_loc = self.global_counts(len(gen_pairs), len(loc_pairs))
-        scores: dict[int, float] = {}
-
-        def score(i: int) -> float:
-            lr = editor.config.lr_init * 10 ** (i / 2)
-            for net in editor.nets.nets.values():
-                net.lr.data.fill_(lr)
-            _, shifts = editor.predict(cache, self.world)
-            delta = EditDelta.from_in_out(adapter, shifts, editor=editor.name)
-            gen = generalization_loss(adapter, gen_pairs, delta, bs, backward=False, total_examples=n_gen)
-            loc = locality_loss(adapter, loc_pairs, delta, bs, backward=False, references=references,
-                                total_examples=n_loc)
-            gen, loc = all_reduce_floats([gen, loc], self.world)
-            self._append_log({"step": 0, "split": "calibration", "lr": lr, "gen_loss": gen, "loc_loss": loc})
-            return gen + cfg.loc_coef * loc
-
-        for i in range(-2, 3):
-            scores[i] = score(i)
-        while len(scores) < max_points:
-            best = min(scores, key=lambda i: (scores[i], i))
-            if best == max(scores):
-                scores[best + 1] = score(best + 1)
-            elif best == min(scores):
-                scores[best - 1] = score(best - 1)
-            else:
-                break
-        best = min(scores, key=lambda i: (scores[i], i))
-        lr = editor.config.lr_init * 10 ** (best / 2)
-        for net in editor.nets.nets.values():
-            net.lr.data.fill_(lr)
-        log.info("calibrated initial edit lr: %.3g (%d values tried)", lr, len(scores))
-        return lr
+        """Before the first step: the normalisers take in the first training batch (so the step-0
+        validation is of a usable untrained editor), ``lambda_init``, then the initial edit ``lr``
+        (``calibration.calibrate_lr``)."""
+        batch = self.step_inputs(self.batch_indices(0))
+        self.editor.update_normalizers(batch[0], self.world)
+        if self.config.lambda_init == "trace":
+            init_lambda(self.editor, batch[0], self.world)
+        counts = self.global_counts(len(batch[1]), len(batch[2]))
+        return calibrate_lr(self.editor, self.lm.adapter, batch, counts, self.world, self.config.loc_coef,
+                            self._append_log, max_points)
 
     def train_step(self, step: int) -> dict:
         """One meta-training step on the batch of ``step``; returns its log record."""
@@ -339,7 +273,7 @@ class MetaTrainer:
         with trainable_weights(adapter, names) as weights:
             indices = self.batch_indices(step)
             cache, gen_pairs, loc_pairs = self.step_inputs(indices)
-            self._update_normalizers(cache)
+            editor.update_normalizers(cache, self.world)
             acc, shifts = editor.predict(cache, self.world, rows=self.contrast_rows(self.train, indices))
             delta = EditDelta.from_in_out(adapter, shifts, editor=editor.name)
             for w in weights:
@@ -362,7 +296,7 @@ class MetaTrainer:
     def _validate(self) -> dict:
         """Edit all validation requests at once and score the edited model (ES, GS, LS)."""
         start = time.perf_counter()
-        metrics = self._validate_cached() if self.val_facts is not None else self._validate_full()
+        metrics = self.validator.metrics()
         record = {"step": self.step, "split": "val", "n_edits": len(self.val),
                   "seconds": round(time.perf_counter() - start, 3),
                   **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}}
@@ -383,65 +317,6 @@ class MetaTrainer:
         values = [record.get(k) for k in ("ES", "GS", "LS")]
         return None if any(v is None for v in values) else sum(values) / 3
 
-    def _reduced_means(self, columns: dict[str, list]) -> dict:
-        """Means over all ranks of per-request values (None: no value), each rank holding its share."""
-        local = [(sum(v for v in values if v is not None), sum(v is not None for v in values))
-                 for values in columns.values()]
-        totals = all_reduce_floats([x for pair in local for x in pair], self.world)
-        return {key: (totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else None)
-                for i, key in enumerate(columns)}
-
-    def _validate_full(self) -> dict:
-        """Through ``editor.edit`` and ``hyperedit.eval.evaluate`` (no caches); with several ranks,
-        the edit splits the requests itself and each rank scores its share of them."""
-        from ..eval import evaluate, locality_reference
-
-        adapter, mine = self.lm.adapter, shard(self.val, self.world)
-        if self._reference is None:
-            self._reference = locality_reference(adapter, mine)
-        start = time.perf_counter()
-        delta = self.editor.edit(self.lm, self.val)
-        seconds = time.perf_counter() - start
-        with delta.applied(self.lm.model):
-            metrics, rows = evaluate(adapter, mine, self._reference)
-        if self.world.size == 1:
-            return {**metrics, "edit_seconds": round(seconds, 3)}
-        keys = [k for k in ("ES", "GS", "LS", "LS_data") if k in rows[0]]
-        return {**self._reduced_means({k: [row[k] for row in rows] for k in keys}), "edit_seconds": round(seconds, 3)}
-
-    def _validate_cached(self) -> dict:
-        """ES/GS: teacher-forced target accuracy on prompts/rephrasings; LS: agreement with the
-        unedited argmax on the locality prompts with an answer (per request, then averaged)."""
-        from ..eval.metrics import agreement, mean, score_examples
-
-        adapter, facts, bs = self.lm.adapter, self.val_facts, self.editor.config.lm_batch_size
-        everything = shard(list(range(len(self.val))), self.world)  # this rank's share
-        loc = facts.locality_examples(everything)
-        if self._reference is None:
-            self._reference = [s.predicted for s in score_examples(adapter, loc, bs)]
-        self.editor.nets.eval()
-        if self._val_rows is None:  # the unedited model and the same requests at every validation
-            self._val_rows = self.contrast_rows(self.val, everything) or {}
-        _, shifts = self.editor.predict(facts.edit_cache(everything), self.world, rows=self._val_rows)
-        delta = EditDelta.from_in_out(adapter, shifts, editor=self.editor.name)
-        with delta.applied(self.lm.model):
-            es = score_examples(adapter, facts.prompt_examples(everything), bs)
-            gs = score_examples(adapter, facts.rephrase_examples(everything), bs)
-            ls = score_examples(adapter, loc, bs)
-
-        def per_request(values, offsets):
-            owners = facts.owners(offsets, everything)
-            buckets = [[] for _ in everything]
-            for owner, v in zip(owners, values):
-                buckets[owner].append(v)
-            return [mean(b) for b in buckets]
-
-        return self._reduced_means({
-            "ES": [s.accuracy for s in es],
-            "GS": per_request([s.accuracy for s in gs], facts.rephrase_offsets),
-            "LS": per_request([agreement(r, s.predicted) for r, s in zip(self._reference, ls)],
-                              facts.locality_offsets)})
-
     # ----- checkpoints ---------------------------------------------------------------------------
     def _identity(self) -> dict:
         """What a resumed run must share with the checkpoint (``RESUMABLE`` settings may change)."""
@@ -450,35 +325,13 @@ class MetaTrainer:
                 **self.info}
 
     def _save(self) -> None:
-        if not self.world.is_main:  # every rank holds the same weights; rank 0 writes them
-            return
-
-        def write(folder: Path) -> None:
-            self.editor.save(folder, extra_meta={"training": {"step": self.step, **self._identity()}})
-            write_trainer_state(folder, self.step, self.optimizer,
-                                {**self._identity(), "run_config": asdict(self.config), "ranks": self.world.size})
-
-        path = self.store.save(self.step, write)
-        log.info("checkpoint %s", path)
+        if self.world.is_main:  # every rank holds the same weights; rank 0 writes them
+            path = save_checkpoint(self.store, self.step, self.editor, self.optimizer, self._identity(),
+                                   run_config=asdict(self.config), ranks=self.world.size)
+            log.info("checkpoint %s", path)
 
     def _load(self, folder: Path) -> None:
-        from ..editors._hypernet import WEIGHTS_FILE
-
-        meta = json.loads((folder / TRAINER_JSON).read_text())
-        mine = json.loads(json.dumps(self._identity()))
-        theirs = {k: meta.get(k) for k in mine}
-        theirs["train_config"] = {k: v for k, v in (theirs["train_config"] or {}).items() if k not in RESUMABLE}
-        check_same_settings(self.run_dir, theirs, mine)
-        if meta.get("threads") != torch.get_num_threads():
-            log.warning("resuming with %d threads, the run used %s: results may differ in the last bits",
-                        torch.get_num_threads(), meta.get("threads"))
-        if meta.get("ranks", 1) != self.world.size:
-            log.warning("resuming on %d rank(s), the run used %s: sums are added in another order, so results "
-                        "may differ in the last bits", self.world.size, meta.get("ranks", 1))
-        self.editor.nets.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-        tensors = load_file(str(folder / TRAINER_TENSORS))
-        load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
-        restore_rng_state(tensors, meta["rng"])
-        self.step = int(meta["step"])
+        self.step = resume_checkpoint(folder, self.run_dir, self.editor, self.optimizer, self._identity(),
+                                      self.world.size, resumable=RESUMABLE)
         self._rewind_log(self.step)
         log.info("resumed from %s (step %d)", folder, self.step)

@@ -27,15 +27,14 @@ the gradients, the normaliser rows and the logged losses, and equals one process
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from ..checkpoints import CheckpointStore
 from ..delta import EditDelta
 from ..distributed import all_reduce_floats, all_reduce_gradients_, barrier, current_world, shard
 from ..editors.protocols import TrajectoryTrainable
@@ -43,14 +42,13 @@ from ..errors import HyperEditError
 from ..lm import trainable_weights
 from ..models.limits import check_request_lengths
 from ..requests import EditRequest
-from ..checkpoints import CheckpointStore, check_same_settings, load_optimizer_state, restore_rng_state
 from ..outputs import start_run_directory
 from ..prefix import compute_prefix, supports_prefix
 from ..progress import progress
-from .trainer_state import TRAINER_JSON, TRAINER_TENSORS, write_trainer_state
 from .data import batch_for_step
 from .losses import generalization_loss, locality_examples, locality_loss, reference_log_probs, rephrase_examples
 from .metrics import MetricsLog
+from .trainer_state import resume_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -305,25 +303,14 @@ class TrajectoryTrainer:
                 "editor": self.editor.name, **self.info}
 
     def _save(self) -> None:
-        if not self.world.is_main:  # every rank holds the same weights; rank 0 writes them
-            return
-
-        def write(folder: Path) -> None:
-            self.editor.save(folder, extra_meta={"training": {"step": self.step, **self._identity()}})
-            write_trainer_state(folder, self.step, self.optimizer, self._identity())
-
-        log.info("checkpoint %s", self.store.save(self.step, write))
+        if self.world.is_main:  # every rank holds the same weights; rank 0 writes them
+            path = save_checkpoint(self.store, self.step, self.editor, self.optimizer, self._identity(),
+                                   ranks=self.world.size)
+            log.info("checkpoint %s", path)
 
     def _load(self, folder: Path) -> None:
-        meta = json.loads((folder / TRAINER_JSON).read_text())
-        mine = json.loads(json.dumps(self._identity()))
-        check_same_settings(self.run_dir, {k: meta.get(k) for k in mine}, mine)
-        self.editor.load_weights(folder)
-        tensors = load_file(str(folder / TRAINER_TENSORS))
-        load_optimizer_state(self.optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")},
-                             meta["optimizer"])
-        restore_rng_state(tensors, meta["rng"])
-        self.step = int(meta["step"])
+        self.step = resume_checkpoint(folder, self.run_dir, self.editor, self.optimizer, self._identity(),
+                                      self.world.size)
         if self.world.is_main:
             self.metrics.rewind(self.step)
         log.info("resumed from %s (step %d)", folder, self.step)

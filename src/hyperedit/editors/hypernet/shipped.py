@@ -7,13 +7,12 @@ one it was trained for (same name and architecture); it never guesses for anothe
 """
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from ..checkpoint import CONFIG_FILE, read_editor
+from .checkpoint import same_architecture
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "pretrained"
 SIDECAR = "training.json"
 
 
@@ -21,11 +20,10 @@ def shipped_folders(editor: str) -> dict[str, Path]:
     """Model name -> folder of each checkpoint of ``editor`` shipped in the package."""
     out = {}
     for folder in sorted(SHIPPED_DIR.glob(f"{editor}-*")):
-        meta_file = folder / "editor.json"
-        if meta_file.is_file():
-            meta = json.loads(meta_file.read_text())
-            if meta.get("editor") == editor:
-                out[(meta.get("model") or {}).get("name")] = folder
+        if (folder / CONFIG_FILE).is_file():
+            saved = read_editor(folder)
+            if saved.editor == editor:
+                out[(saved.model or {}).get("name")] = folder
     return out
 
 
@@ -34,11 +32,7 @@ def shipped_checkpoint(editor: str, lm) -> Path | None:
     if lm is None:
         return None
     folder = shipped_folders(editor).get(lm.adapter.identity().get("name"))
-    if folder is None:
-        return None
-    meta = json.loads((folder / "editor.json").read_text())
-    mine, theirs = meta.get("model") or {}, lm.adapter.identity()
-    if any(mine.get(k) != theirs.get(k) for k in ("model_type", "num_layers", "hidden_size", "vocab_size")):
+    if folder is None or not same_architecture(read_editor(folder).model or {}, lm.adapter):
         return None
     return folder
 

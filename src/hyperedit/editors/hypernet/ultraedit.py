@@ -9,7 +9,7 @@ across edits: the *lifelong normalisation*, which keeps the step size of edit 10
 to that of edit 1. With ``(k^, g^)`` the standardised parts, each row asks its module's output to
 move by the change one gradient step of size ``lr`` would make there,
 ``v = -lr ||k^||^2 g^``, and the shift is the ridge least-squares solution
-``S = (K^T K + ridge I)^{-1} K^T V`` (``_hypernet.ridge_solve``: the same normal equation as
+``S = (K^T K + ridge I)^{-1} K^T V`` (``ridge.ridge_solve``: the same normal equation as
 MALMEN's and RLEdit's, whose value differences a trained hypernetwork proposes instead).
 
 As in the authors' code, modules of one shape share one normaliser (``norm_scope="shape"``);
@@ -32,13 +32,14 @@ from typing import Sequence
 
 import torch
 
-from ..delta import EditDelta
-from ..errors import HyperEditError
-from ..lm import TOKEN_SITES, iter_chunks
-from ..nets.normalizer import RunningMeanStd
-from ..requests import EditRequest
-from ._hypernet import cache_requests, ridge_solve
-from .base import register_editor
+from ...delta import EditDelta
+from ...errors import HyperEditError
+from ...lm import TOKEN_SITES, iter_chunks
+from ...nets.normalizer import RunningMeanStd
+from ...requests import EditRequest
+from ..base import register_editor
+from .base import cache_requests
+from .ridge import ridge_solve
 
 log = logging.getLogger(__name__)
 

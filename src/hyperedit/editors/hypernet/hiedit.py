@@ -10,25 +10,25 @@ also measured relative to editing every candidate (logged as ``advantage_vs_all`
 """
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..delta import EditDelta
-from ..distributed import World
-from ..errors import HyperEditError
-from ..nets.policy import LayerPolicy
-from ._hypernet import (CONFIG_FILE, WEIGHTS_FILE, HyperEditorConfig, cache_requests, edit_in_rounds,
-                        read_checkpoint_meta, scale_shifts)
-from .base import make_config, register_editor
-from .malmen import DirectionOptions, MalmenConfig, MalmenEditor
+from ...delta import EditDelta
+from ...distributed import World
+from ...errors import HyperEditError
+from ...nets import HyperNets
+from ...nets.policy import LayerPolicy
+from ..base import register_editor
+from ..checkpoint import read_editor
+from ..protocols import MemoryReport, Proposal
+from . import checkpoint
+from .base import cache_requests, edit_in_rounds, scale_shifts
+from .config import DirectionOptions, HyperEditorConfig
+from .malmen import MalmenConfig, MalmenEditor
 from .mend import MendConfig, MendEditor
-from .protocols import MemoryReport, Proposal
-from .rledit import edit_lr_parameters, hypernet_parameter_groups
 
 LOW = {"malmen": (MalmenEditor, MalmenConfig), "mend": (MendEditor, MendConfig)}
 
@@ -147,7 +147,7 @@ class HiEditEditor:
             shifts = scale_shifts(self.low.finish(acc), self.config.shift_scale)
         if first:  # by default every candidate's keys are kept, chosen or not: a later edit of that module must keep them
             remembered = chosen if self.config.memory_modules == "chosen" else list(cache)
-            kept = {n: [cache[n][0].double().T @ cache[n][0].double() + contrast.get(n, 0)] for n in remembered}
+            kept = {n: cache[n][0].double().T @ cache[n][0].double() + contrast.get(n, 0) for n in remembered}
             self.low.remember_keys(kept, len(requests))
             self.low.remember_subjects(list(requests))
         return shifts, {"n_candidates": len(self.module_names)}
@@ -158,11 +158,10 @@ class HiEditEditor:
         yield from self.policy.parameters()
 
     def parameter_groups(self, meta_lr: float, lr_meta_lr: float) -> list[dict]:
-        return hypernet_parameter_groups(self.low.nets, meta_lr, lr_meta_lr) + \
-            [{"params": list(self.policy.parameters()), "lr": meta_lr}]
+        return self.low.parameter_groups(meta_lr, lr_meta_lr) + [{"params": list(self.policy.parameters()), "lr": meta_lr}]
 
     def edit_lr_parameters(self) -> list:
-        return edit_lr_parameters(self.low.nets)
+        return self.low.edit_lr_parameters()
 
     def train_mode(self, flag: bool = True) -> None:
         self.low.nets.train(flag)
@@ -206,7 +205,7 @@ class HiEditEditor:
         and K_p, as in ``edit_round``."""
         mask, gate = self.select(cache)  # keeps the policy's graph
         acc, full = self.low.predict(cache, rows=rows)
-        self.low.remember_keys(acc, 0)  # every candidate's keys; the request count is not used in training
+        self.low.remember_keys(acc.key_grams(), 0)  # every candidate's keys; the request count is not used in training
         chosen = {n: full[n] for n, m in zip(self.module_names, mask.tolist()) if m > 0.5}
         return Proposal(shifts=chosen, full=full, state={"cache": cache, "acc": acc, "mask": mask, "gate": gate})
 
@@ -255,39 +254,27 @@ class HiEditEditor:
     # ----- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path, extra_meta: dict | None = None) -> Path:
         """``editor.json`` + ``editor.safetensors`` (``low.*`` hypernetwork, ``policy.*`` gate)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         state = {f"low.{k}": v for k, v in self.low.nets.state_dict().items()}
         state.update({f"policy.{k}": v for k, v in self.policy.state_dict().items()})
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / WEIGHTS_FILE))
-        meta = {"editor": self.name, "config": asdict(self.config), "model": self.low.model,
-                "modules": {n: list(s) for n, s in self.low.nets.module_shapes.items()}, **self.meta, **(extra_meta or {})}
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        return path
+        return checkpoint.save_hypernet(path, self.name, self.config, state, self.low.model,
+                                        self.low.nets.module_shapes, {**self.meta, **(extra_meta or {})})
 
     def load_weights(self, folder: str | Path) -> None:
-        state = load_file(str(Path(folder) / WEIGHTS_FILE))
-        self.low.nets.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("low.")})
-        self.policy.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("policy.")})
+        saved = read_editor(folder)
+        tensors = saved.tensors()
+        saved.load_into(self.low.nets, tensors, prefix="low.")
+        saved.load_into(self.policy, tensors, prefix="policy.")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, lm=None, **overrides) -> "HiEditEditor":
         """Load a trained HiEdit editor (checkpoint or training run directory)."""
-        from ..nets import HyperNets
-
-        folder, meta = read_checkpoint_meta(path)
-        if meta.get("editor") != cls.name:
-            raise HyperEditError(f"{path} holds a {meta.get('editor')!r} checkpoint, not {cls.name!r}")
-        fixed = sorted(set(overrides) - set(HiEditConfig.RUNTIME))
-        if fixed:
-            raise HyperEditError(f"cannot override {', '.join(fixed)} of a trained hiedit editor")
-        config = make_config(HiEditConfig, overrides, base=meta["config"])
-        shapes = {n: tuple(s) for n, s in meta["modules"].items()}
+        saved = read_editor(path, cls.name)
+        config = checkpoint.trained_config(HiEditConfig, saved, overrides, cls.name)
+        shapes = saved.module_shapes
         low_cls = LOW[config.low][0]
-        low = low_cls(config.low_config(), HyperNets(shapes, config.rank, config.n_blocks, config.lr_init), meta.get("model"))
-        editor = cls(config, low, LayerPolicy(shapes, config.top_k, config.policy_hidden),
-                     {k: v for k, v in meta.items() if k not in ("editor", "config", "model", "modules")})
-        editor.load_weights(folder)
+        low = low_cls(config.low_config(), HyperNets(shapes, config.rank, config.n_blocks, config.lr_init), saved.model)
+        editor = cls(config, low, LayerPolicy(shapes, config.top_k, config.policy_hidden), saved.extra)
+        editor.load_weights(saved.folder)
         if lm is not None:
             low.check_model(lm)
             low.nets.to(lm.device), editor.policy.to(lm.device)

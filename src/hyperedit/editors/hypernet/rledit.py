@@ -9,15 +9,13 @@ editor implements the trajectory protocol the trainer talks to (``protocols.Traj
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from ._hypernet import WEIGHTS_FILE, cache_requests
-from .base import register_editor
+from ..base import register_editor
+from ..protocols import Proposal
+from .base import cache_requests
 from .malmen import MalmenConfig, MalmenEditor
-from .protocols import Proposal
 
 
 @dataclass
@@ -25,18 +23,6 @@ class RLEditConfig(MalmenConfig):
     """RLEdit settings: MALMEN's hypernetwork (paper: rank 1024, 4 blocks; smaller default for CPU)
     and its solve, including the direction control (``DirectionOptions``: covariance ridge,
     null-space projection) and ``online_norm``, our extensions."""
-
-
-def edit_lr_parameters(nets) -> list:
-    """The per-module edit ``lr`` scalars of a ``HyperNets``."""
-    return [p for n, p in nets.named_parameters() if n.endswith(".lr")]
-
-
-def hypernet_parameter_groups(nets, meta_lr: float, lr_meta_lr: float) -> list[dict]:
-    """Adam groups: the per-module edit ``lr`` scalars get their own step size."""
-    lr_params = edit_lr_parameters(nets)
-    others = [p for n, p in nets.named_parameters() if not n.endswith(".lr")]
-    return [{"params": others, "lr": meta_lr}, {"params": lr_params, "lr": lr_meta_lr}]
 
 
 @register_editor("rledit", RLEditConfig, "MALMEN hypernetwork trained over lifelong editing trajectories",
@@ -47,19 +33,7 @@ class RLEditEditor(MalmenEditor):
     config_class = RLEditConfig
     JOINT_HINT_FACTS = None  # the joint solve's large-edit setting was measured for MALMEN only
 
-    # ----- trajectory protocol ----------------------------------------------------------------
-    def parameters(self):
-        return self.nets.parameters()
-
-    def parameter_groups(self, meta_lr: float, lr_meta_lr: float) -> list[dict]:
-        return hypernet_parameter_groups(self.nets, meta_lr, lr_meta_lr)
-
-    def edit_lr_parameters(self) -> list:
-        return edit_lr_parameters(self.nets)
-
-    def train_mode(self, flag: bool = True) -> None:
-        self.nets.train(flag)
-
+    # ----- trajectory protocol (parameters, groups and ``load_weights``: ``HyperEditor``'s) -----
     def cache(self, lm, requests) -> dict:
         """Keys and value gradients of every edited module on the model as it is now."""
         return cache_requests(lm.adapter, list(requests), self.module_names, self.config.token)
@@ -76,14 +50,10 @@ class RLEditEditor(MalmenEditor):
 
     def trajectory_propose(self, cache: dict, rows: dict | None = None) -> Proposal:
         acc, shifts = self.predict(cache, rows=rows)
-        self.remember_keys(acc, 0)  # the request count is not used in training
+        self.remember_keys(acc.key_grams(), 0)  # the request count is not used in training
         return Proposal(shifts=shifts, state={"cache": cache, "acc": acc})
 
     def trajectory_backward(self, proposal: Proposal, grads: dict[str, torch.Tensor], reg_coef: float) -> None:
         """Accumulate network gradients of ``L + reg_coef ||S||^2`` given ``grads[m] = dL/dS_m``."""
         grad_shifts = {n: grads[n] + 2 * reg_coef * proposal.shifts[n] for n in self.module_names}
         self.backward(proposal.state["cache"], proposal.state["acc"], proposal.shifts, grad_shifts)
-
-    def load_weights(self, folder: str | Path) -> None:
-        """Load network weights saved by ``save`` into this editor."""
-        self.nets.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)))

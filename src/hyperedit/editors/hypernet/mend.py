@@ -5,12 +5,29 @@ with MALMEN except the aggregation, which makes it the baseline that shows what 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ._hypernet import Cache, HyperEditor, HyperEditorConfig, token_slices
-from .base import register_editor
+from ..base import register_editor
+from .base import Cache, HyperEditor, token_slices
+from .config import HyperEditorConfig
+
+
+@dataclass
+class SummedShifts:
+    """What a MEND edit sums: the rank-1 terms of every token, per module."""
+
+    shifts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def modules(self) -> list[str]:
+        return list(self.shifts)
+
+    def sums(self, names) -> list[torch.Tensor]:
+        return [self.shifts[n] for n in names if n in self.shifts]
+
+    def key_grams(self) -> dict[str, torch.Tensor]:
+        return {}  # MEND keeps no memory of earlier keys
 
 
 @dataclass
@@ -25,20 +42,20 @@ class MendEditor(HyperEditor):
 
     config_class = MendConfig
 
-    def new_accumulator(self) -> dict:
-        return {}
+    def new_accumulator(self) -> SummedShifts:
+        return SummedShifts()
 
-    def accumulate(self, acc: dict, name: str, keys: torch.Tensor, grads: torch.Tensor) -> None:
+    def accumulate(self, acc: SummedShifts, name: str, keys: torch.Tensor, grads: torch.Tensor) -> None:
         net, index = self.nets.net_for(name)
-        if name not in acc:
-            acc[name] = torch.zeros(net.d_in, net.d_out, dtype=keys.dtype, device=keys.device)
+        if name not in acc.shifts:
+            acc.shifts[name] = torch.zeros(net.d_in, net.d_out, dtype=keys.dtype, device=keys.device)
         for part in token_slices(keys.shape[0], self.config.net_batch_size):
-            acc[name] += net.rank_one_shift(keys[part], grads[part], index)
+            acc.shifts[name] += net.rank_one_shift(keys[part], grads[part], index)
 
-    def finish(self, acc: dict) -> dict[str, torch.Tensor]:
-        return {name: shift.detach().clone() for name, shift in acc.items()}
+    def finish(self, acc: SummedShifts) -> dict[str, torch.Tensor]:
+        return {name: shift.detach().clone() for name, shift in acc.shifts.items()}
 
-    def backward(self, cache: Cache, acc: dict, shifts: dict[str, torch.Tensor],
+    def backward(self, cache: Cache, acc: SummedShifts, shifts: dict[str, torch.Tensor],
                  grad_shifts: dict[str, torch.Tensor], replicated: bool = True) -> None:
         """dL/dS is also dL/d(each rank-1 term): re-run the hypernetwork chunk by chunk with grad."""
         for name in self.module_names:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import HyperEditError
+from ...errors import HyperEditError
 
 
 @dataclass

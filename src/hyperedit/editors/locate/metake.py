@@ -29,18 +29,19 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..delta import EditDelta
-from ..hooks import edit_output
-from ..lm import target_logits
-from ..models import LoadedModel
-from ..progress import progress
-from ..requests import EditRequest
-from ..stats import corpus_texts
-from . import _locate as L
+from ...delta import EditDelta
+from ...hooks import edit_output
+from ...lm import target_logits
+from ...models import LoadedModel
+from ...progress import progress
+from ...requests import EditRequest
+from ...stats import corpus_texts
+from ..base import register_editor
+from ..protocols import MemoryReport, SequentialState
 from .alphaedit import AlphaEdit, AlphaEditConfig
-from .base import register_editor
+from .base import check_model
 from .memit import MEMIT, MEMITConfig
-from .protocols import MemoryReport, SequentialState
+from .solve import SolveRecord, proxy_grad, realised_residual, truncation_summary
 
 log = logging.getLogger(__name__)
 _INNER = {"memit": (MEMIT, MEMITConfig), "alphaedit": (AlphaEdit, AlphaEditConfig)}
@@ -109,7 +110,7 @@ class MetaKE:
     # ----- the editor -------------------------------------------------------------------------
     def edit(self, lm: LoadedModel, requests: Sequence[EditRequest]) -> EditDelta:
         """Refine the targets against the post-edit loss, then write them with the inner solver."""
-        L.check_model(lm)
+        check_model(lm)
         requests, inner, cfg = list(requests), self.inner, self.config
         inner.stats(lm)
         inner.before_edit(lm)
@@ -123,8 +124,8 @@ class MetaKE:
         inner.after_edit(requests)
         t2 = time.perf_counter()
         z_layer = inner.layers(lm)[-1]
-        real0 = L.realised_residual(lm, requests, shifts0, z_layer, cfg.batch_size)
-        real1 = L.realised_residual(lm, requests, shifts, z_layer, cfg.batch_size)
+        real0 = realised_residual(lm, requests, shifts0, z_layer, cfg.batch_size)
+        real1 = realised_residual(lm, requests, shifts, z_layer, cfg.batch_size)
         scale = R.norm(dim=-1) / R0.norm(dim=-1).clamp_min(1e-12)
         self.last_info = {
             "n_requests": len(requests), "inner": cfg.inner, "target_time_s": targets.time_s,
@@ -132,15 +133,15 @@ class MetaKE:
             "meta_time_s": t2 - t1, "proxy_loss_curve": curve,
             "residual_scale": [round(float(s), 4) for s in scale],
             "mean_residual_scale": float(scale[R0.norm(dim=-1) > 0].mean()) if (R0.norm(dim=-1) > 0).any() else None,
-            "truncation_before": L.truncation_summary(R0, real0),
-            "truncation_after": L.truncation_summary(R, real1),
-            "original_plan_realised_after": L.truncation_summary(R0, real1),
+            "truncation_before": truncation_summary(R0, real0),
+            "truncation_after": truncation_summary(R, real1),
+            "original_plan_realised_after": truncation_summary(R0, real1),
         }
         summary = {k: v for k, v in self.last_info.items() if not isinstance(v, (list, dict))}
         return EditDelta.from_in_out(lm.adapter, shifts, editor=f"metake-{cfg.inner}",
                                      config=dataclasses.asdict(cfg), info=summary)
 
-    def refine(self, lm: LoadedModel, requests: Sequence[EditRequest], shifts0: dict, record: L.SolveRecord,
+    def refine(self, lm: LoadedModel, requests: Sequence[EditRequest], shifts0: dict, record: SolveRecord,
                R0: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         """Upper level: normalised gradient steps on each request's R_i through the linear proxy (each
         active request moves ``meta_lr * ||R0_i||`` per step); returns (R*, proxy loss per step)."""
@@ -186,7 +187,7 @@ class MetaKE:
             if not len(upd):
                 break
             with torch.no_grad():
-                g = sum(L.proxy_grad(record.maps[m], S[m].grad.double(), record.scales.get(m)).float() for m in modules
+                g = sum(proxy_grad(record.maps[m], S[m].grad.double(), record.scales.get(m)).float() for m in modules
                         if S[m].grad is not None) * w
                 if not torch.is_tensor(g):
                     g = torch.zeros_like(R)

@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..atomic import atomic_file
-from ..hooks import edit_output
-from ..lm import prediction_mask
-from ..models import LoadedModel
-from ..prefix import PrefixExamples, compute_prefix, frozen_prefix, supports_prefix
-from ..progress import progress as progress_bar
-from ..requests import EditRequest
-from ._locate import LocateConfig, layer_module, subject_position, subjects_or_last
+from ...atomic import atomic_file
+from ...hooks import edit_output
+from ...lm import prediction_mask
+from ...models import LoadedModel
+from ...prefix import PrefixExamples, compute_prefix, frozen_prefix, supports_prefix
+from ...progress import progress as progress_bar
+from ...requests import EditRequest
+from .base import LocateConfig, layer_module, subject_position, subjects_or_last
 
 log = logging.getLogger(__name__)
 _B1, _B2, _EPS = 0.9, 0.999, 1e-8
@@ -183,22 +183,51 @@ def compute_targets(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: i
                    cached_time_s=cached_time)
 
 
-def _live_batches(lm: LoadedModel, rows: list, z_layer: int, reuse_prefix: bool, batch_size: int):
+@dataclass(frozen=True)
+class TargetRow:
+    """One sequence of the target optimisation: ``request`` (its index), ``essence`` (the KL
+    prompt "{subject} is a", else a rewrite prompt with one prefix), the ``text`` and ``target``,
+    the ``position`` of the last subject token and the row's ``index`` among all rows."""
+
+    request: int
+    essence: bool
+    text: str
+    target: str
+    position: int
+    index: int
+
+
+def _target_rows(lm: LoadedModel, requests: Sequence[EditRequest], prefixes: Sequence[str],
+                 cfg: LocateConfig) -> list[TargetRow]:
+    """Per request: a rewrite row per prefix, then its essence row (with a subject and ``kl_factor``)."""
+    subjects = subjects_or_last(requests)
+    rows: list[TargetRow] = []
+    for j, r in enumerate(requests):
+        for p in prefixes:
+            text = p + r.prompt
+            rows.append(TargetRow(j, False, text, r.target, subject_position(lm, text, subjects[j], len(p)), len(rows)))
+        if r.subject is not None and cfg.kl_factor > 0:
+            text = f"{r.subject} is a"
+            rows.append(TargetRow(j, True, text, r.target, subject_position(lm, text, r.subject), len(rows)))
+    return rows
+
+
+def _live_batches(lm: LoadedModel, rows: list[TargetRow], z_layer: int, reuse_prefix: bool, batch_size: int):
     """``(batches, context)``: ``batches(chunk)`` encodes rows (by index) for one pass, ``context``
     wraps that pass. With a frozen prefix the hidden states entering block ``z_layer + 1`` (the
     unedited output of block ``z_layer``, where ``delta`` is added) are computed once here."""
     adapter, dev = lm.adapter, lm.device
     live = z_layer + 1
     if reuse_prefix and supports_prefix(adapter) and live < len(adapter.get_module(adapter.spec.layers)):
-        examples: PrefixExamples = compute_prefix(adapter, [(r[2], r[3]) for r in rows], live, batch_size,
+        examples: PrefixExamples = compute_prefix(adapter, [(r.text, r.target) for r in rows], live, batch_size,
                                                   desc="target prefixes")
 
         def batches(chunk):
-            return next(examples.subset([r[5] for r in chunk]).batches(len(chunk), dev))
+            return next(examples.subset([r.index for r in chunk]).batches(len(chunk), dev))
         return batches, lambda: frozen_prefix(adapter, live)
 
     def encode(chunk):
-        return adapter.encode([r[2] for r in chunk], [r[3] for r in chunk], device=dev)
+        return adapter.encode([r.text for r in chunk], [r.target for r in chunk], device=dev)
     return encode, contextlib.nullcontext
 
 
@@ -206,17 +235,7 @@ def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, pr
               cfg: LocateConfig, progress: bool, reuse_prefix: bool = True):
     dev = lm.device
     n, d, c = len(requests), lm.model.config.hidden_size, len(prefixes)
-    subjects = subjects_or_last(requests)
-    # rows: (request, kind, prompt, target, subject position); kind 0 = rewrite, 1 = essence (KL)
-    rows = []
-    for j, r in enumerate(requests):
-        for p in prefixes:
-            text = p + r.prompt
-            rows.append((j, 0, text, r.target, subject_position(lm, text, subjects[j], len(p))))
-        if r.subject is not None and cfg.kl_factor > 0:
-            text = f"{r.subject} is a"
-            rows.append((j, 1, text, r.target, subject_position(lm, text, r.subject)))
-    rows = [row + (i,) for i, row in enumerate(rows)]  # (..., row index)
+    rows = _target_rows(lm, requests, prefixes, cfg)
     encode, passes = _live_batches(lm, rows, z_layer, reuse_prefix, cfg.batch_size)
     delta = torch.zeros(n, d, device=dev, requires_grad=True)
     m1, v1 = torch.zeros(n, d, device=dev), torch.zeros(n, d, device=dev)
@@ -228,17 +247,17 @@ def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, pr
     block = layer_module(lm, z_layer)
     bar = progress_bar(range(cfg.v_steps), desc="target vectors", enabled=progress)
     for step in bar:
-        act_rows = [row for row in rows if active[row[0]]]
+        act_rows = [row for row in rows if active[row.request]]
         if not act_rows:
             break
         nll_sum = torch.zeros(n)
         for s in range(0, len(act_rows), cfg.batch_size):
             chunk = act_rows[s:s + cfg.batch_size]
             batch = encode(chunk)
-            req = torch.tensor([r[0] for r in chunk], device=dev)
-            pos = torch.tensor([r[4] for r in chunk], device=dev)
+            req = torch.tensor([r.request for r in chunk], device=dev)
+            pos = torch.tensor([r.position for r in chunk], device=dev)
             arange = torch.arange(len(chunk), device=dev)
-            bare = torch.tensor([r[1] == 0 and r[2] == requests[r[0]].prompt for r in chunk], device=dev)
+            bare = torch.tensor([not r.essence and r.text == requests[r.request].prompt for r in chunk], device=dev)
 
             def inject(inputs, out, req=req, pos=pos, arange=arange, bare=bare):
                 if step == 0:
@@ -247,7 +266,7 @@ def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, pr
                 return out + add
 
             mask = prediction_mask(batch["labels"], False)
-            kinds = torch.tensor([r[1] for r in chunk], device=dev)
+            kinds = torch.tensor([int(r.essence) for r in chunk], device=dev)  # 1: essence (KL)
             first = mask & (mask.cumsum(1) == 1)
             mask = torch.where((kinds == 1)[:, None], first, mask)
             with passes(), edit_output(lm.model, block, inject):
@@ -266,7 +285,7 @@ def _optimise(lm: LoadedModel, requests: Sequence[EditRequest], z_layer: int, pr
                 logp = F.log_softmax(logits[~rewrite_tok], dim=-1)  # one position per essence row
                 ref = []
                 for k, r in enumerate(kl_rows.tolist()):
-                    j = chunk[r][0]
+                    j = chunk[r].request
                     if j not in kl_init:
                         kl_init[j] = logp[k].detach()
                     ref.append(kl_init[j])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..requests import EditRequest
+from ...requests import EditRequest
 
 Swap = tuple[str, str, str]  # (prompt with another subject, the edit's target, that subject)
 Asked = tuple[str, str]  # (prompt template with the subject cut out, subject) of an earlier edit

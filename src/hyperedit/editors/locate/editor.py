@@ -1,42 +1,24 @@
-"""MEMIT: mass-editing memory in a transformer (locate-then-edit, closed form).
+"""The shared flow of the closed-form locate-then-edit editors (MEMIT, AlphaEdit; MetaKE drives it).
 
-Per request a target residual-stream vector at the last edited layer (``_targets``), then layer by
-layer the remaining residual is spread and written by S = (lam C + K^T K)^{-1} K^T R, with C the
-key second moment over a generic corpus (``hyperedit.stats``). With one layer this is the
-single-layer (ROME-like, least-squares) special case. The model is unchanged on return.
+Per edit: key statistics C per edited module (``hyperedit.stats``), target vectors at the last
+edited layer (``targets``), then the multi-layer closed-form write (``solve.spread_and_solve``)
+with the subclass's solver map. The model is unchanged on return.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from ..delta import EditDelta
-from ..models import LoadedModel
-from ..requests import EditRequest
-from ..stats import key_second_moments
-from . import _locate as L
-from ._targets import TargetCache, Targets, compute_targets
-from .base import register_editor
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class MEMITConfig(L.LocateConfig):
-    """MEMIT options: shared locate-then-edit options plus the covariance weight ``lam``."""
-
-    lam: float = 1500.0  # weight of C = E[k k^T] against the edit keys (MEMIT's mom2_update_weight)
-    diagnostics: bool = True  # measure how much of each planned residual the update realises
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.lam < 0:
-            raise ValueError("lam must be non-negative")
+from ...delta import EditDelta
+from ...models import LoadedModel
+from ...requests import EditRequest
+from ...stats import key_second_moments
+from .base import check_model, default_layers, generate_prefixes
+from .solve import SolveRecord, realised_residual, spread_and_solve, truncation_summary
+from .targets import TargetCache, Targets, compute_targets
 
 
 class LocateEditor:
@@ -58,7 +40,7 @@ class LocateEditor:
     # ----- pieces ---------------------------------------------------------------------------
     def layers(self, lm: LoadedModel) -> tuple[int, ...]:
         """The edited layers (the config's, or ``default_layers`` for this model's depth)."""
-        return self.config.layers or L.default_layers(lm.adapter.num_layers)
+        return self.config.layers or default_layers(lm.adapter.num_layers)
 
     def modules(self, lm: LoadedModel) -> list[str]:
         return lm.adapter.module_names(self.layers(lm), self.config.module)
@@ -66,7 +48,7 @@ class LocateEditor:
     def prefixes(self, lm: LoadedModel) -> list[str]:
         if self._prefixes is None:
             cfg = self.config
-            self._prefixes = L.generate_prefixes(lm, cfg.n_prefixes, cfg.prefix_tokens, cfg.seed)
+            self._prefixes = generate_prefixes(lm, cfg.n_prefixes, cfg.prefix_tokens, cfg.seed)
         return self._prefixes
 
     def stats(self, lm: LoadedModel) -> dict[str, torch.Tensor]:
@@ -86,7 +68,7 @@ class LocateEditor:
     def solver_map(self, lm: LoadedModel, name: str, K: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def after_solve(self, record: L.SolveRecord) -> None:
+    def after_solve(self, record: SolveRecord) -> None:
         """Hook for editors with sequential state (AlphaEdit accumulates the edit keys)."""
 
     def before_edit(self, lm: LoadedModel) -> None:
@@ -98,7 +80,7 @@ class LocateEditor:
     def solve(self, lm: LoadedModel, requests: Sequence[EditRequest], z: torch.Tensor):
         """Multi-layer closed-form write of targets ``z``: ``(shifts, SolveRecord)``, model unchanged."""
         cfg = self.config
-        return L.spread_and_solve(lm, requests, z, self.modules(lm), self.layers(lm)[-1], self.prefixes(lm),
+        return spread_and_solve(lm, requests, z, self.modules(lm), self.layers(lm)[-1], self.prefixes(lm),
                                   lambda name, K: self.solver_map(lm, name, K), cfg.batch_size)
 
     def make_delta(self, lm: LoadedModel, shifts: dict, **extra) -> EditDelta:
@@ -108,7 +90,7 @@ class LocateEditor:
     # ----- protocol -----------------------------------------------------------------------
     def edit(self, lm: LoadedModel, requests: Sequence[EditRequest]) -> EditDelta:
         """Write all ``requests`` in one batch; returns the delta, the model is unchanged."""
-        L.check_model(lm)
+        check_model(lm)
         requests = list(requests)
         t0 = time.perf_counter()
         self.stats(lm)
@@ -126,15 +108,7 @@ class LocateEditor:
                 "target_steps_mean": float(targets.steps.float().mean()),
                 "target_nll_mean": float(targets.nll.nanmean())}
         if getattr(self.config, "diagnostics", False):
-            realised = L.realised_residual(lm, requests, shifts, self.layers(lm)[-1], self.config.batch_size)
-            info["truncation"] = L.truncation_summary(targets.residual, realised)
+            realised = realised_residual(lm, requests, shifts, self.layers(lm)[-1], self.config.batch_size)
+            info["truncation"] = truncation_summary(targets.residual, realised)
         self.last_info = info
         return self.make_delta(lm, shifts, info={k: v for k, v in info.items() if k != "truncation"})
-
-
-@register_editor("memit", MEMITConfig, "MEMIT: target vectors + multi-layer least-squares closed form")
-class MEMIT(LocateEditor):
-    """MEMIT (Meng et al. 2023) over the adapter's MLP output projections."""
-
-    def solver_map(self, lm: LoadedModel, name: str, K: torch.Tensor) -> torch.Tensor:
-        return L.memit_map(K, self.stats(lm)[name].to(K.device), self.config.lam)

@@ -16,27 +16,27 @@ next solve (one forward pass per request and prefix, up to each edited layer).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..errors import HyperEditError
-from ..models import LoadedModel
-from ..requests import EditRequest
-from . import _locate as L
-from ._nullspace import KeyState, NullSpaceOptions, held_directions, null_space_basis
-from .base import make_config, register_editor
-from .memit import LocateEditor
+from ...errors import HyperEditError
+from ...models import LoadedModel
+from ...requests import EditRequest
+from ..base import make_config, register_editor
+from ..checkpoint import read_editor, write_editor
+from .base import LocateConfig, keys_and_hidden
+from .editor import LocateEditor
+from .nullspace import KeyState, NullSpaceOptions, held_directions, null_space_basis
+from .solve import SolveRecord, alphaedit_map
 
-STATE_FILE, CONFIG_FILE = "state.safetensors", "config.json"
 STATE_KIND = "alphaedit"  # meta["kind"] of its stream_state
 LEGACY_KIND = "state_dict"  # what lifelong checkpoints wrote for it before stream_state was its only name
 
 
 @dataclass
-class AlphaEditConfig(L.LocateConfig, NullSpaceOptions):
+class AlphaEditConfig(LocateConfig, NullSpaceOptions):
     """AlphaEdit options: shared locate-then-edit options plus the null space
     (``nullspace_threshold``, ``threshold_relative``: ``NullSpaceOptions``) and the ridge."""
 
@@ -97,9 +97,9 @@ class AlphaEdit(LocateEditor):
         P = self.projector(lm, name).to(K.device)
         kp = self.keys.get(name)
         memory = self.config.memory_weight * kp.to(K.device) if kp is not None else None
-        return L.alphaedit_map(K, P, memory, self.config.l2)
+        return alphaedit_map(K, P, memory, self.config.l2)
 
-    def after_solve(self, record: L.SolveRecord) -> None:
+    def after_solve(self, record: SolveRecord) -> None:
         if not self.config.accumulate:
             return
         for name, K in record.keys.items():
@@ -130,7 +130,7 @@ class AlphaEdit(LocateEditor):
         self.stats(lm)
         prefixes = self.prefixes(lm)
         for name in self.modules(lm):
-            K, _ = L.keys_and_hidden(lm, self.edited, name, prefixes, lm.adapter.layer_of(name),
+            K, _ = keys_and_hidden(lm, self.edited, name, prefixes, lm.adapter.layer_of(name),
                                      self.config.batch_size)
             K = K.double()
             self.keys.kp[name] = (K.T @ K).cpu()
@@ -170,19 +170,14 @@ class AlphaEdit(LocateEditor):
             self.refreshed_at = int(state.get("refreshed_at", torch.tensor(0)))
 
     def save(self, path) -> Path:
-        """Write config (JSON) and sequential state (safetensors) into directory ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.stream_state()[0].items()}, str(path / STATE_FILE))
-        (path / CONFIG_FILE).write_text(json.dumps({"editor": self.name, "config": asdict(self.config)}, indent=2))
-        return path
+        """Write options and sequential state into directory ``path`` (``editors.checkpoint``)."""
+        tensors, meta = self.stream_state()
+        return write_editor(path, self.name, self.config, tensors, state=meta)
 
     @classmethod
     def load(cls, path) -> "AlphaEdit":
-        path = Path(path)
-        if not (path / STATE_FILE).is_file() or not (path / CONFIG_FILE).is_file():
-            raise HyperEditError(f"{path}: not a saved AlphaEdit editor ({STATE_FILE} and {CONFIG_FILE} expected)")
-        meta = json.loads((path / CONFIG_FILE).read_text())
-        editor = cls(make_config(AlphaEditConfig, meta.get("config", {})))
-        editor.load_stream_state(load_file(str(path / STATE_FILE)))
+        """An editor saved by ``save`` (also in the format before ``editors.checkpoint``)."""
+        saved = read_editor(path, "alphaedit", trained=False)
+        editor = cls(make_config(AlphaEditConfig, saved.config))
+        editor.load_stream_state(saved.tensors(), saved.meta.get("state"))
         return editor
