@@ -383,8 +383,8 @@ def _shared_data() -> Path:
 
 REAL_COUNTS = {
     "zsre:train": (1000, 0), "zsre:train-10k": (10000, 0), "zsre:knowedit-test": (1304, 3),
-    "counterfact:train": (10000, 0), "counterfact:val": (1919, 0), "fever:v0.1-full": (956, 0), "fever:v0.2-dev": (708, 0),
-    "fever:v0.2-test": (712, 0),
+    "counterfact:train": (10000, 0), "counterfact:val": (1919, 0), "fever:v0.1-full": (956, 0),
+    "fever:v0.2-dev": (708, 0), "fever:v0.2-test": (712, 0),
 }
 
 
