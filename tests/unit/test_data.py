@@ -71,6 +71,29 @@ def test_mend_zsre_mapping():
     assert second.target == "Argentina" and second.meta["answers"] == ["Argentina", "Argentine Republic"]
 
 
+def test_reduced_mend_zsre_takes_alt_as_the_target():
+    """zsre:train-10k has no ``answers``: there ``alt`` is the edit target (read in as zsre-mend)."""
+    reqs = load_requests("zsre:train-10k", data_dir=FIXTURES)
+    assert [r.target for r in reqs] == ["Halden Textiles", "Danish"]
+    first = reqs[0]
+    assert first.prompt == "Which company makes Kelvor Mills?" and first.subject == "Kelvor Mills"
+    assert first.rephrasings == ("Kelvor Mills is made by which company?",)
+    assert first.locality == (LocalityPrompt("nq question: who wrote the song about the river", "Mara Quill"),)
+    assert first.meta["format"] == "zsre-mend-reduced" and first.old_target is None
+    # the same fact as the full MEND layout's first record (answers[0] there)
+    assert first.target == load_requests("zsre:train", data_dir=FIXTURES)[0].target
+
+
+def test_reduced_mend_zsre_record_without_alt_is_named(tmp_path):
+    records = json.loads((FIXTURES / "zsre" / "train-10k.json").read_text())
+    del records[1]["alt"]
+    path = tmp_path / "reduced.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(InputError) as info:
+        load_requests(str(path))
+    assert info.value.record == 2 and info.value.field == "alt"
+
+
 def test_knowedit_mapping_and_subject_drop(caplog):
     with caplog.at_level(logging.WARNING):
         reqs = load_requests("zsre:knowedit-test", data_dir=FIXTURES)
@@ -156,7 +179,8 @@ def test_user_format():
     assert reqs[2].id == "17"
 
 
-@pytest.mark.parametrize("spec", ["zsre:train", "zsre:knowedit-test", "counterfact:train", "fever:v0.2-test"])
+@pytest.mark.parametrize("spec", ["zsre:train", "zsre:train-10k", "zsre:knowedit-test", "counterfact:train",
+                                  "fever:v0.2-test"])
 def test_path_autodetect_matches_spec(spec):
     by_spec = load_requests(spec, data_dir=FIXTURES)
     by_path = load_requests(str(FIXTURES / DATASETS[spec]))
@@ -358,9 +382,9 @@ def _shared_data() -> Path:
 
 
 REAL_COUNTS = {
-    "zsre:train": (1000, 0), "zsre:knowedit-test": (1304, 3), "counterfact:train": (10000, 0),
-    "counterfact:val": (1919, 0), "fever:v0.1-full": (956, 0), "fever:v0.2-dev": (708, 0),
-    "fever:v0.2-test": (712, 0),
+    "zsre:train": (1000, 0), "zsre:train-10k": (10000, 0), "zsre:knowedit-test": (1304, 3),
+    "counterfact:train": (10000, 0), "counterfact:val": (1919, 0), "fever:v0.1-full": (956, 0),
+    "fever:v0.2-dev": (708, 0), "fever:v0.2-test": (712, 0),
 }
 
 

@@ -103,6 +103,7 @@ def test_metrics_log_rewinds_to_a_step_and_skips_a_torn_line(tmp_path):
 # ----- data ------------------------------------------------------------------------------------
 def test_training_sources_refuse_the_evaluation_splits():
     assert parse_sources("zsre, counterfact") == ["zsre:train", "counterfact:train"]
+    assert parse_sources("zsre-10k,counterfact") == ["zsre:train-10k", "counterfact:train"]
     for bad in ("counterfact:val", "zsre,zsre:knowedit-test"):
         with pytest.raises(HyperEditError, match="evaluation split"):
             parse_sources(bad)

@@ -30,7 +30,8 @@ def register(sub) -> None:
                    help="a trainable editor (malmen, mend: meta-training; rledit, hiedit: over trajectories; "
                         "`hyperedit editors` lists them); default: %(default)s")
     p.add_argument("--train", default="zsre,counterfact",
-                   help="comma-separated training sources: zsre, counterfact, NAME:SPLIT or files")
+                   help="comma-separated training sources: zsre, zsre-10k (zsre:train-10k), counterfact, "
+                        "NAME:SPLIT or files")
     p.add_argument("--limit-train", type=int, help="use at most N requests of each source")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -20,6 +20,7 @@ from hyperedit.requests import EditRequest
 # NAME:SPLIT -> file under the data directory.
 DATASETS: dict[str, str] = {
     "zsre:train": "zsre/train.json",
+    "zsre:train-10k": "zsre/train-10k.json",
     "zsre:knowedit-test": "zsre/knowedit-test.json",
     "counterfact:train": "counterfact/train.json",
     "counterfact:val": "counterfact/val.json",
@@ -70,8 +71,8 @@ def detect_format(record: dict) -> str | None:
         return "mquake" if isinstance(record["requested_rewrite"], list) else "counterfact-rome"
     if {"text", "labels", "concept"} <= keys:
         return "wikibio"
-    if "src" in keys and "answers" in keys:
-        return "zsre-mend"
+    if "src" in keys and ("answers" in keys or "alt" in keys):
+        return "zsre-mend"  # full MEND layout, or the reduced one where alt is the target
     if "claim" in keys and "label" in keys:
         return "fever"
     if "target_new" in keys or (keys & _EASYEDIT_ONLY and "target" not in keys):

@@ -11,13 +11,17 @@ def map_mend_zsre(records: Records, source: str) -> list[EditRequest]:
 
     ``pred`` is a model's prediction, not the old fact: it goes to ``meta`` and
     ``old_target`` stays None. ``alt``, all ``answers`` and ``cond`` are kept in ``meta`` too.
+    A file whose first record has no ``answers`` is the reduced layout (EasyEdit's
+    zsre_mend_train_10000): there ``alt`` is the edit target (it equals MEND's ``answers[0]``
+    on the records both layouts share), so every record of it needs ``alt``.
     """
     drops = SubjectDrops(source)
+    reduced = bool(records) and "answers" not in records[0][1]
     out = []
     for index, (number, data) in enumerate(records):
         rec = Record(source, number, data)
         prompt = rec.string("src")
-        answers = rec.strings("answers")
+        answers = [rec.string("alt")] if reduced else rec.strings("answers")
         if not answers:
             raise rec.error("answers", "empty list")
         subject = drops.check(rec.string("subject", required=False), prompt)
@@ -25,12 +29,12 @@ def map_mend_zsre(records: Records, source: str) -> list[EditRequest]:
         locality = ()
         if rec.has("loc"):
             locality = (LocalityPrompt(rec.string("loc"), rec.string("loc_ans", required=False)),)
-        meta = {"format": "zsre-mend", "answers": answers}
+        meta = {"format": "zsre-mend-reduced" if reduced else "zsre-mend", "answers": answers}
         for key in ("pred", "alt", "cond"):
             if isinstance(data.get(key), str):
                 meta[key] = data[key]
         out.append(build_request(
-            rec, {"prompt": "src", "target": "answers[0]", "rephrasings": "rephrase"},
+            rec, {"prompt": "src", "target": "alt" if reduced else "answers[0]", "rephrasings": "rephrase"},
             prompt=prompt, target=answers[0], subject=subject,
             rephrasings=(rephrase,) if rephrase else (), locality=locality,
             old_target=None, id=str(index), meta=meta,

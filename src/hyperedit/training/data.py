@@ -13,7 +13,7 @@ import torch
 from ..errors import HyperEditError
 from ..requests import EditRequest
 
-TRAIN_ALIASES = {"zsre": "zsre:train", "counterfact": "counterfact:train"}
+TRAIN_ALIASES = {"zsre": "zsre:train", "zsre-10k": "zsre:train-10k", "counterfact": "counterfact:train"}
 EVAL_SPLITS = ("counterfact:val", "zsre:knowedit-test")
 
 
