@@ -1,0 +1,197 @@
+"""Teacher-forced scoring that also continues the prompts, reusing the scoring pass's KV cache.
+
+Greedy decoding from a prompt is teacher forcing along its own path: while the model's argmax at
+each target position equals the target token, the greedy continuation *is* the target so far. So
+the scoring pass over prompt + target (right-padded, causal) already holds, in its KV cache, the
+prompt and every target token greedy decoding agrees with; its argmax at the first disagreeing
+position is the next greedy token. Only the tokens after that are decoded, one step at a time from
+the cache, never encoding a prompt a second time. Likewise a reference continuation (``LS_gen``:
+does the edited model still say what the unedited one said?) is checked with one short forward of
+its tokens past the shared prefix.
+
+The scores are those of ``metrics.score_examples`` (the same batches, the same forward: the cache
+is a by-product); the continuations equal ``generation.greedy_tokens`` / ``generation.follows`` up
+to float rounding of differently padded batches (``benchmarks/eval_cost.py --check`` compares
+them). Decoder-only families whose cache takes explicit positions over a masked past only
+(``supports_continuation``); the others take the separate passes.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from ..lm import TargetLogits, iter_chunks, prediction_mask
+from ..models.limits import context_limit
+from .metrics import PairScore, pair_scores
+
+CONTINUATION_FAMILIES = ("llama", "qwen2", "mistral")
+
+
+def supports_continuation(adapter) -> bool:
+    return (not adapter.is_seq2seq and adapter.model_type in CONTINUATION_FAMILIES
+            and adapter.spec.fast_logits)
+
+
+@dataclass(frozen=True)
+class Want:
+    """What to do with a scored pair's prompt: greedy-continue it to ``length`` tokens (stopping
+    early once ``rules_out(tokens)`` says no answer can match), and/or check that greedy decoding
+    reproduces ``follow``."""
+
+    length: int = 0
+    rules_out: object = None  # callable(list[int]) -> bool, or None
+    follow: tuple[int, ...] | None = None
+
+
+@torch.no_grad()
+def score_and_continue(adapter, pairs: list[tuple[str, str]], wants: dict[int, Want], batch_size: int = 32):
+    """``(scores, greedy, follows)``: a ``PairScore`` per pair (batches of ``batch_size`` in the given
+    order, as ``score_examples``), and per index of ``wants`` its greedy tokens (None: ruled out)
+    and whether greedy decoding follows its reference."""
+    model = adapter.model
+    device = next(model.parameters()).device
+    eos = adapter.tokenizer.eos_token_id
+    limit = context_limit(adapter)
+    scores: list[PairScore] = []
+    greedy: dict[int, list[int] | None] = {}
+    follows: dict[int, bool] = {}
+    for start, chunk in zip(range(0, len(pairs), batch_size), iter_chunks(pairs, batch_size)):
+        batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
+        out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=True)
+        labels = batch["labels"]
+        mask = prediction_mask(labels, False)
+        example = torch.arange(len(chunk), device=labels.device)[:, None].expand_as(mask)[mask]
+        found = pair_scores(TargetLogits(adapter.head_logits(out.last_hidden_state[mask]),
+                                         labels[:, 1:][mask[:, :-1]], example, len(chunk)))
+        scores += found
+        rows = [(s.predicted, s.target) for s in found]
+        prompt_len = [int(((labels[j] == -100) & (batch["attention_mask"][j] == 1)).sum()) for j in range(len(chunk))]
+        last_prompt = [int(batch["input_ids"][j, prompt_len[j] - 1]) for j in range(len(chunk))]
+        local = {i - start: w for i, w in wants.items() if start <= i < start + len(chunk)}
+        if not local:
+            continue
+        cache, width = out.past_key_values, batch["input_ids"].shape[1]
+        todo = {j: w for j, w in local.items() if w.length > 0}
+        appended = 0
+        if todo:
+            room = {j: w.length if limit is None else min(w.length, limit - prompt_len[j]) for j, w in todo.items()}
+            found, appended = _greedy(model, cache, width, prompt_len, last_prompt, rows, todo, room, eos, device)
+            greedy.update({start + j: tokens for j, tokens in found.items()})
+        checks = {j: w.follow for j, w in local.items() if w.follow is not None}
+        if checks:
+            found = _follow(model, cache, width, appended, prompt_len, last_prompt, rows, checks, device)
+            follows.update({start + j: ok for j, ok in found.items()})
+    return scores, greedy, follows
+
+
+def _known(predicted: list[int], target: list[int]) -> list[int]:
+    """The greedy tokens the scoring pass already gives: the target up to the first position whose
+    argmax differs, then that argmax (all of the target when none differs)."""
+    for k, (p, t) in enumerate(zip(predicted, target)):
+        if p != t:
+            return target[:k] + [p]
+    return list(target)
+
+
+def _past_mask(width: int, valid: list[int], extra: int, device) -> torch.Tensor:
+    """(batch, width + extra): row j sees its first ``valid[j]`` cached positions and every appended one."""
+    cols = torch.arange(width, device=device)[None, :]
+    past = (cols < torch.tensor(valid, device=device)[:, None]).long()
+    return torch.cat([past, torch.ones(len(valid), extra, dtype=torch.long, device=device)], dim=1)
+
+
+def _follow(model, cache, width, appended, prompt_len, last_prompt, rows, checks: dict[int, tuple[int, ...]],
+            device) -> dict[int, bool]:
+    """Per row: does greedy decoding from its prompt produce ``checks[j]``? Positions up to the first
+    difference from the scored target are read from the scoring pass; the rest come from one
+    forward of the reference's tokens from there over the cache."""
+    result, feed, position, first = {}, {}, {}, {}
+    for j, ref in checks.items():
+        predicted, target = rows[j]
+        ref = list(ref)
+        if not ref:
+            result[j] = True
+            continue
+        if not target:  # nothing scored: read the first token from the prompt's last position
+            feed[j], position[j], first[j] = [last_prompt[j]] + ref[:-1], prompt_len[j] - 1, 0
+            continue
+        shared = next((k for k, (a, b) in enumerate(zip(ref, target)) if a != b), min(len(ref), len(target)))
+        s = min(shared, len(target) - 1)  # reference positions 0..s are read from the scoring pass
+        if predicted[:s + 1] != ref[:s + 1]:
+            result[j] = False
+        elif s + 1 >= len(ref):
+            result[j] = True
+        else:
+            feed[j], position[j], first[j] = ref[s:-1], prompt_len[j] + s, s + 1
+    if feed:
+        valid = [position.get(j, prompt_len[j]) for j in range(len(rows))]
+        hidden = _forward(model, cache, width, valid, appended, feed, position, device, see_appended=False)
+        for j, tokens in feed.items():
+            wanted = torch.tensor(checks[j][first[j]:], device=device)
+            result[j] = bool((model.get_output_embeddings()(hidden[j, :len(tokens)]).argmax(-1) == wanted).all())
+    return result
+
+
+def _forward(model, cache, width: int, valid: list[int], appended: int, feed: dict[int, list[int]],
+             position: dict[int, int], device, see_appended: bool = True):
+    """Last hidden states of ``feed[j]`` placed at ``position[j]`` onward: row j sees the first
+    ``valid[j]`` of the scoring pass's ``width`` cached positions and (``see_appended``) the
+    ``appended`` ones decoded since; rows without tokens idle over their prompt."""
+    n = len(valid)
+    span = max(len(f) for f in feed.values())
+    ids = torch.zeros(n, span, dtype=torch.long, device=device)
+    mask = _past_mask(width, valid, appended + span, device)
+    if not see_appended:
+        mask[:, width:width + appended] = 0
+    for j in range(n):
+        tokens = feed.get(j, [])
+        ids[j, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[j, width + appended + max(1, len(tokens)):] = 0  # an idle row still sees one new token
+    start = torch.tensor([position.get(j, valid[j]) for j in range(n)], device=device)
+    positions = start[:, None] + torch.arange(span, device=device)[None, :]
+    return model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            **{_cache_argument(model): cache}).last_hidden_state
+
+
+def _cache_argument(model) -> str:
+    """The base model's name for the KV cache argument (``cache`` since transformers 5.2x)."""
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+
+
+def _greedy(model, cache, width, prompt_len, last_prompt, rows, todo: dict[int, Want], room: dict[int, int], eos,
+            device) -> tuple[dict[int, list[int] | None], int]:
+    """Greedy tokens per row of ``todo``: the known ones, then one decoding step at a time over the
+    cache (a row sees its prompt and the target tokens greedy decoding agreed with)."""
+    known = {j: _known(*rows[j]) if rows[j][1] else [] for j in todo}
+    done = {j: _finished(known[j], room[j], eos, todo[j]) for j in todo}
+    feed, position = {}, {}
+    for j, tokens in known.items():
+        if tokens:
+            feed[j], position[j] = [tokens[-1]], prompt_len[j] + len(tokens) - 1
+        else:
+            feed[j], position[j] = [last_prompt[j]], prompt_len[j] - 1
+    valid = [position.get(j, prompt_len[j]) for j in range(len(rows))]
+    appended = 0
+    while not all(done.values()):
+        hidden = _forward(model, cache, width, valid, appended, feed, position, device)
+        nxt = model.get_output_embeddings()(hidden[:, 0]).argmax(-1).tolist()
+        appended += 1
+        for j in todo:
+            feed[j], position[j] = [nxt[j]], position[j] + 1
+            if not done[j]:
+                known[j].append(nxt[j])
+                done[j] = _finished(known[j], room[j], eos, todo[j])
+    out = {}
+    for j, tokens in known.items():
+        tokens = tokens[:max(room[j], 0)]
+        if eos is not None and eos in tokens:
+            tokens = tokens[:tokens.index(eos) + 1]
+        out[j] = None if todo[j].rules_out is not None and todo[j].rules_out(tokens) else tokens
+    return out, appended
+
+
+def _finished(tokens: list[int], room: int, eos, want: Want) -> bool:
+    return (len(tokens) >= room or (eos is not None and eos in tokens)
+            or (want.rules_out is not None and bool(tokens) and want.rules_out(tokens)))
