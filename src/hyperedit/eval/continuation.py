@@ -24,6 +24,7 @@ import torch
 
 from ..lm import TargetLogits, iter_chunks, prediction_mask
 from ..models.limits import context_limit
+from .generation import generation_lengths, locality_probes, ruled_out
 from .metrics import PairScore, pair_scores
 
 CONTINUATION_FAMILIES = ("llama", "qwen2", "mistral")
@@ -195,3 +196,39 @@ def _greedy(model, cache, width, prompt_len, last_prompt, rows, todo: dict[int, 
 def _finished(tokens: list[int], room: int, eos, want: Want) -> bool:
     return (len(tokens) >= room or (eos is not None and eos in tokens)
             or (want.rules_out is not None and bool(tokens) and want.rules_out(tokens)))
+
+
+def reference_with_generations(adapter, pairs, batch_size: int):
+    """The locality reference's scores of its ``(request, prompt, text, from data)`` pairs and the
+    unedited greedy tokens of each prompt (for ``LS_gen``), from one pass."""
+    lengths = generation_lengths(adapter, locality_probes(pairs), default=3)
+    scores, greedy, _ = score_and_continue(adapter, [(p, t) for _, p, t, _ in pairs],
+                                           {i: Want(n) for i, n in enumerate(lengths)}, batch_size)
+    return scores, [greedy[i] for i in range(len(pairs))]
+
+
+def evaluation_wants(adapter, probes, reference) -> dict[tuple[str, str], Want]:
+    """Per scored (prompt, target) pair what ``evaluate`` wants continued: each generation probe's
+    greedy tokens (scored pair: prompt and first answer; stopped once every probe on it is ruled
+    out) and each reference pair's unedited continuation to check."""
+    by_pair: dict[tuple[str, str], list] = {}
+    for probe, n in zip(probes, generation_lengths(adapter, probes, default=3)):
+        by_pair.setdefault((probe.prompt, probe.answers[0]), []).append((probe, n))
+    wants = {pair: Want(max(n for _, n in found),
+                        lambda tokens, found=found: all(ruled_out(adapter, p, tokens) for p, _ in found))
+             for pair, found in by_pair.items()}
+    if reference is not None and reference.generated is not None:
+        for (_, prompt, text, _), tokens in zip(reference.pairs, reference.generated):
+            old = wants.get((prompt, text), Want())
+            wants[(prompt, text)] = Want(old.length, old.rules_out, tuple(tokens))
+    return wants
+
+
+def probe_generations(adapter, probes, greedy: dict[tuple[str, str], list[int] | None]) -> list[list[int] | None]:
+    """Each probe's tokens out of its scored pair's continuation, cut to the probe's own length."""
+    lengths = generation_lengths(adapter, probes, default=3)
+    out = []
+    for probe, n in zip(probes, lengths):
+        tokens = greedy[(probe.prompt, probe.answers[0])]
+        out.append(None if tokens is None or ruled_out(adapter, probe, tokens[:n]) else tokens[:n])
+    return out
