@@ -39,3 +39,20 @@ def test_greedy_stops_once_ruled_out(tiny_llama):
     adapter = tiny_llama.adapter
     _, greedy, _ = score_and_continue(adapter, PAIRS[:2], {0: Want(4, rules_out=lambda t: True), 1: Want(4)})
     assert greedy[0] is None and len(greedy[1]) == 4
+
+
+def test_evaluate_from_the_cache_equals_evaluate_by_separate_passes(tiny_llama, monkeypatch):
+    from hyperedit.eval import continuation, evaluate, locality_reference
+    from hyperedit.requests import EditRequest, LocalityPrompt
+
+    adapter = tiny_llama.adapter
+    requests = [EditRequest(p, t, rephrasings=(f"so, {p}", f"{p} indeed"), old_target="rome",
+                            locality=(LocalityPrompt(f"near {p}", "rome"), LocalityPrompt(f"far from {t}")))
+                for p, t in PAIRS]
+    results = []
+    for families in (continuation.CONTINUATION_FAMILIES, ()):
+        monkeypatch.setattr(continuation, "CONTINUATION_FAMILIES", families)
+        reference = locality_reference(adapter, requests, 3, generated=True)
+        results.append((reference.generated, evaluate(adapter, requests, reference, 3, generated=True)))
+    assert results[0] == results[1]
+    assert {"ES_gen", "GS_gen_em", "LS_gen"} <= set(results[0][1][0])
