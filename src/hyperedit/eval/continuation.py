@@ -75,14 +75,13 @@ def score_and_continue(adapter, pairs: list[tuple[str, str]], wants: dict[int, W
             continue
         cache, width = out.past_key_values, batch["input_ids"].shape[1]
         todo = {j: w for j, w in local.items() if w.length > 0}
-        appended = 0
         if todo:
             room = {j: w.length if limit is None else min(w.length, limit - prompt_len[j]) for j, w in todo.items()}
-            found, appended = _greedy(model, cache, width, prompt_len, last_prompt, rows, todo, room, eos, device)
+            found = _greedy(model, cache, width, prompt_len, last_prompt, rows, todo, room, eos, device)
             greedy.update({start + j: tokens for j, tokens in found.items()})
         checks = {j: w.follow for j, w in local.items() if w.follow is not None}
         if checks:
-            found = _follow(model, cache, width, appended, prompt_len, last_prompt, rows, checks, device)
+            found = _follow(model, cache, width, prompt_len, last_prompt, rows, checks, device)
             follows.update({start + j: ok for j, ok in found.items()})
     return scores, greedy, follows
 
@@ -103,7 +102,7 @@ def _past_mask(width: int, valid: list[int], extra: int, device) -> torch.Tensor
     return torch.cat([past, torch.ones(len(valid), extra, dtype=torch.long, device=device)], dim=1)
 
 
-def _follow(model, cache, width, appended, prompt_len, last_prompt, rows, checks: dict[int, tuple[int, ...]],
+def _follow(model, cache, width, prompt_len, last_prompt, rows, checks: dict[int, tuple[int, ...]],
             device) -> dict[int, bool]:
     """Per row: does greedy decoding from its prompt produce ``checks[j]``? Positions up to the first
     difference from the scored target are read from the scoring pass; the rest come from one
@@ -127,31 +126,27 @@ def _follow(model, cache, width, appended, prompt_len, last_prompt, rows, checks
         else:
             feed[j], position[j], first[j] = ref[s:-1], prompt_len[j] + s, s + 1
     if feed:
-        valid = [position.get(j, prompt_len[j]) for j in range(len(rows))]
-        hidden = _forward(model, cache, width, valid, appended, feed, position, device, see_appended=False)
-        for j, tokens in feed.items():
+        going = list(feed)
+        hidden = _forward(model, _narrowed(cache, going, device), width, [position[j] for j in going], 0,
+                          [feed[j] for j in going], device)
+        for n, j in enumerate(going):
             wanted = torch.tensor(checks[j][first[j]:], device=device)
-            result[j] = bool((model.get_output_embeddings()(hidden[j, :len(tokens)]).argmax(-1) == wanted).all())
+            result[j] = bool((model.get_output_embeddings()(hidden[n, :len(feed[j])]).argmax(-1) == wanted).all())
     return result
 
 
-def _forward(model, cache, width: int, valid: list[int], appended: int, feed: dict[int, list[int]],
-             position: dict[int, int], device, see_appended: bool = True):
-    """Last hidden states of ``feed[j]`` placed at ``position[j]`` onward: row j sees the first
-    ``valid[j]`` of the scoring pass's ``width`` cached positions and (``see_appended``) the
-    ``appended`` ones decoded since; rows without tokens idle over their prompt."""
-    n = len(valid)
-    span = max(len(f) for f in feed.values())
+def _forward(model, cache, width: int, start: list[int], appended: int, feed: list[list[int]], device):
+    """Last hidden states of ``feed[n]`` placed at position ``start[n]`` onward, for every row n of
+    ``cache``: a row sees the first ``start[n]`` of the scoring pass's ``width`` cached positions
+    and the ``appended`` ones decoded since."""
+    n = len(feed)
+    span = max(len(f) for f in feed)
     ids = torch.zeros(n, span, dtype=torch.long, device=device)
-    mask = _past_mask(width, valid, appended + span, device)
-    if not see_appended:
-        mask[:, width:width + appended] = 0
-    for j in range(n):
-        tokens = feed.get(j, [])
-        ids[j, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        mask[j, width + appended + max(1, len(tokens)):] = 0  # an idle row still sees one new token
-    start = torch.tensor([position.get(j, valid[j]) for j in range(n)], device=device)
-    positions = start[:, None] + torch.arange(span, device=device)[None, :]
+    mask = _past_mask(width, start, appended + span, device)
+    for row, tokens in enumerate(feed):
+        ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, width + appended + len(tokens):] = 0
+    positions = torch.tensor(start, device=device)[:, None] + appended + torch.arange(span, device=device)[None, :]
     return model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                             **{_cache_argument(model): cache}).last_hidden_state
 
@@ -162,35 +157,51 @@ def _cache_argument(model) -> str:
 
 
 def _greedy(model, cache, width, prompt_len, last_prompt, rows, todo: dict[int, Want], room: dict[int, int], eos,
-            device) -> tuple[dict[int, list[int] | None], int]:
-    """Greedy tokens per row of ``todo``: the known ones, then one decoding step at a time over the
-    cache (a row sees its prompt and the target tokens greedy decoding agreed with)."""
+            device) -> dict[int, list[int] | None]:
+    """Greedy tokens per row of ``todo``: the known ones, then one decoding step at a time over a
+    copy of the cache narrowed to the rows still going (a row sees its prompt and the target
+    tokens greedy decoding agreed with)."""
     known = {j: _known(*rows[j]) if rows[j][1] else [] for j in todo}
     done = {j: _finished(known[j], room[j], eos, todo[j]) for j in todo}
-    feed, position = {}, {}
-    for j, tokens in known.items():
-        if tokens:
-            feed[j], position[j] = [tokens[-1]], prompt_len[j] + len(tokens) - 1
-        else:
-            feed[j], position[j] = [last_prompt[j]], prompt_len[j] - 1
-    valid = [position.get(j, prompt_len[j]) for j in range(len(rows))]
-    appended = 0
-    while not all(done.values()):
-        hidden = _forward(model, cache, width, valid, appended, feed, position, device)
-        nxt = model.get_output_embeddings()(hidden[:, 0]).argmax(-1).tolist()
-        appended += 1
-        for j in todo:
-            feed[j], position[j] = [nxt[j]], position[j] + 1
-            if not done[j]:
-                known[j].append(nxt[j])
-                done[j] = _finished(known[j], room[j], eos, todo[j])
+    going = [j for j in todo if not done[j]]
+    if going:
+        sub = _narrowed(cache, going, device)
+        feed = [[known[j][-1]] if known[j] else [last_prompt[j]] for j in going]
+        start = [prompt_len[j] + len(known[j]) - 1 for j in going]
+        for appended in range(max(room[j] - len(known[j]) for j in going)):
+            hidden = _forward(model, sub, width, start, appended, feed, device)
+            nxt = model.get_output_embeddings()(hidden[:, 0]).argmax(-1).tolist()
+            for n, j in enumerate(going):
+                feed[n] = [nxt[n]]
+                if not done[j]:
+                    known[j].append(nxt[n])
+                    done[j] = _finished(known[j], room[j], eos, todo[j])
+            if all(done[j] for j in going):
+                break
     out = {}
     for j, tokens in known.items():
         tokens = tokens[:max(room[j], 0)]
         if eos is not None and eos in tokens:
             tokens = tokens[:tokens.index(eos) + 1]
         out[j] = None if todo[j].rules_out is not None and todo[j].rules_out(tokens) else tokens
-    return out, appended
+    return out
+
+
+def _narrowed(cache, rows: list[int], device):
+    """A new cache holding only ``rows`` of ``cache`` (which stays as it was)."""
+    from transformers import DynamicCache
+
+    index = torch.tensor(rows, device=device)
+    out = DynamicCache()
+    for layer, (keys, values) in enumerate(_layers(cache)):
+        out.update(keys.index_select(0, index), values.index_select(0, index), layer)
+    return out
+
+
+def _layers(cache):
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
 
 
 def _finished(tokens: list[int], room: int, eos, want: Want) -> bool:
