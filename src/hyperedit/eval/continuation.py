@@ -11,9 +11,9 @@ its tokens past the shared prefix.
 
 The scores are those of ``metrics.score_examples`` (the same batches, the same forward: the cache
 is a by-product); the continuations equal ``generation.greedy_tokens`` / ``generation.follows`` up
-to float rounding of differently padded batches (``benchmarks/eval_cost.py --check`` compares
-them). Decoder-only families whose cache takes explicit positions over a masked past only
-(``supports_continuation``); the others take the separate passes.
+to float rounding of differently padded batches (``benchmarks/eval_cost.py --same-metrics-as`` compares
+them). Llama-family models only (``supports_continuation``: explicit positions over a masked
+cached past, as tested); the others take the separate passes.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from ..models.limits import context_limit
 from .generation import generation_lengths, locality_probes, ruled_out
 from .metrics import PairScore, pair_scores
 
-CONTINUATION_FAMILIES = ("llama", "qwen2", "mistral")
+CONTINUATION_FAMILIES = ("llama",)  # the family it is tested on (SmolLM2); others take the separate passes
 
 
 def supports_continuation(adapter) -> bool:
