@@ -68,3 +68,11 @@ def test_report_names_the_protocol_whose_ranking_changes_and_the_gap_per_editor(
     assert "1 of 2 protocols" in summary and "`a` (y overtakes x)" in summary and "same in `b`" in summary
     row_x = next(line for line in text.splitlines() if line.startswith("| x | 2 |"))
     assert f"{((0.2 - 0.9) + (0.8 - 0.9)) / 2:+.3f}" in row_x
+
+
+def test_mquake_editors_are_ranked_by_multihop_accuracy():
+    records = [{**_record("mq", e, 0.0, 0.0), "metrics": {"ES": 1.0, "MH_tf": tf, "MH": gen}}
+               for e, tf, gen in (("x", 0.6, 0.1), ("y", 0.4, 0.3))]
+    text = report_markdown(records, None)
+    assert "Ranking by multi-hop accuracy (MH_tf, MH): teacher-forced x > y; generated y > x" in text
+    assert "`mq` (y overtakes x)" in text

@@ -105,12 +105,28 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def rankings(records: list[dict]) -> tuple[list[str], list[str]]:
-    """Editors ordered by the mean of ES, GS, LS: teacher-forced, then generated (those with both)."""
+MULTIHOP = (("MH_tf",), ("MH",))  # MQuAKE: ranked by multi-hop accuracy, teacher-forced and generated
+
+
+def ranking_keys(records: list[dict]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a protocol's editors are ranked by: the mean of ES, GS, LS, or where fewer than two
+    records have it (MQuAKE: no locality prompts) multi-hop accuracy."""
     both = [r for r in records if score(r["metrics"], TRIPLES[0]) is not None
             and score(r["metrics"], TRIPLES[1]) is not None]
-    return ([_label(r) for r in sorted(both, key=lambda r: -score(r["metrics"], TRIPLES[0]))],
-            [_label(r) for r in sorted(both, key=lambda r: -score(r["metrics"], TRIPLES[1]))])
+    return TRIPLES if len(both) >= 2 or not any(r["metrics"].get("MH") is not None for r in records) else MULTIHOP
+
+
+def rankings(records: list[dict]) -> tuple[list[str], list[str]]:
+    """Editors ordered by ``ranking_keys``: teacher-forced, then generated (those with both)."""
+    tf_keys, gen_keys = ranking_keys(records)
+    both = [r for r in records if score(r["metrics"], tf_keys) is not None
+            and score(r["metrics"], gen_keys) is not None]
+    return ([_label(r) for r in sorted(both, key=lambda r: -score(r["metrics"], tf_keys))],
+            [_label(r) for r in sorted(both, key=lambda r: -score(r["metrics"], gen_keys))])
+
+
+def _ranked_by(records: list[dict]) -> str:
+    return "mean of ES, GS, LS" if ranking_keys(records) == TRIPLES else "multi-hop accuracy (MH_tf, MH)"
 
 
 def overtakes(teacher_forced: list[str], generated: list[str]) -> list[tuple[str, str]]:
@@ -121,7 +137,7 @@ def overtakes(teacher_forced: list[str], generated: list[str]) -> list[tuple[str
 
 
 def ranking_summary(by_protocol: dict[str, list[dict]]) -> str:
-    """One sentence, from the records: in which protocols the ranking by the mean of ES, GS, LS
+    """One sentence, from the records: in which protocols the ranking of editors (``ranking_keys``)
     changes under the generated metrics, and which editor overtakes which."""
     changed, kept = [], []
     for name, rows in by_protocol.items():
@@ -166,7 +182,7 @@ def report_markdown(records: list[dict], figure: str | None) -> str:
         tf, gen = rankings(rows)
         if len(tf) > 1:
             verdict = "same order" if tf == gen else "**the ranking changes**"
-            out += [f"Ranking by mean of ES, GS, LS: teacher-forced {' > '.join(tf)}; generated "
+            out += [f"Ranking by {_ranked_by(rows)}: teacher-forced {' > '.join(tf)}; generated "
                     f"{' > '.join(gen)} ({verdict}).", ""]
     commands = sorted({r["command"] for r in records})
     out += ["Produced by:", "", *[f"    {c}" for c in commands], "    hyperedit bench report", ""]
