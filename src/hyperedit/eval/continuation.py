@@ -73,7 +73,7 @@ def score_and_continue(adapter, pairs: list[tuple[str, str]], wants: dict[int, W
         local = {i - start: w for i, w in wants.items() if start <= i < start + len(chunk)}
         if not local:
             continue
-        cache, width = out.past_key_values, batch["input_ids"].shape[1]
+        cache, width = _output_cache(out), batch["input_ids"].shape[1]
         todo = {j: w for j, w in local.items() if w.length > 0}
         if todo:
             room = {j: w.length if limit is None else min(w.length, limit - prompt_len[j]) for j, w in todo.items()}
@@ -243,3 +243,8 @@ def probe_generations(adapter, probes, greedy: dict[tuple[str, str], list[int] |
         tokens = greedy[(probe.prompt, probe.answers[0])]
         out.append(None if tokens is None or ruled_out(adapter, probe, tokens[:n]) else tokens[:n])
     return out
+
+
+def _output_cache(out):
+    """The KV cache of a forward's output (``cache`` since transformers 5.2x, ``past_key_values`` before)."""
+    return out["cache"] if "cache" in out else out.past_key_values
