@@ -46,18 +46,19 @@ class Want:
     follow: tuple[int, ...] | None = None
 
 
+GROUP_BATCHES = 4  # scoring batches whose continuations are decoded together (fewer, larger steps)
+
+
 @torch.no_grad()
 def score_and_continue(adapter, pairs: list[tuple[str, str]], wants: dict[int, Want], batch_size: int = 32):
     """``(scores, greedy, follows)``: a ``PairScore`` per pair (batches of ``batch_size`` in the given
     order, as ``score_examples``), and per index of ``wants`` its greedy tokens (None: ruled out)
-    and whether greedy decoding follows its reference."""
+    and whether greedy decoding follows its reference. The wanted rows of a few scoring batches
+    are continued together, their caches padded to one width (the padding masked)."""
     model = adapter.model
     device = next(model.parameters()).device
-    eos = adapter.tokenizer.eos_token_id
-    limit = context_limit(adapter)
     scores: list[PairScore] = []
-    greedy: dict[int, list[int] | None] = {}
-    follows: dict[int, bool] = {}
+    group = _Group(adapter, device)
     for start, chunk in zip(range(0, len(pairs), batch_size), iter_chunks(pairs, batch_size)):
         batch = adapter.encode([p for p, _ in chunk], [t for _, t in chunk], device=device)
         out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=True)
@@ -67,23 +68,63 @@ def score_and_continue(adapter, pairs: list[tuple[str, str]], wants: dict[int, W
         found = pair_scores(TargetLogits(adapter.head_logits(out.last_hidden_state[mask]),
                                          labels[:, 1:][mask[:, :-1]], example, len(chunk)))
         scores += found
-        rows = [(s.predicted, s.target) for s in found]
-        prompt_len = [int(((labels[j] == -100) & (batch["attention_mask"][j] == 1)).sum()) for j in range(len(chunk))]
-        last_prompt = [int(batch["input_ids"][j, prompt_len[j] - 1]) for j in range(len(chunk))]
-        local = {i - start: w for i, w in wants.items() if start <= i < start + len(chunk)}
-        if not local:
-            continue
-        cache, width = _output_cache(out), batch["input_ids"].shape[1]
-        todo = {j: w for j, w in local.items() if w.length > 0}
+        local = [j for j in range(len(chunk)) if start + j in wants]
+        if local:
+            group.add(batch, _output_cache(out), found, {start + j: wants[start + j] for j in local}, local)
+        if group.size >= GROUP_BATCHES * batch_size:
+            group.flush()
+    group.flush()
+    return scores, group.greedy, group.follows
+
+
+class _Group:
+    """Wanted rows of several scoring batches, with their caches, continued together on ``flush``."""
+
+    def __init__(self, adapter, device):
+        self.adapter, self.device = adapter, device
+        self.greedy: dict[int, list[int] | None] = {}
+        self.follows: dict[int, bool] = {}
+        self._clear()
+
+    def _clear(self):
+        self.index, self.wants, self.rows, self.prompt_len, self.last_prompt, self.layers = [], [], [], [], [], []
+
+    @property
+    def size(self) -> int:
+        return len(self.index)
+
+    def add(self, batch, cache, found, wants: dict[int, Want], local: list[int]):
+        labels, attention = batch["labels"], batch["attention_mask"]
+        for j, (i, want) in zip(local, wants.items()):
+            n = int(((labels[j] == -100) & (attention[j] == 1)).sum())
+            self.index.append(i), self.wants.append(want), self.prompt_len.append(n)
+            self.rows.append((found[j].predicted, found[j].target))
+            self.last_prompt.append(int(batch["input_ids"][j, n - 1]))
+        self.layers.append(_layers(_narrowed(cache, local, self.device)))
+
+    def flush(self):
+        if not self.index:
+            return
+        model, eos, limit = self.adapter.model, self.adapter.tokenizer.eos_token_id, context_limit(self.adapter)
+        width = max(keys.shape[2] for layers in self.layers for keys, _ in layers)
+        cache = _cache_of([(_padded([b[layer][0] for b in self.layers], width),
+                            _padded([b[layer][1] for b in self.layers], width)) for layer in range(len(self.layers[0]))])
+        todo = {j: w for j, w in enumerate(self.wants) if w.length > 0}
         if todo:
-            room = {j: w.length if limit is None else min(w.length, limit - prompt_len[j]) for j, w in todo.items()}
-            found = _greedy(model, cache, width, prompt_len, last_prompt, rows, todo, room, eos, device)
-            greedy.update({start + j: tokens for j, tokens in found.items()})
-        checks = {j: w.follow for j, w in local.items() if w.follow is not None}
+            room = {j: w.length if limit is None else min(w.length, limit - self.prompt_len[j]) for j, w in todo.items()}
+            found = _greedy(model, cache, width, self.prompt_len, self.last_prompt, self.rows, todo, room, eos,
+                            self.device)
+            self.greedy.update({self.index[j]: tokens for j, tokens in found.items()})
+        checks = {j: w.follow for j, w in enumerate(self.wants) if w.follow is not None}
         if checks:
-            found = _follow(model, cache, width, prompt_len, last_prompt, rows, checks, device)
-            follows.update({start + j: ok for j, ok in found.items()})
-    return scores, greedy, follows
+            found = _follow(model, cache, width, self.prompt_len, self.last_prompt, self.rows, checks, self.device)
+            self.follows.update({self.index[j]: ok for j, ok in found.items()})
+        self._clear()
+
+
+def _padded(tensors: list[torch.Tensor], width: int) -> torch.Tensor:
+    """(rows, heads, positions, dim) tensors zero-padded to ``width`` positions, stacked by rows."""
+    return torch.cat([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2])) for t in tensors], dim=0)
 
 
 def _known(predicted: list[int], target: list[int]) -> list[int]:
@@ -189,12 +230,17 @@ def _greedy(model, cache, width, prompt_len, last_prompt, rows, todo: dict[int, 
 
 def _narrowed(cache, rows: list[int], device):
     """A new cache holding only ``rows`` of ``cache`` (which stays as it was)."""
+    index = torch.tensor(rows, device=device)
+    return _cache_of([(keys.index_select(0, index), values.index_select(0, index)) for keys, values in _layers(cache)])
+
+
+def _cache_of(layers) -> "DynamicCache":
+    """A cache holding these (keys, values) per layer."""
     from transformers import DynamicCache
 
-    index = torch.tensor(rows, device=device)
     out = DynamicCache()
-    for layer, (keys, values) in enumerate(_layers(cache)):
-        out.update(keys.index_select(0, index), values.index_select(0, index), layer)
+    for layer, (keys, values) in enumerate(layers):
+        out.update(keys, values, layer)
     return out
 
 
