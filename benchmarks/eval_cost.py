@@ -4,6 +4,9 @@
 
 Run it once per code version with the same arguments (``--label`` names the version, e.g. a
 commit checked out elsewhere via PYTHONPATH) and ``--append`` to collect the records in one file.
+``--separate-passes`` measures the generated metrics by their own passes (generation and locality
+forwards apart from the scoring pass, as before ``eval.continuation``); ``--same-metrics-as LABEL``
+records whether the metrics equal those of the record labelled LABEL in the file (exit 1 if not).
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results-dir", help="folder of the results file (default: benchmarks/results)")
     ap.add_argument("--generated", action="store_true",
                     help="also the generated-answer metrics (ES_gen ...; code versions that have them)")
+    ap.add_argument("--separate-passes", action="store_true",
+                    help="generated metrics from separate passes, not from the scoring pass's cache")
+    ap.add_argument("--same-metrics-as", metavar="LABEL", help="check the metrics equal this record's")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
@@ -39,6 +45,10 @@ def main(argv=None) -> int:
     from hyperedit.eval import evaluate, locality_reference
     from hyperedit.models import load_model
 
+    if args.separate_passes:
+        from hyperedit.eval import continuation
+
+        continuation.CONTINUATION_FAMILIES = ()  # every family takes the separate passes
     lm = load_model(args.model)
     requests = load_requests(args.data, limit=args.n)
     start = time.process_time()
@@ -53,13 +63,21 @@ def main(argv=None) -> int:
                          n_edits=len(requests), metrics=metrics, edit_time_s=0.0, peak_rss_mb=peak,
                          command="PYTHONPATH=src " + current_command(), seed=0, label=args.label,
                          evaluate_cpu_s=round(evaluate_cpu, 2), evaluate_wall_s=round(seconds, 2),
-                         reference_cpu_s=round(reference_cpu, 2), threads=1, generated=args.generated)
+                         reference_cpu_s=round(reference_cpu, 2), threads=1, generated=args.generated,
+                         separate_passes=args.separate_passes)
     results_dir = Path(args.results_dir or RESULTS_DIR)
     path = results_dir / f"{args.name}.json"
     records = json.loads(path.read_text()) if args.append and path.is_file() else []
+    same = True
+    if args.same_metrics_as:
+        other = [r for r in records if r.get("label") == args.same_metrics_as]
+        if not other:
+            raise SystemExit(f"{path}: no record labelled {args.same_metrics_as!r} to compare with")
+        same = other[-1]["metrics"] == metrics
+        record.update(same_metrics_as=args.same_metrics_as, metrics_equal=same)
     write_results(records + [record], args.name, results_dir, title="evaluation cost on the unedited model",
                   notes="CPU seconds of one thread; `label` names the code version measured.")
-    return 0
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

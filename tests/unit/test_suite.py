@@ -52,3 +52,27 @@ def test_run_writes_one_file_per_experiment_and_skips_it_next_time(tmp_path, mod
     assert all("ES_gen" in r["metrics"] and "ES" in r["metrics"] for r in records)
     text = report_markdown(records, None)
     assert "## tiny" in text and "Produced by:" in text
+
+
+def _record(protocol: str, editor: str, tf: float, gen: float) -> dict:
+    metrics = {k: tf for k in ("ES", "GS", "LS")} | {k: gen for k in ("ES_gen", "GS_gen", "LS_gen")}
+    return {"protocol": protocol, "editor": editor, "model": "m", "n_edits": 4, "mode": "batch",
+            "edit_time_s": 1.0, "command": "c", "metrics": metrics}
+
+
+def test_report_names_the_protocol_whose_ranking_changes_and_the_gap_per_editor():
+    records = [_record("a", "x", 0.9, 0.2), _record("a", "y", 0.5, 0.4), _record("a", "z", 0.1, 0.0),
+               _record("b", "x", 0.9, 0.8), _record("b", "y", 0.5, 0.4)]
+    text = report_markdown(records, None)
+    summary = next(line for line in text.splitlines() if line.startswith("Under the generated metrics"))
+    assert "1 of 2 protocols" in summary and "`a` (y overtakes x)" in summary and "same in `b`" in summary
+    row_x = next(line for line in text.splitlines() if line.startswith("| x | 2 |"))
+    assert f"{((0.2 - 0.9) + (0.8 - 0.9)) / 2:+.3f}" in row_x
+
+
+def test_mquake_editors_are_ranked_by_multihop_accuracy():
+    records = [{**_record("mq", e, 0.0, 0.0), "metrics": {"ES": 1.0, "MH_tf": tf, "MH": gen}}
+               for e, tf, gen in (("x", 0.6, 0.1), ("y", 0.4, 0.3))]
+    text = report_markdown(records, None)
+    assert "Ranking by multi-hop accuracy (MH_tf, MH): teacher-forced x > y; generated y > x" in text
+    assert "`mq` (y overtakes x)" in text

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from ..models.adapters import ModelAdapter
 from ..models.limits import LOCALITY_CONTINUATION_TOKENS
 from ..requests import EditRequest
-from .generation import generate_for, generated_metrics, locality_probes, portability_probes
+from .continuation import (evaluation_wants, probe_generations, reference_with_generations, score_and_continue,
+                           supports_continuation)
+from .generation import generate_for, generated_metrics, generation_probes, locality_probes, portability_probes
 from .metrics import (PairScore, agreement, generate, mean, ngram_entropy, per_request_means, score_examples,
                       score_pairs)
 
@@ -43,6 +45,9 @@ def locality_reference(adapter: ModelAdapter, requests: list[EditRequest], batch
             else:
                 text = continuations[(i, loc.prompt)].strip() or "the"
                 pairs.append((i, loc.prompt, text, False))
+    if generated and supports_continuation(adapter):  # the generations from the scoring pass's cache
+        scores, tokens = reference_with_generations(adapter, pairs, batch_size)
+        return LocalityReference(pairs, [s.predicted for s in scores], tokens)
     scores = score_pairs(adapter, [p for _, p, _, _ in pairs], [t for _, _, t, _ in pairs], batch_size)
     tokens = generate_for(adapter, locality_probes(pairs), batch_size) if generated else None
     return LocalityReference(pairs, [s.predicted for s in scores], tokens)
@@ -77,7 +82,11 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
                     add(i, loc.prompt, r.target, "nb_new")
                     add(i, loc.prompt, r.old_target, "nb_old")
     loc_pairs = [(p, t) for _, p, t, _ in reference.pairs] if reference is not None else []
-    scores, loc_scores = _score_unique(adapter, list(zip(prompts, targets)), loc_pairs, batch_size)
+    continued = generated and supports_continuation(adapter)
+    probes = generation_probes(requests)[0] if continued else []
+    wants = evaluation_wants(adapter, probes, reference) if continued else {}
+    scores, loc_scores, greedy, kept = _score_unique(adapter, list(zip(prompts, targets)), loc_pairs, batch_size,
+                                                     wants)
     by_kind: dict[str, list[tuple[int, PairScore]]] = {}
     for i, what, s in zip(owner, kind, scores):
         by_kind.setdefault(what, []).append((i, s))
@@ -108,7 +117,12 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
     metrics.update(_probability_scores(by_kind, n))
     if generated:
         first_tokens = {pair: s.predicted[0] for pair, s in zip(zip(prompts, targets), scores) if s.predicted}
-        gen_metrics, gen_rows = generated_metrics(adapter, requests, reference, batch_size, first_tokens)
+        extra = {}
+        if continued:
+            extra["generations"] = probe_generations(adapter, probes, greedy)
+            if reference is not None and reference.generated is not None:
+                extra["kept"] = [kept[(p, t)] for _, p, t, _ in reference.pairs]
+        gen_metrics, gen_rows = generated_metrics(adapter, requests, reference, batch_size, first_tokens, **extra)
         metrics.update(gen_metrics)
         for row, extra in zip(rows, gen_rows):
             row.update(extra)
@@ -118,16 +132,26 @@ def evaluate(adapter: ModelAdapter, requests: list[EditRequest], reference: Loca
     return metrics, rows
 
 
-def _score_unique(adapter: ModelAdapter, pairs: list, loc_pairs: list, batch_size: int):
+def _score_unique(adapter: ModelAdapter, pairs: list, loc_pairs: list, batch_size: int, wants: dict):
     """Scores of ``pairs`` and ``loc_pairs``, each distinct (prompt, target) pair scored once:
     CounterFact's neighbourhood prompts are scored with the old object both as locality pairs
-    and for the neighbourhood score, and paraphrases may repeat."""
+    and for the neighbourhood score, and paraphrases may repeat. ``wants`` (see
+    ``continuation.evaluation_wants``): the greedy tokens and reference checks, per pair, from
+    the same pass."""
     everything = pairs + loc_pairs
     # distinct pairs, similar lengths batched together (less padding; each pair's score does not
     # depend on its batch: right padding, causal attention)
     unique = sorted(dict.fromkeys(everything), key=lambda pair: (len(pair[0]) + len(pair[1]), pair))
-    scored = dict(zip(unique, score_examples(adapter, unique, batch_size)))
-    return [scored[p] for p in pairs], [scored[p] for p in loc_pairs]
+    greedy, kept = {}, {}
+    if wants:
+        found, tokens, same = score_and_continue(adapter, unique, {i: wants[p] for i, p in enumerate(unique)
+                                                                    if p in wants}, batch_size)
+        greedy = {unique[i]: t for i, t in tokens.items()}
+        kept = {unique[i]: k for i, k in same.items()}
+    else:
+        found = score_examples(adapter, unique, batch_size)
+    scored = dict(zip(unique, found))
+    return [scored[p] for p in pairs], [scored[p] for p in loc_pairs], greedy, kept
 
 
 def _probability_scores(by_kind: dict, n: int) -> dict:

@@ -116,7 +116,7 @@ def generate_for(adapter: ModelAdapter, probes: list[Probe], batch_size: int = 3
     (its argmax at the prompt's last position is greedy decoding's first token); a probe whose
     first token already rules every answer out is not generated (None)."""
     lengths = generation_lengths(adapter, probes, default_length)
-    needed = [not _ruled_out(adapter, first_tokens.get((p.prompt, p.answers[0])), p.answers)
+    needed = [not ruled_out(adapter, p, _listed(first_tokens.get((p.prompt, p.answers[0]))))
               if first_tokens and p.answers else True for p in probes]
     keys = list(dict.fromkeys(k for k, need in zip(zip((p.prompt for p in probes), lengths), needed) if need))
     tokens = greedy_tokens(adapter, [k[0] for k in keys], [k[1] for k in keys], batch_size)
@@ -124,18 +124,31 @@ def generate_for(adapter: ModelAdapter, probes: list[Probe], batch_size: int = 3
     return [found[(p.prompt, n)] if need else None for p, n, need in zip(probes, lengths, needed)]
 
 
-def _ruled_out(adapter: ModelAdapter, first: int | None, answers) -> bool:
-    """Whether a continuation starting with token ``first`` matches none of ``answers`` whatever
-    follows. Decided only when the token's text ends in a letter or digit (then the normalised
-    continuation starts with the token's normalised text) and decodes cleanly; else generate."""
-    if first is None:
+def _listed(token: int | None) -> list[int]:
+    return [] if token is None else [token]
+
+
+def ruled_out(adapter: ModelAdapter, probe: Probe, tokens: list[int]) -> bool:
+    """Whether a continuation starting with ``tokens`` scores 0 (exact and prefix match) against every
+    answer of ``probe`` whatever follows. Decided only when the tokens' text ends in a letter or
+    digit (then the normalised continuation starts with their normalised text) and decodes cleanly;
+    else False (generate on)."""
+    if not tokens:
         return False
-    text = adapter.tokenizer.decode([first], skip_special_tokens=True)
+    text = adapter.tokenizer.decode(tokens, skip_special_tokens=True)
     head = normalise(text)
     if not head or "\ufffd" in text or not text[-1].isalnum() or normalise(text[-1]) != text[-1].lower():
         return False
-    targets = [t for t in map(normalise, answers) if t]
-    return all(not (t.startswith(head) or head.startswith(t + " ")) for t in targets)
+    for answer in probe.answers:
+        target = normalise(answer)
+        if not target:
+            continue
+        if target.startswith(head) or head.startswith(target + " "):
+            return False
+        n = answer_tokens(adapter, probe.prompt, answer)
+        if len(tokens) >= n and normalise(adapter.tokenizer.decode(tokens[:n], skip_special_tokens=True)) == target:
+            return False  # the exact match is already decided, and it holds
+    return True
 
 
 @torch.no_grad()
@@ -187,13 +200,9 @@ def locality_probes(pairs) -> list[Probe]:
     return [Probe(prompt, (text,)) for _, prompt, text, _ in pairs]
 
 
-def generated_metrics(adapter: ModelAdapter, requests, reference, batch_size: int = 32,
-                      first_tokens: dict | None = None) -> tuple[dict, list[dict]]:
-    """``ES_gen``/``GS_gen``/``PS_gen`` (prefix match) with their ``_em`` (exact match) twins, ``PS_gen``
-    per portability kind, and ``LS_gen`` when ``reference`` holds the unedited generations; metrics
-    are means over requests of each request's mean, and one row of them per request.
-    ``first_tokens``: see ``generate_for``."""
-    n = len(requests)
+def generation_probes(requests) -> tuple[list[Probe], list[int], list[tuple[str, ...]]]:
+    """The probes of the generated metrics: per request its edit prompt, rephrasings and portability
+    prompts; with each probe's request index and the metric names it counts for."""
     probes, owner, names = [], [], []
     for i, r in enumerate(requests):
         probes.append(Probe(r.prompt, (r.target,)))
@@ -204,16 +213,32 @@ def generated_metrics(adapter: ModelAdapter, requests, reference, batch_size: in
         for kind, probe in portability_probes(r):
             probes.append(probe)
             owner.append(i), names.append(("PS", f"PS_{kind}"))
+    return probes, owner, names
+
+
+def generated_metrics(adapter: ModelAdapter, requests, reference, batch_size: int = 32,
+                      first_tokens: dict | None = None, generations: list | None = None,
+                      kept: list[bool] | None = None) -> tuple[dict, list[dict]]:
+    """``ES_gen``/``GS_gen``/``PS_gen`` (prefix match) with their ``_em`` (exact match) twins, ``PS_gen``
+    per portability kind, and ``LS_gen`` when ``reference`` holds the unedited generations; metrics
+    are means over requests of each request's mean, and one row of them per request.
+    ``first_tokens``: see ``generate_for``. ``generations`` (per probe of ``generation_probes``) and
+    ``kept`` (per reference pair: its generation unchanged), when the caller has them already
+    (``eval.continuation``), replace the passes here."""
+    n = len(requests)
+    probes, owner, names = generation_probes(requests)
     values: dict[str, list[tuple[int, float]]] = {}
-    generations = generate_for(adapter, probes, batch_size, first_tokens=first_tokens)
+    if generations is None:
+        generations = generate_for(adapter, probes, batch_size, first_tokens=first_tokens)
     for i, probe, tokens, keys in zip(owner, probes, generations, names):
         exact, prefix = match_scores(adapter, probe, tokens)
         for key in keys:
             values.setdefault(f"{key}_gen", []).append((i, prefix))
             values.setdefault(f"{key}_gen_em", []).append((i, exact))
     if reference is not None and getattr(reference, "generated", None) is not None:
-        same = follows(adapter, [p for _, p, _, _ in reference.pairs], reference.generated, batch_size)
-        values["LS_gen"] = [(i, float(kept)) for (i, *_), kept in zip(reference.pairs, same)]
+        if kept is None:
+            kept = follows(adapter, [p for _, p, _, _ in reference.pairs], reference.generated, batch_size)
+        values["LS_gen"] = [(i, float(same)) for (i, *_), same in zip(reference.pairs, kept)]
     rows: list[dict] = [{} for _ in range(n)]
     metrics = {}
     for key, found in values.items():

@@ -51,14 +51,21 @@ def score_examples(adapter: ModelAdapter, examples, batch_size: int = 32, desc: 
     with passes_for(adapter, examples):
         for batch in encoded_batches(adapter, examples, batch_size):
             out = target_logits(adapter, batch)
-            nll = out.token_nll()
-            predicted = out.logits.argmax(-1)
-            for i in range(out.n_examples):
-                sel = out.example == i
-                results.append(PairScore(predicted[sel].tolist(), out.targets[sel].tolist(),
-                                         float(nll[sel].mean()) if sel.any() else float("nan")))
+            results += pair_scores(out)
             bar.update(out.n_examples)
     bar.close()
+    return results
+
+
+def pair_scores(out) -> list[PairScore]:
+    """One ``PairScore`` per example of a ``TargetLogits``."""
+    nll = out.token_nll()
+    predicted = out.logits.argmax(-1)
+    results = []
+    for i in range(out.n_examples):
+        sel = out.example == i
+        results.append(PairScore(predicted[sel].tolist(), out.targets[sel].tolist(),
+                                 float(nll[sel].mean()) if sel.any() else float("nan")))
     return results
 
 

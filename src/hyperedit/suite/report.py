@@ -64,28 +64,100 @@ def _label(record: dict) -> str:
     return record.get("editor_label", record["editor"])
 
 
+def gaps(metrics: dict) -> list[float | None]:
+    """Generated minus teacher-forced ES, GS, LS (None where either is missing)."""
+    return [None if metrics.get(g) is None or metrics.get(t) is None else metrics[g] - metrics[t]
+            for t, g in zip(*TRIPLES)]
+
+
+def _gap(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
 def protocol_table(records: list[dict]) -> str:
     extras = [k for k in EXTRA if any(r["metrics"].get(k) is not None for r in records)]
-    head = ["editor", "model", "facts", "ES / GS / LS", "ES / GS / LS generated", "gap ES, GS", *extras,
+    head = ["editor", "model", "facts", "ES / GS / LS", "ES / GS / LS generated", "gap ES, GS, LS", *extras,
             "s per fact"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         m = r["metrics"]
-        gaps = [None if m.get(g) is None or m.get(t) is None else m[g] - m[t] for t, g in (("ES", "ES_gen"),
-                                                                                          ("GS", "GS_gen"))]
         cells = [_label(r), r["model"], r["n_edits"], _triple(m, TRIPLES[0]), _triple(m, TRIPLES[1]),
-                 ", ".join("-" if g is None else f"{g:+.3f}" for g in gaps), *(_fmt(m.get(k)) for k in extras),
-                 f"{per_fact_seconds(r):.2f}"]
+                 ", ".join(map(_gap, gaps(m))), *(_fmt(m.get(k)) for k in extras), f"{per_fact_seconds(r):.2f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
-def rankings(records: list[dict]) -> tuple[list[str], list[str]]:
-    """Editors ordered by the mean of ES, GS, LS: teacher-forced, then generated (those with both)."""
+def gap_table(records: list[dict]) -> str:
+    """Per editor: the mean over its protocols of generated minus teacher-forced ES, GS, LS."""
+    by_editor: dict[str, list[list[float | None]]] = {}
+    for r in records:
+        by_editor.setdefault(_label(r), []).append(gaps(r["metrics"]))
+    lines = ["| editor | protocols | gap ES | gap GS | gap LS | gap of the mean |", "|---|---|---|---|---|---|"]
+    for editor, rows in sorted(by_editor.items()):
+        means = [_mean([row[k] for row in rows]) for k in range(3)]
+        whole = None if None in means else sum(means) / 3
+        lines.append(f"| {editor} | {len(rows)} | " + " | ".join(map(_gap, means + [whole])) + " |")
+    return "\n".join(lines)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+MULTIHOP = (("MH_tf",), ("MH",))  # MQuAKE: ranked by multi-hop accuracy, teacher-forced and generated
+
+
+def ranking_keys(records: list[dict]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a protocol's editors are ranked by: the mean of ES, GS, LS, or where fewer than two
+    records have it (MQuAKE: no locality prompts) multi-hop accuracy."""
     both = [r for r in records if score(r["metrics"], TRIPLES[0]) is not None
             and score(r["metrics"], TRIPLES[1]) is not None]
-    return ([_label(r) for r in sorted(both, key=lambda r: -score(r["metrics"], TRIPLES[0]))],
-            [_label(r) for r in sorted(both, key=lambda r: -score(r["metrics"], TRIPLES[1]))])
+    return TRIPLES if len(both) >= 2 or not any(r["metrics"].get("MH") is not None for r in records) else MULTIHOP
+
+
+def rankings(records: list[dict]) -> tuple[list[str], list[str]]:
+    """Editors ordered by ``ranking_keys``: teacher-forced, then generated (those with both)."""
+    tf_keys, gen_keys = ranking_keys(records)
+    both = [r for r in records if score(r["metrics"], tf_keys) is not None
+            and score(r["metrics"], gen_keys) is not None]
+    return ([_label(r) for r in sorted(both, key=lambda r: -score(r["metrics"], tf_keys))],
+            [_label(r) for r in sorted(both, key=lambda r: -score(r["metrics"], gen_keys))])
+
+
+def _ranked_by(records: list[dict]) -> str:
+    return "mean of ES, GS, LS" if ranking_keys(records) == TRIPLES else "multi-hop accuracy (MH_tf, MH)"
+
+
+def overtakes(teacher_forced: list[str], generated: list[str]) -> list[tuple[str, str]]:
+    """(a, b) for each editor a that ranks below b teacher-forced and above it generated."""
+    place = {e: i for i, e in enumerate(generated)}
+    return [(low, high) for i, high in enumerate(teacher_forced) for low in teacher_forced[i + 1:]
+            if place[low] < place[high]]
+
+
+def ranking_summary(by_protocol: dict[str, list[dict]]) -> str:
+    """One sentence, from the records: in which protocols the ranking of editors (``ranking_keys``)
+    changes under the generated metrics, and which editor overtakes which."""
+    changed, kept = [], []
+    for name, rows in by_protocol.items():
+        tf, gen = rankings(rows)
+        if len(tf) < 2:
+            continue
+        swaps = overtakes(tf, gen)
+        if swaps:
+            changed.append(f"`{name}` ({'; '.join(f'{a} overtakes {b}' for a, b in swaps)})")
+        else:
+            kept.append(f"`{name}`")
+    if not changed and not kept:
+        return "No protocol has two editors with both teacher-forced and generated metrics yet."
+    parts = []
+    if changed:
+        parts.append(f"Under the generated metrics the ranking of editors changes in {len(changed)} of "
+                     f"{len(changed) + len(kept)} protocols: {', '.join(changed)}.")
+    if kept:
+        parts.append(f"It stays the same in {', '.join(kept)}.")
+    return " ".join(parts)
 
 
 def report_markdown(records: list[dict], figure: str | None) -> str:
@@ -98,15 +170,19 @@ def report_markdown(records: list[dict], figure: str | None) -> str:
            "token accuracies; the generated ones score the greedy continuation (prefix match after "
            "normalising case, whitespace and punctuation; LS: the continuation unchanged from the "
            "unedited model's). The gap is generated minus teacher-forced. PS: portability; MH: MQuAKE "
-           "multi-hop accuracy (generated; MH_tf teacher-forced, MH_pre before editing).", ""]
+           "multi-hop accuracy (generated; MH_tf teacher-forced, MH_pre before editing).", "",
+           ranking_summary(by_protocol), ""]
     if figure:
         out += [f"![quality against number of facts and against edit time]({figure})", ""]
+    out += ["## Generated minus teacher-forced, per editor", "",
+            "Mean over the protocols an editor was measured in (gap of the mean: of ES, GS, LS together).", "",
+            gap_table(records), ""]
     for name, rows in by_protocol.items():
         out += [f"## {rows[0].get('protocol_title', name)} (`{name}`)", "", protocol_table(rows), ""]
         tf, gen = rankings(rows)
         if len(tf) > 1:
             verdict = "same order" if tf == gen else "**the ranking changes**"
-            out += [f"Ranking by mean of ES, GS, LS: teacher-forced {' > '.join(tf)}; generated "
+            out += [f"Ranking by {_ranked_by(rows)}: teacher-forced {' > '.join(tf)}; generated "
                     f"{' > '.join(gen)} ({verdict}).", ""]
     commands = sorted({r["command"] for r in records})
     out += ["Produced by:", "", *[f"    {c}" for c in commands], "    hyperedit bench report", ""]
