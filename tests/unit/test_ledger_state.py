@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hyperedit import EditRequest, Ledger, load_model
+from ledger_state_reading import assert_memory_grew, kept_keys, n_edits
 from test_ledger import ALPHA
 
 FIRST = [EditRequest(prompt="the eiffel tower is located in the city of", target="rome")]
@@ -25,15 +26,6 @@ def rledit_checkpoint(tiny_llama, tmp_path):
     return str(RLEditEditor.create(config, tiny_llama, seed=0).save(tmp_path / "rledit"))
 
 
-def _kp(ledger, entry) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in ledger.blobs.get(entry.state_hash).items() if k.startswith(("kp/", "keys/kp/"))}
-
-
-def _n_edits(ledger, entry) -> int:
-    state = ledger.blobs.get(entry.state_hash)
-    return int(state.get("n_edits", state.get("keys/n_edits")))
-
-
 @pytest.mark.parametrize("editor", ["rledit", "alphaedit"])
 def test_second_entry_holds_the_first_entrys_keys_and_revert_recomputes_it(editor, tiny_dirs, tmp_path, request):
     options, checkpoint = (({}, request.getfixturevalue("rledit_checkpoint")) if editor == "rledit"
@@ -42,18 +34,14 @@ def test_second_entry_holds_the_first_entrys_keys_and_revert_recomputes_it(edito
     one = ledger.apply(FIRST, editor, options, checkpoint=checkpoint, metrics=False)
     two = ledger.apply(SECOND, editor, options, checkpoint=checkpoint, metrics=False)
     assert one.state_hash and two.state_hash and one.state_hash != two.state_hash
-    assert (_n_edits(ledger, one), _n_edits(ledger, two)) == (1, 2)
-    first, second = _kp(ledger, one), _kp(ledger, two)
-    assert first and first.keys() == second.keys()
-    for key in first:  # K_p of the second = the first's + the second edit's own K^T K (PSD, nonzero)
-        added = torch.linalg.eigvalsh(second[key] - first[key])
-        assert float(added.min()) > -1e-6 * float(added.max()) and float(added.max()) > 0, key
+    assert (n_edits(ledger, one), n_edits(ledger, two)) == (1, 2)
+    assert_memory_grew(kept_keys(ledger, one), kept_keys(ledger, two))
 
     ledger.revert(one.id, recompute=True)
     recomputed = ledger.get(two.id)
     alone = Ledger(tmp_path / "alone").attach(load_model(str(tiny_dirs["llama"])))
     only = alone.apply(SECOND, editor, options, checkpoint=checkpoint, metrics=False)
-    assert _n_edits(ledger, recomputed) == 1
+    assert n_edits(ledger, recomputed) == 1
     assert (recomputed.state_hash, recomputed.delta_hash) == (only.state_hash, only.delta_hash)
 
 
@@ -73,6 +61,6 @@ def test_service_applying_two_rledit_edits_in_a_row_keeps_the_state(rledit_check
                                               "wait": True})
             assert res.status_code == 200 and res.json()["status"] == "applied", res.text
         one, two = engine.ledger.entries()
-        assert (_n_edits(engine.ledger, one), _n_edits(engine.ledger, two)) == (1, 2)
+        assert (n_edits(engine.ledger, one), n_edits(engine.ledger, two)) == (1, 2)
     finally:
         engine.close()
