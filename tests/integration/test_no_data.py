@@ -61,8 +61,9 @@ def test_every_editor_edits_two_facts_without_benchmark_data(smollm2, no_data, s
     # UltraEdit write one of the two demo facts at their shipped settings) must write at least one.
     wanted = 0.5 if name in LIFELONG else 1.0
     assert after["efficacy_score"] >= wanted, (name, after)
-    computed = list(stats_cache.rglob("*.safetensors"))
-    assert not (computed and list(SHIPPED_DIR.rglob("*.safetensors"))), f"{name} computed statistics instead of using the shipped ones: {computed}"
+    shipped_modules = {f.name.split("-")[0] for f in SHIPPED_DIR.rglob("*.safetensors")}
+    recomputed = [f.name for f in stats_cache.rglob("*.safetensors") if f.name.split("-")[0] in shipped_modules]
+    assert not recomputed, f"{name} computed statistics instead of using the shipped ones: {recomputed}"
 
 
 def test_eval_on_the_packaged_sample_without_benchmark_data(no_data, capsys):
